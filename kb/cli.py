@@ -38,8 +38,8 @@ class LazyGroup(click.Group):
             module, attr = SUBCOMMANDS[name].split(":")
             try:
                 return getattr(importlib.import_module(module), attr)
-            except (ImportError, AttributeError) as e:  # a package not yet installed/built
-                raise click.ClickException(f"command {name!r} is unavailable: {e}") from None
+            except (ImportError, AttributeError) as e:  # an optional dependency missing
+                return _unavailable(name, str(e))
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
@@ -48,6 +48,15 @@ class LazyGroup(click.Group):
         except KBError as e:  # expected failures: one clear message, no traceback
             click.secho(f"error: {e}", fg="red", err=True)
             sys.exit(2)
+
+
+def _unavailable(name: str, reason: str) -> click.Command:
+    """A stand-in that keeps ``kb --help`` working and explains why ``name`` cannot run."""
+
+    def fail() -> None:
+        raise click.ClickException(f"command {name!r} is unavailable: {reason}")
+
+    return click.Command(name, callback=fail, help=f"(unavailable: {reason})")
 
 
 @click.group(
