@@ -1,0 +1,395 @@
+"""Slack workspace export (folder or .zip) to Documents: one per thread, one per channel window.
+
+Export layout (Slack "standard export"): ``channels.json`` (public channels), ``groups.json``
+(private channels), ``mpims.json`` (group DMs), ``dms.json`` (DMs), ``users.json`` and one
+folder per conversation with ``YYYY-MM-DD.json`` day files. Channel and group-DM folders are
+named by the conversation's name, DM folders by its id. A zip may hold the export under one
+top-level folder. Zip members are read in place.
+
+What becomes a Document:
+
+- a thread (parent ``thread_ts == ts`` plus every reply carrying that ``thread_ts``, wherever
+  its day file is) is one document, id ``{source}:{channel_id}:{thread_ts}``;
+- every other message is grouped per conversation and UTC time window of ``window_hours``
+  (24 = one calendar day), id ``{source}:{channel_id}:{YYYY-MM-DD}`` (or ``...THH`` for
+  windows shorter than a day);
+- a reply broadcast to the channel (``thread_broadcast``) appears once, inside its thread.
+
+Each message is one line ``Name (YYYY-MM-DD HH:MM): text`` and one Section (``slack_ts`` =
+the message ts), so chunks split at message boundaries and cite a message.
+
+Dropped as noise: system subtypes (joins, leaves, topic/purpose/name changes, archive,
+pins, integrations added), every ``bot_message`` and every message from a ``users.json``
+user with ``is_bot``; tombstoned, hidden and deleted messages; messages left empty after
+rendering. Edited messages hold their final text in the export and are kept as such.
+
+ACL: public channels ``{"public"}``. Private channels, group DMs and DMs: the conversation's
+``members``, each as ``user:<email>`` (when users.json has one) and always ``user:slack:<id>``.
+A non-public conversation without a members list gets an empty ACL (nobody) and a warning.
+A folder of day files that no listing names has unknown readers: it is skipped and reported.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import zipfile
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from core.errors import SourceError
+from core.types import PUBLIC, Document, IngestFailure, Section, user_principal
+from ingest.connectors.slack_mrkdwn import render_blocks, render_mrkdwn
+
+log = logging.getLogger(__name__)
+
+DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.json$")
+LISTINGS = (("channels.json", "public"), ("groups.json", "private"), ("mpims.json", "mpim"), ("dms.json", "dm"))
+
+#: Subtypes that are system notices or integrations, never knowledge.
+NOISE_SUBTYPES = frozenset({
+    "bot_message", "bot_add", "bot_remove", "bot_enable", "bot_disable",
+    "channel_join", "channel_leave", "group_join", "group_leave",
+    "channel_topic", "channel_purpose", "channel_name", "group_topic", "group_purpose", "group_name",
+    "channel_archive", "channel_unarchive", "group_archive", "group_unarchive",
+    "channel_convert_to_private", "channel_convert_to_public", "channel_posting_permissions",
+    "pinned_item", "unpinned_item", "reminder_add", "reminder_delete", "joiner_notification",
+    "joiner_notification_for_inviter", "slackbot_response", "tombstone", "app_conversation_leave",
+    "sh_room_created", "huddle_thread",
+})
+TOMBSTONE_TEXT = "This message was deleted."
+
+
+@dataclass
+class _Conversation:
+    id: str
+    name: str  # channel/group-DM name; the id for DMs
+    kind: str  # public | private | mpim | dm
+    members: list[str] | None
+
+
+@dataclass
+class _Bucket:
+    """The messages of one future Document."""
+
+    key: str  # thread_ts, or the window label
+    thread_ts: str | None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _ts_float(ts: Any) -> float:
+    try:
+        return float(ts)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _utc(ts: Any) -> datetime:
+    return datetime.fromtimestamp(_ts_float(ts), tz=timezone.utc)
+
+
+@contextmanager
+def _open_root(path: Path) -> Iterator[Any]:
+    """The export's root as a Traversable (a Path, or a zipfile.Path read in place)."""
+    if path.is_dir():
+        yield _find_root(path)
+        return
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise SourceError(f"{path}: not a Slack export folder or a readable .zip ({e})") from None
+    with zf:
+        yield _find_root(zipfile.Path(zf))
+
+
+def _find_root(root: Any) -> Any:
+    """Unzipped exports often sit in one extra top-level folder: descend into it."""
+    if any((root / name).is_file() for name, _ in LISTINGS) or (root / "users.json").is_file():
+        return root
+    subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("__MACOSX", "."))]
+    if len(subdirs) == 1 and any((subdirs[0] / n).is_file() for n, _ in LISTINGS):
+        return subdirs[0]
+    return root
+
+
+def _has_day_files(folder: Any) -> bool:
+    return folder.is_dir() and any(DAY_FILE.match(p.name) for p in folder.iterdir())
+
+
+class SlackConnector:
+    """Reads a Slack export; see the module docstring for what becomes a Document."""
+
+    source_type = "slack"
+
+    def __init__(self, path: str | Path, *, source: str = "slack", base_url: str | None = None,
+                 window_hours: int = 24):
+        self.path = Path(path).expanduser()
+        self.source = source
+        self.base_url = (base_url or "https://slack.com/").rstrip("/") + "/"
+        if window_hours < 1:
+            raise ValueError(f"window_hours must be at least 1, got {window_hours}")
+        self.window_hours = window_hours
+        self.failures: list[IngestFailure] = []
+        if not self.path.exists():
+            raise SourceError(f"{self.path}: Slack export not found (a folder or .zip is expected)")
+        with _open_root(self.path) as root:
+            if not (root / "channels.json").is_file() and not any(
+                _has_day_files(p) for p in root.iterdir() if p.is_dir()
+            ):
+                raise SourceError(
+                    f"{self.path}: not a Slack export (no channels.json and no <channel>/<date>.json "
+                    "folders); export the workspace from Slack's admin page and point at the folder or .zip"
+                )
+
+    def expected_count(self) -> int | None:
+        """Unknown until every day file is read (threads span files), so None."""
+        return None
+
+    # --- reading the export -------------------------------------------------------------
+
+    def _read_json(self, root: Any, rel: str) -> Any:
+        """Parsed JSON of a listing file, None if absent; a corrupt one stops the source."""
+        p = root / rel
+        if not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            raise SourceError(
+                f"{self.path}: {rel} is not valid JSON ({e}); re-export the workspace or fix the file"
+            ) from None
+
+    def _load_users(self, root: Any) -> tuple[dict[str, str], dict[str, str], set[str]]:
+        """(user id -> display name, user id -> email, ids of bots) from users.json."""
+        data = self._read_json(root, "users.json")
+        names: dict[str, str] = {}
+        emails: dict[str, str] = {}
+        bots: set[str] = set()
+        if data is None:
+            log.warning("slack users.json missing path=%s: user ids are kept as raw ids", self.path)
+            return names, emails, bots
+        if not isinstance(data, list):
+            raise SourceError(f"{self.path}: users.json must be a list of users")
+        for u in data:
+            if not isinstance(u, dict) or not u.get("id"):
+                continue
+            uid = str(u["id"])
+            profile = u.get("profile") or {}
+            name = (profile.get("display_name") or profile.get("real_name") or u.get("real_name")
+                    or u.get("name") or uid)
+            names[uid] = str(name).strip() or uid
+            if profile.get("email"):
+                emails[uid] = str(profile["email"])
+            if u.get("is_bot") or uid == "USLACKBOT":
+                bots.add(uid)
+        return names, emails, bots
+
+    def _load_conversations(self, root: Any) -> list[_Conversation]:
+        by_id: dict[str, _Conversation] = {}
+        for filename, kind in LISTINGS:
+            data = self._read_json(root, filename)
+            if data is None:
+                continue
+            if not isinstance(data, list):
+                raise SourceError(f"{self.path}: {filename} must be a list of conversations")
+            for c in data:
+                if not isinstance(c, dict) or not c.get("id"):
+                    continue
+                conv_kind = kind
+                if kind == "public" and (c.get("is_private") or c.get("is_mpim")):
+                    conv_kind = "mpim" if c.get("is_mpim") else "private"  # never widen access
+                members = c.get("members")
+                conv = _Conversation(
+                    id=str(c["id"]), name=str(c.get("name") or c["id"]), kind=conv_kind,
+                    members=[str(m) for m in members] if isinstance(members, list) else None,
+                )
+                if conv.id not in by_id or by_id[conv.id].kind == "public":
+                    by_id[conv.id] = conv
+        return list(by_id.values())
+
+    def _read_conversation(self, folder: Any, conv: _Conversation) -> list[dict[str, Any]]:
+        """All messages of a conversation, edits applied and deletions removed, oldest first."""
+        by_ts: dict[str, dict[str, Any]] = {}
+        for day in sorted((p for p in folder.iterdir() if DAY_FILE.match(p.name)), key=lambda p: p.name):
+            rel = f"{folder.name}/{day.name}"
+            try:
+                data = json.loads(day.read_text(encoding="utf-8"))
+                if not isinstance(data, list):
+                    raise ValueError("expected a list of messages")
+            except (ValueError, UnicodeDecodeError, OSError) as e:
+                reason = (f"unreadable day file ({e}); channel_id={conv.id}: its threads may span "
+                          "other days, so keep this channel's previously indexed documents")
+                log.warning("slack day file skipped path=%s channel_id=%s reason=%s", rel, conv.id, e)
+                self.failures.append(IngestFailure(path=rel, reason=reason, doc_id=None))
+                continue
+            for m in data:
+                if not isinstance(m, dict):
+                    continue
+                subtype = m.get("subtype")
+                if subtype == "message_changed" and isinstance(m.get("message"), dict):
+                    m = m["message"]
+                elif subtype == "message_deleted":
+                    by_ts.pop(str(m.get("deleted_ts")), None)
+                    continue
+                if m.get("ts") is None:
+                    continue
+                by_ts[str(m["ts"])] = m
+        return sorted(by_ts.values(), key=lambda m: _ts_float(m["ts"]))
+
+    # --- building documents -------------------------------------------------------------
+
+    def documents(self) -> Iterator[Document]:
+        with _open_root(self.path) as root:
+            names, emails, bots = self._load_users(root)
+            convs = self._load_conversations(root)
+            channel_names = {c.id: c.name for c in convs if c.kind in ("public", "private")}
+            listed: set[str] = set()
+            for conv in convs:
+                folder = root / conv.name
+                if not _has_day_files(folder):
+                    folder = root / conv.id
+                if not _has_day_files(folder):
+                    log.debug("slack conversation without day files channel_id=%s name=%s", conv.id, conv.name)
+                    continue
+                listed.add(folder.name)
+                messages = self._read_conversation(folder, conv)
+                acl = self._acl(conv, emails)
+                label = self._label(conv, names)
+                yield from self._conversation_documents(conv, label, acl, messages, names, bots, channel_names)
+            for folder in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name):
+                if folder.name not in listed and _has_day_files(folder):
+                    reason = ("day files of a conversation that channels.json, groups.json, mpims.json "
+                              "and dms.json do not list: its readers are unknown, so it was not indexed")
+                    log.warning("slack unlisted conversation skipped folder=%s", folder.name)
+                    self.failures.append(IngestFailure(path=folder.name, reason=reason, doc_id=None))
+
+    def _acl(self, conv: _Conversation, emails: Mapping[str, str]) -> frozenset[str]:
+        if conv.kind == "public":
+            return frozenset({PUBLIC})
+        if not conv.members:
+            log.warning("slack conversation without members channel_id=%s kind=%s: readable by nobody",
+                        conv.id, conv.kind)
+            return frozenset()
+        acl: set[str] = set()
+        for uid in conv.members:
+            acl.add(user_principal(f"slack:{uid}"))
+            if uid in emails:
+                acl.add(user_principal(emails[uid]))
+        return frozenset(acl)
+
+    @staticmethod
+    def _label(conv: _Conversation, names: Mapping[str, str]) -> str:
+        if conv.kind in ("public", "private"):
+            return f"#{conv.name}"
+        people = list(dict.fromkeys(names.get(u, u) for u in conv.members or []))
+        who = ", ".join(people) if people else conv.name
+        return f"DM {who}" if conv.kind == "dm" else f"Group DM {who}"
+
+    def _conversation_documents(
+        self, conv: _Conversation, label: str, acl: frozenset[str], messages: list[dict[str, Any]],
+        names: Mapping[str, str], bots: set[str], channel_names: Mapping[str, str],
+    ) -> Iterator[Document]:
+        kept = [(m, t) for m in messages if (t := self._message_text(m, names, bots, channel_names))]
+        # a thread is a thread_ts with at least one reply; a lone parent is an ordinary message
+        replies = {str(m["thread_ts"]) for m, _ in kept if m.get("thread_ts") and m["thread_ts"] != m["ts"]}
+        buckets: dict[str, _Bucket] = {}
+        for m, text in kept:
+            thread_ts = str(m["thread_ts"]) if m.get("thread_ts") else None
+            if thread_ts in replies:
+                bucket = buckets.setdefault(thread_ts, _Bucket(key=thread_ts, thread_ts=thread_ts))
+            else:
+                key = self._window_key(m["ts"])
+                bucket = buckets.setdefault("w" + key, _Bucket(key=key, thread_ts=None))
+            bucket.messages.append({**m, "_text": text})
+        for bucket in sorted(buckets.values(), key=lambda b: min(_ts_float(m["ts"]) for m in b.messages)):
+            yield self._document(conv, label, acl, bucket, names)
+
+    def _window_key(self, ts: Any) -> str:
+        width = self.window_hours * 3600
+        start = datetime.fromtimestamp(_ts_float(ts) // width * width, tz=timezone.utc)
+        return start.strftime("%Y-%m-%d") if self.window_hours % 24 == 0 else start.strftime("%Y-%m-%dT%H")
+
+    def _message_text(self, m: Mapping[str, Any], names: Mapping[str, str], bots: set[str],
+                      channel_names: Mapping[str, str]) -> str:
+        """Rendered text of a message worth indexing, or '' for noise."""
+        subtype = m.get("subtype")
+        if m.get("type", "message") != "message" or m.get("hidden"):
+            return ""
+        if subtype in NOISE_SUBTYPES or str(subtype or "").endswith(("_join", "_leave")):
+            return ""
+        if m.get("user") in bots or (m.get("bot_id") and not m.get("user")):
+            return ""
+        raw = str(m.get("text") or "")
+        if raw.strip() == TOMBSTONE_TEXT and not m.get("user"):
+            return ""
+        text = render_mrkdwn(raw, names, channel_names).strip()
+        if not text and m.get("blocks"):
+            text = render_blocks(m["blocks"], names, channel_names).strip()
+        if not text:  # a shared message or unfurl with no own text: use the attachment's
+            for a in m.get("attachments") or []:
+                if isinstance(a, dict):
+                    body = a.get("text") or a.get("fallback") or a.get("title") or ""
+                    if body:
+                        text = render_mrkdwn(str(body), names, channel_names).strip()
+                        break
+        files = [f for f in m.get("files") or [] if isinstance(f, dict) and (f.get("title") or f.get("name"))]
+        file_notes = " ".join(f"[file: {f.get('title') or f.get('name')}]" for f in files)
+        return " ".join(p for p in (text, file_notes) if p)
+
+    def _author(self, m: Mapping[str, Any], names: Mapping[str, str]) -> str:
+        comment = m.get("comment") if isinstance(m.get("comment"), dict) else {}
+        uid = m.get("user") or comment.get("user")  # legacy file_comment: the commenter
+        if uid and uid in names:
+            return names[uid]
+        profile = m.get("user_profile") or {}
+        return str(profile.get("display_name") or profile.get("real_name") or profile.get("name")
+                   or m.get("username") or uid or "unknown")
+
+    def _document(self, conv: _Conversation, label: str, acl: frozenset[str], bucket: _Bucket,
+                  names: Mapping[str, str]) -> Document:
+        msgs = bucket.messages
+        if bucket.thread_ts is not None:  # parent first, then replies in time order
+            msgs = sorted(msgs, key=lambda m: (str(m["ts"]) != bucket.thread_ts, _ts_float(m["ts"])))
+        lines: list[str] = []
+        sections: list[Section] = []
+        pos = 0
+        updated = 0.0
+        for m in msgs:
+            line = f"{self._author(m, names)} ({_utc(m['ts']).strftime('%Y-%m-%d %H:%M')}): {m['_text']}"
+            sections.append(Section(start=pos, end=pos + len(line), slack_ts=str(m["ts"])))
+            lines.append(line)
+            pos += len(line) + 1
+            edited = m.get("edited") if isinstance(m.get("edited"), dict) else {}
+            updated = max(updated, _ts_float(m["ts"]), _ts_float(edited.get("ts")))
+        if bucket.thread_ts is not None:
+            first = msgs[0]["_text"].splitlines()[0] if msgs[0]["_text"] else ""
+            words = first.split()
+            gist = " ".join(words[:10]) + (" …" if len(words) > 10 else "")
+            title = f"{label} thread: {gist[:100]}"
+            link_ts = bucket.thread_ts
+        else:
+            when = bucket.key if "T" not in bucket.key else bucket.key.replace("T", " ") + ":00 UTC"
+            title = f"{label} {when}"
+            link_ts = str(msgs[0]["ts"])
+        return Document(
+            id=f"{self.source}:{conv.id}:{bucket.key}",
+            source=self.source,
+            source_type="slack",
+            title=title,
+            uri=f"{self.base_url}archives/{conv.id}/p{link_ts.replace('.', '')}",
+            updated_at=_utc(updated),
+            text="\n".join(lines),
+            acl=acl,
+            sections=tuple(sections),
+            metadata={
+                "channel": conv.name,
+                "channel_id": conv.id,
+                "conversation_type": conv.kind,
+                "thread_ts": bucket.thread_ts,
+                "message_count": len(msgs),
+            },
+        )
