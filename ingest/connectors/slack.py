@@ -92,32 +92,77 @@ def _utc(ts: Any) -> datetime:
     return datetime.fromtimestamp(_ts_float(ts), tz=timezone.utc)
 
 
+class _Export:
+    """Read access to an export folder or zip, with every conversation's day files indexed
+    once (a zip's member list is scanned one time, not once per conversation)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._zip: zipfile.ZipFile | None = None
+        if path.is_dir():
+            names = [p.relative_to(path).as_posix() for p in path.iterdir() if p.is_file()]
+            names += [f"{d.name}/{f.name}" for d in path.iterdir() if d.is_dir()
+                      for f in d.iterdir() if DAY_FILE.match(f.name)]
+        else:
+            try:
+                self._zip = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError) as e:
+                raise SourceError(f"{path}: not a Slack export folder or a readable .zip ({e})") from None
+            names = [n for n in self._zip.namelist() if not n.endswith("/")]
+        self.prefix = self._find_prefix(names)
+        self.days: dict[str, list[str]] = defaultdict(list)  # folder -> sorted day file names
+        for name in names:
+            if not name.startswith(self.prefix):
+                continue
+            parts = name[len(self.prefix):].split("/")
+            if len(parts) == 2 and DAY_FILE.match(parts[1]):
+                self.days[parts[0]].append(parts[1])
+        for files in self.days.values():
+            files.sort()
+
+    @staticmethod
+    def _find_prefix(names: list[str]) -> str:
+        """Exports are often zipped (or unzipped) inside one extra top-level folder."""
+        top = {n for n in names if "/" not in n}
+        if top & {n for n, _ in LISTINGS} or "users.json" in top:
+            return ""
+        for n in names:
+            head, _, rest = n.partition("/")
+            if rest in {name for name, _ in LISTINGS} and not head.startswith(("__MACOSX", ".")):
+                return head + "/"
+        return ""
+
+    def read_text(self, rel: str) -> str | None:
+        """Text of a file in the export, None when absent (OSError when unreadable)."""
+        if self._zip is not None:
+            try:
+                return self._zip.read(self.prefix + rel).decode("utf-8")
+            except KeyError:
+                return None
+        p = self.path / rel
+        return p.read_text(encoding="utf-8") if p.is_file() else None
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+
+def _find_subfolder_export(path: Path) -> Path:
+    """An unzipped folder holding the export one level down is read from there."""
+    if path.is_dir() and not any((path / n).is_file() for n, _ in LISTINGS):
+        subdirs = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith(("__MACOSX", "."))]
+        if len(subdirs) == 1 and any((subdirs[0] / n).is_file() for n, _ in LISTINGS):
+            return subdirs[0]
+    return path
+
+
 @contextmanager
-def _open_root(path: Path) -> Iterator[Any]:
-    """The export's root as a Traversable (a Path, or a zipfile.Path read in place)."""
-    if path.is_dir():
-        yield _find_root(path)
-        return
+def _open_export(path: Path) -> Iterator[_Export]:
+    export = _Export(_find_subfolder_export(path))
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise SourceError(f"{path}: not a Slack export folder or a readable .zip ({e})") from None
-    with zf:
-        yield _find_root(zipfile.Path(zf))
-
-
-def _find_root(root: Any) -> Any:
-    """Unzipped exports often sit in one extra top-level folder: descend into it."""
-    if any((root / name).is_file() for name, _ in LISTINGS) or (root / "users.json").is_file():
-        return root
-    subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("__MACOSX", "."))]
-    if len(subdirs) == 1 and any((subdirs[0] / n).is_file() for n, _ in LISTINGS):
-        return subdirs[0]
-    return root
-
-
-def _has_day_files(folder: Any) -> bool:
-    return folder.is_dir() and any(DAY_FILE.match(p.name) for p in folder.iterdir())
+        yield export
+    finally:
+        export.close()
 
 
 class SlackConnector:
@@ -136,10 +181,8 @@ class SlackConnector:
         self.failures: list[IngestFailure] = []
         if not self.path.exists():
             raise SourceError(f"{self.path}: Slack export not found (a folder or .zip is expected)")
-        with _open_root(self.path) as root:
-            if not (root / "channels.json").is_file() and not any(
-                _has_day_files(p) for p in root.iterdir() if p.is_dir()
-            ):
+        with _open_export(self.path) as export:
+            if export.read_text("channels.json") is None and not export.days:
                 raise SourceError(
                     f"{self.path}: not a Slack export (no channels.json and no <channel>/<date>.json "
                     "folders); export the workspace from Slack's admin page and point at the folder or .zip"
@@ -151,21 +194,19 @@ class SlackConnector:
 
     # --- reading the export -------------------------------------------------------------
 
-    def _read_json(self, root: Any, rel: str) -> Any:
+    def _read_json(self, export: _Export, rel: str) -> Any:
         """Parsed JSON of a listing file, None if absent; a corrupt one stops the source."""
-        p = root / rel
-        if not p.is_file():
-            return None
         try:
-            return json.loads(p.read_text(encoding="utf-8"))
+            text = export.read_text(rel)
+            return None if text is None else json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
             raise SourceError(
                 f"{self.path}: {rel} is not valid JSON ({e}); re-export the workspace or fix the file"
             ) from None
 
-    def _load_users(self, root: Any) -> tuple[dict[str, str], dict[str, str], set[str]]:
+    def _load_users(self, export: _Export) -> tuple[dict[str, str], dict[str, str], set[str]]:
         """(user id -> display name, user id -> email, ids of bots) from users.json."""
-        data = self._read_json(root, "users.json")
+        data = self._read_json(export, "users.json")
         names: dict[str, str] = {}
         emails: dict[str, str] = {}
         bots: set[str] = set()
@@ -188,10 +229,10 @@ class SlackConnector:
                 bots.add(uid)
         return names, emails, bots
 
-    def _load_conversations(self, root: Any) -> list[_Conversation]:
+    def _load_conversations(self, export: _Export) -> list[_Conversation]:
         by_id: dict[str, _Conversation] = {}
         for filename, kind in LISTINGS:
-            data = self._read_json(root, filename)
+            data = self._read_json(export, filename)
             if data is None:
                 continue
             if not isinstance(data, list):
@@ -211,13 +252,13 @@ class SlackConnector:
                     by_id[conv.id] = conv
         return list(by_id.values())
 
-    def _read_conversation(self, folder: Any, conv: _Conversation) -> list[dict[str, Any]]:
+    def _read_conversation(self, export: _Export, folder: str, conv: _Conversation) -> list[dict[str, Any]]:
         """All messages of a conversation, edits applied and deletions removed, oldest first."""
         by_ts: dict[str, dict[str, Any]] = {}
-        for day in sorted((p for p in folder.iterdir() if DAY_FILE.match(p.name)), key=lambda p: p.name):
-            rel = f"{folder.name}/{day.name}"
+        for day in export.days[folder]:
+            rel = f"{folder}/{day}"
             try:
-                data = json.loads(day.read_text(encoding="utf-8"))
+                data = json.loads(export.read_text(rel) or "")
                 if not isinstance(data, list):
                     raise ValueError("expected a list of messages")
             except (ValueError, UnicodeDecodeError, OSError) as e:
@@ -243,29 +284,26 @@ class SlackConnector:
     # --- building documents -------------------------------------------------------------
 
     def documents(self) -> Iterator[Document]:
-        with _open_root(self.path) as root:
-            names, emails, bots = self._load_users(root)
-            convs = self._load_conversations(root)
+        with _open_export(self.path) as export:
+            names, emails, bots = self._load_users(export)
+            convs = self._load_conversations(export)
             channel_names = {c.id: c.name for c in convs if c.kind in ("public", "private")}
             listed: set[str] = set()
             for conv in convs:
-                folder = root / conv.name
-                if not _has_day_files(folder):
-                    folder = root / conv.id
-                if not _has_day_files(folder):
+                folder = conv.name if conv.name in export.days else conv.id
+                if folder not in export.days:
                     log.debug("slack conversation without day files channel_id=%s name=%s", conv.id, conv.name)
                     continue
-                listed.add(folder.name)
-                messages = self._read_conversation(folder, conv)
+                listed.add(folder)
+                messages = self._read_conversation(export, folder, conv)
                 acl = self._acl(conv, emails)
                 label = self._label(conv, names)
                 yield from self._conversation_documents(conv, label, acl, messages, names, bots, channel_names)
-            for folder in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name):
-                if folder.name not in listed and _has_day_files(folder):
-                    reason = ("day files of a conversation that channels.json, groups.json, mpims.json "
-                              "and dms.json do not list: its readers are unknown, so it was not indexed")
-                    log.warning("slack unlisted conversation skipped folder=%s", folder.name)
-                    self.failures.append(IngestFailure(path=folder.name, reason=reason, doc_id=None))
+            for folder in sorted(set(export.days) - listed):
+                reason = ("day files of a conversation that channels.json, groups.json, mpims.json "
+                          "and dms.json do not list: its readers are unknown, so it was not indexed")
+                log.warning("slack unlisted conversation skipped folder=%s", folder)
+                self.failures.append(IngestFailure(path=folder, reason=reason, doc_id=None))
 
     def _acl(self, conv: _Conversation, emails: Mapping[str, str]) -> frozenset[str]:
         if conv.kind == "public":
