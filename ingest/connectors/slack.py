@@ -284,17 +284,30 @@ class SlackConnector:
     # --- building documents -------------------------------------------------------------
 
     def documents(self) -> Iterator[Document]:
+        self.failures.clear()
         with _open_export(self.path) as export:
             names, emails, bots = self._load_users(export)
             convs = self._load_conversations(export)
-            channel_names = {c.id: c.name for c in convs if c.kind in ("public", "private")}
+            # <#C123> without a label is named from public channels only: a private channel's
+            # name is not shown to people outside it
+            channel_names = {c.id: c.name for c in convs if c.kind == "public"}
+            folders = {c.id: c.name if c.name in export.days else c.id for c in convs}
+            claims: defaultdict[str, list[str]] = defaultdict(list)
+            for conv in convs:
+                claims[folders[conv.id]].append(conv.id)
             listed: set[str] = set()
             for conv in convs:
-                folder = conv.name if conv.name in export.days else conv.id
+                folder = folders[conv.id]
                 if folder not in export.days:
                     log.debug("slack conversation without day files channel_id=%s name=%s", conv.id, conv.name)
                     continue
                 listed.add(folder)
+                if len(claims[folder]) > 1:  # whose members may read it is ambiguous: skip it
+                    if claims[folder][0] == conv.id:
+                        reason = f"folder claimed by several conversations ({', '.join(claims[folder])}): not indexed"
+                        log.warning("slack ambiguous folder skipped folder=%s", folder)
+                        self.failures.append(IngestFailure(path=folder, reason=reason, doc_id=None))
+                    continue
                 messages = self._read_conversation(export, folder, conv)
                 acl = self._acl(conv, emails)
                 label = self._label(conv, names)

@@ -427,3 +427,25 @@ def test_render_mrkdwn_round_trip_property(pieces):
     assert out == expected
     if not any(k == "text" and "<" in v for k, v in pieces):
         assert "<@U" not in out and "<@W" not in out
+
+
+def test_folder_claimed_by_public_and_private_is_skipped(tiny_export):
+    """A public channel and a private one with the same folder name: readers are ambiguous."""
+    channels = json.loads((tiny_export / "channels.json").read_text())
+    _write(tiny_export / "channels.json", channels + [{"id": "C5", "name": "proj-falcon", "members": []}])
+    docs, conn = _ingest(tiny_export)
+    assert not [d for d in docs if d.metadata["channel"] == "proj-falcon"]
+    assert [f.path for f in conn.failures if "claimed" in f.reason] == ["proj-falcon"]
+    assert "Falcon ships" not in "".join(d.text for d in docs)
+
+
+def test_private_channel_name_not_looked_up_and_failures_not_repeated(tiny_export):
+    _write(tiny_export / "general" / "2024-03-07.json", [
+        {"type": "message", "user": "UB", "text": "ask in <#G1> or <#C1>", "ts": "1709805600.000100"}])
+    conn = SlackConnector(tiny_export, source="sl")
+    first = _by_id(conn.documents())
+    n_failures = len(conn.failures)
+    second = _by_id(conn.documents())
+    assert len(conn.failures) == n_failures  # a second pass reports afresh, not twice
+    assert first.keys() == second.keys()
+    assert first["sl:C1:2024-03-07"].text.endswith("ask in #G1 or #general")
