@@ -1,0 +1,237 @@
+"""What every generator backend shares, and the factory that picks one from the settings.
+
+Backends (``llamacpp``, ``transformers``, ``openai``, ``fake``) implement
+:class:`core.protocols.Generator` (``model_id`` + ``stream``) plus two helpers the answer
+pipeline uses: ``yes_probability(messages)`` (P("yes") / (P("yes") + P("no")) for the first
+token of the assistant's reply; the grounding check and the reranker) and ``count_tokens``.
+Only core types cross this boundary: backend objects are converted inside each module.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+from core.errors import ConfigError
+from core.protocols import Generator
+from core.settings import GeneratorConfig, OpenAIEndpoint
+from core.types import GenParams, Message, Token
+
+#: First-token spellings counted as "yes" / "no" (only those that are one token are used).
+YES_WORDS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
+NO_WORDS = ("no", "No", "NO", " no", " No", " NO")
+
+
+class GeneratorBase:
+    """Shared conveniences; subclasses implement ``stream``, ``yes_probability``, ``count_tokens``."""
+
+    model_id: str = ""
+
+    def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[Token]:  # pragma: no cover
+        raise NotImplementedError
+
+    def complete(self, messages: Sequence[Message], params: GenParams | None = None) -> str:
+        """The whole reply as one string (for short internal calls such as query rewriting)."""
+        return "".join(t.text for t in self.stream(messages, params or GenParams()))
+
+    def yes_probability(self, messages: Sequence[Message]) -> float:  # pragma: no cover
+        raise NotImplementedError
+
+    def count_tokens(self, text: str) -> int:  # pragma: no cover
+        raise NotImplementedError
+
+    def warm_up(self) -> None:
+        """Load the model now (servers call this at start so the first question is not slow)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model_id={self.model_id!r})"
+
+
+def to_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """Chat messages in the OpenAI / HF chat-template shape."""
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def merge_finish(tokens: Iterable[Token]) -> Iterator[Token]:
+    """Move a trailing empty ``Token("", finish_reason=x)`` onto the last text token.
+
+    Backends learn the finish reason only after the last piece; holding one token back costs
+    nothing visible and keeps the contract "finish_reason is set on the last token".
+    """
+    held: Token | None = None
+    for tok in tokens:
+        if held is not None:
+            if tok.finish_reason and not tok.text:
+                yield replace(held, finish_reason=tok.finish_reason, logprob=_add(held.logprob, tok.logprob))
+                return
+            yield held
+        held = tok
+    if held is not None:
+        yield held
+
+
+def _add(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+class StopFilter:
+    """Cuts streamed text at the first stop string, holding back text that may start one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.buffer = ""
+        self.hit = False
+
+    def feed(self, text: str) -> str:
+        """Text that is safe to emit now ('' while a possible stop string is pending)."""
+        if not self.stops:
+            return text
+        if self.hit:
+            return ""
+        self.buffer += text
+        cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.buffer, self.hit = self.buffer[:cut], "", True
+            return out
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.buffer)), 0, -1):
+                if self.buffer.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        out = self.buffer[: len(self.buffer) - hold]
+        self.buffer = self.buffer[len(self.buffer) - hold :]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = ("" if self.hit else self.buffer), ""
+        return out
+
+
+def single_token_ids(encode: Callable[[str], list[int]], words: Sequence[str]) -> list[int]:
+    """Ids of the words that encode to exactly one token (deduplicated, in order)."""
+    out: list[int] = []
+    for w in words:
+        ids = encode(w)
+        if len(ids) == 1 and ids[0] not in out:
+            out.append(ids[0])
+    return out
+
+
+def yes_share_from_logprobs(yes_logprobs: Sequence[float], no_logprobs: Sequence[float]) -> float | None:
+    """P(yes) / (P(yes) + P(no)) from the log-probabilities of the yes and no spellings."""
+    if not yes_logprobs and not no_logprobs:
+        return None
+    ly = _logsumexp(yes_logprobs)
+    ln = _logsumexp(no_logprobs)
+    if ly == -math.inf and ln == -math.inf:
+        return None
+    return 1.0 / (1.0 + math.exp(ln - ly)) if ly != -math.inf else 0.0
+
+
+def yes_share_from_top(top: Mapping[str, float]) -> float | None:
+    """Same, from a ``{token_text: logprob}`` map such as an OpenAI ``top_logprobs`` list."""
+    yes, no = [], []
+    for text, lp in top.items():
+        word = re.sub(r"[^a-z]", "", text.lower())
+        if word == "yes":
+            yes.append(lp)
+        elif word == "no":
+            no.append(lp)
+    return yes_share_from_logprobs(yes, no)
+
+
+def yes_no_from_text(text: str) -> float | None:
+    """1.0 / 0.0 when the reply starts with yes / no (for servers that return no logprobs)."""
+    m = re.match(r"\W*(yes|no)\b", text.strip().lower())
+    if not m:
+        return None
+    return 1.0 if m.group(1) == "yes" else 0.0
+
+
+def _logsumexp(xs: Sequence[float]) -> float:
+    if not xs:
+        return -math.inf
+    m = max(xs)
+    if m == -math.inf:
+        return m
+    return m + math.log(sum(math.exp(x - m) for x in xs))
+
+
+def configure_threads(threads: int) -> None:
+    """OpenMP settings must be in the environment before torch / llama.cpp start their pools.
+
+    With 2+ threads on a shared box, busy-waiting workers collapse throughput (STACK.md):
+    ``OMP_WAIT_POLICY=PASSIVE`` makes idle workers sleep.
+    """
+    if threads > 1:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def make_generator(cfg: GeneratorConfig, models_dir: Path, *, base_dir: Path | None = None) -> Generator:
+    """The backend named by ``generator.backend``. Models load lazily, on first use or ``warm_up()``.
+
+    ``base_dir`` resolves a relative ``generator.model`` path (pass ``settings.config_dir``).
+    """
+    configure_threads(cfg.threads)
+    if cfg.backend == "fake":
+        from app.generators.fake import FakeGenerator
+
+        return FakeGenerator()
+    if cfg.backend == "openai":
+        if cfg.openai is None:  # the settings validator already refuses this
+            raise ConfigError("generator.openai: backend 'openai' needs base_url and model")
+        if cfg.adapter is not None:
+            raise ConfigError(
+                "generator.adapter: the openai backend cannot load a local adapter; serve the "
+                "merged model on the server (e.g. vLLM --enable-lora) or use backend transformers"
+            )
+        return make_escalation_generator(cfg.openai)
+
+    from app.models import resolve_model
+
+    ref = resolve_model(cfg, Path(models_dir), base_dir=base_dir)
+    if cfg.backend == "llamacpp":
+        from app.generators.llamacpp import LlamaCppGenerator
+
+        if ref.gguf_path is None:
+            raise ConfigError(
+                f"generator.model: {ref.path} is a Hugging Face folder; the llamacpp backend needs a "
+                "GGUF file (set generator.backend: transformers, or point generator.model at a .gguf)"
+            )
+        return LlamaCppGenerator(
+            ref.gguf_path,
+            n_threads=cfg.threads,
+            n_ctx=cfg.context_tokens,
+            lora_path=cfg.adapter,
+            model_id=ref.model_id,
+        )
+    if cfg.backend == "transformers":
+        from app.generators.hf import HFGenerator
+
+        return HFGenerator(
+            ref,
+            models_dir=Path(models_dir),
+            threads=cfg.threads,
+            adapter=cfg.adapter,
+            load_in_4bit=cfg.load_in_4bit,
+            context_tokens=cfg.context_tokens,
+        )
+    raise ConfigError(f"generator.backend: unknown backend {cfg.backend!r}")  # pragma: no cover
+
+
+def make_escalation_generator(endpoint: OpenAIEndpoint) -> Generator:
+    """A generator for an OpenAI-compatible server (the escalation model, or backend openai)."""
+    from app.generators.openai_compat import OpenAIGenerator
+
+    return OpenAIGenerator(
+        base_url=endpoint.base_url,
+        model=endpoint.model,
+        api_key=endpoint.api_key,
+        timeout=endpoint.timeout_s,
+    )
