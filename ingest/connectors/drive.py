@@ -1,0 +1,153 @@
+"""Drive connector: a folder export of docx, pptx, xlsx, pdf, txt/md, csv and html files.
+
+One document per file, id ``<source>:<relative/posix/path>``. Who may read a file comes
+from the optional permissions sidecar (see :mod:`ingest.parsers.permissions`), else the
+source's ``default_acl``. :class:`FileTreeConnector` is the shared folder-walking base that
+the wiki connector reuses.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import quote
+
+from core.errors import ParseError, SourceError
+from core.types import Document, IngestFailure, SourceType
+from ingest.parsers import FORMATS, Parsed, parse_file
+from ingest.parsers.permissions import PermissionMap
+
+log = logging.getLogger(__name__)
+
+
+class FileTreeConnector:
+    """Walks a folder, parses each supported file, yields one Document per file.
+
+    Subclasses set ``source_type`` and ``extensions`` and may refine title, uri and ACL.
+    A file that cannot be parsed is recorded in ``failures`` and the walk goes on.
+    """
+
+    source_type: SourceType = "drive"
+    extensions: frozenset[str] = frozenset(FORMATS)
+    #: Folder names never descended into (besides hidden ones).
+    skip_dirs: frozenset[str] = frozenset({"node_modules", "__pycache__"})
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        source: str,
+        base_url: str | None = None,
+        permissions_file: str | None = "permissions.json",
+        default_acl: str = "public",
+    ) -> None:
+        self.root = Path(path).expanduser()
+        if not self.root.exists():
+            raise SourceError(
+                f"{self.source_type} folder not found: {self.root}; check sources[].path in kb.yaml"
+            )
+        if not self.root.is_dir():
+            raise SourceError(
+                f"{self.source_type} source is not a folder: {self.root}; check sources[].path in kb.yaml"
+            )
+        self.source = source
+        self.base_url = base_url
+        self.permissions_file = (permissions_file or "").strip().replace("\\", "/") or None
+        sidecar = self.root / self.permissions_file if self.permissions_file else None
+        self.permissions = PermissionMap.load(sidecar, default_acl)
+        self.failures: list[IngestFailure] = []
+
+    # -- walking -------------------------------------------------------------------------
+
+    def files(self) -> list[tuple[Path, str]]:
+        """``(path, relative posix path)`` of every file this source reads, sorted."""
+        out: list[tuple[Path, str]] = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in self.skip_dirs)
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                rel = path.relative_to(self.root).as_posix()
+                if name.startswith((".", "~")) or name.endswith(("~", ".tmp")):
+                    continue  # hidden, Office lock files (~$x.docx), editor backups
+                if rel == self.permissions_file:
+                    continue
+                if path.suffix.lower() not in self.extensions:
+                    log.debug("unsupported file skipped source=%s path=%s", self.source, rel)
+                    continue
+                out.append((path, rel))
+        return out
+
+    def expected_count(self) -> int | None:
+        return len(self.files())
+
+    def documents(self) -> Iterator[Document]:
+        self.failures.clear()
+        files = self.files()
+        for key in self.permissions.unmatched_keys(rel for _, rel in files):
+            log.warning("permissions entry matches no file source=%s key=%s", self.source, key)
+        for path, rel in files:
+            doc_id = f"{self.source}:{rel}"
+            try:
+                doc = self.document(path, rel)
+            except ParseError as e:
+                self._fail(rel, e.reason, doc_id)
+                continue
+            except Exception as e:  # a parser bug or odd file must not end the run
+                log.debug("parser crashed source=%s path=%s", self.source, rel, exc_info=True)
+                self._fail(rel, f"unexpected error while reading ({type(e).__name__}: {e})", doc_id)
+                continue
+            if doc is not None:
+                yield doc
+
+    def _fail(self, rel: str, reason: str, doc_id: str) -> None:
+        log.warning("file skipped source=%s path=%s reason=%s", self.source, rel, reason)
+        self.failures.append(IngestFailure(path=rel, reason=reason, doc_id=doc_id))
+
+    # -- one file ------------------------------------------------------------------------
+
+    def document(self, path: Path, rel: str) -> Document | None:
+        """The Document for one file, or None when it has no text (logged at debug)."""
+        try:
+            mtime = path.stat().st_mtime
+        except OSError as e:
+            raise ParseError(rel, f"cannot read file: {e.strerror or e}") from None
+        parsed = parse_file(path)
+        if not parsed.text.strip():
+            log.debug("empty document skipped source=%s path=%s", self.source, rel)
+            return None
+        metadata = {"path": rel, **parsed.metadata, **self.extra_metadata(parsed)}
+        return Document(
+            id=f"{self.source}:{rel}",
+            source=self.source,
+            source_type=self.source_type,
+            title=self.title(path, parsed),
+            uri=self.uri(path, rel, parsed),
+            updated_at=parsed.updated_at or datetime.fromtimestamp(mtime, tz=timezone.utc),
+            text=parsed.text,
+            acl=self.acl(rel, parsed),
+            sections=parsed.sections,
+            metadata=metadata,
+        )
+
+    def title(self, path: Path, parsed: Parsed) -> str:
+        """Drive files are known by their file name (what the Drive UI shows)."""
+        return path.name
+
+    def uri(self, path: Path, rel: str, parsed: Parsed) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/") + "/" + quote(rel)
+        return path.resolve().as_uri()
+
+    def acl(self, rel: str, parsed: Parsed) -> frozenset[str]:
+        return self.permissions.acl_for(rel)
+
+    def extra_metadata(self, parsed: Parsed) -> dict[str, Any]:
+        return {}
+
+
+class DriveConnector(FileTreeConnector):
+    """A Drive folder export; sharing comes only from the sidecar (never from file content)."""
+
+    source_type: SourceType = "drive"

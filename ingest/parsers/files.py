@@ -1,0 +1,22 @@
+"""Path-taking wrappers for the text-based parsers (markdown and HTML take strings)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.errors import ParseError
+from ingest.parsers.builder import Parsed
+from ingest.parsers.html import parse_html
+from ingest.parsers.markdown import parse_markdown
+from ingest.parsers.text import read_text
+
+
+def parse_markdown_file(path: Path) -> Parsed:
+    return parse_markdown(read_text(path), name=path.name)
+
+
+def parse_html_file(path: Path) -> Parsed:
+    try:
+        data = path.read_bytes()  # bytes: BeautifulSoup honours the page's declared charset
+    except OSError as e:
+        raise ParseError(str(path), f"cannot read file: {e.strerror or e}") from None
+    return parse_html(data, name=path.name)
