@@ -1,0 +1,167 @@
+"""What an ingest did: per-source counts and failures, as a dataclass, a JSON file and a row.
+
+Each run is written to ``settings.reports_dir/ingest-<UTC timestamp>.json`` and recorded in
+the ``ingest_runs`` table of ``settings.app_db`` (it survives index generations and is what
+``kb status`` reads for the last run and its failures).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from core.settings import Settings
+from core.types import IngestFailure
+
+log = logging.getLogger(__name__)
+
+_RUNS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ingest_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, started_at TEXT NOT NULL, finished_at TEXT NOT NULL,
+    ok INTEGER NOT NULL, generation TEXT, report_path TEXT, report TEXT NOT NULL
+);
+"""
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class SourceReport:
+    name: str
+    type: str
+    path: str
+    #: "ok" (every file read), "partial" (some files failed), "failed" (the source could not be read)
+    status: str = "ok"
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    failures: list[IngestFailure] = field(default_factory=list)
+    #: Why the whole source failed (SourceError message), if it did.
+    error: str | None = None
+    #: False when vanished documents were not deleted this run (see ``notes``).
+    pruned: bool = True
+    notes: list[str] = field(default_factory=list)
+    chunks_embedded: int = 0
+    seconds: float = 0.0
+
+    def fail_file(self, failure: IngestFailure) -> None:
+        self.failures.append(failure)
+        self.failed += 1
+        if self.status == "ok":
+            self.status = "partial"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["failures"] = [asdict(f) for f in self.failures]
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+@dataclass
+class IngestReport:
+    started_at: datetime = field(default_factory=utc_now)
+    finished_at: datetime | None = None
+    sources: list[SourceReport] = field(default_factory=list)
+    #: The generation published by this run (None when nothing changed or the run failed).
+    generation: str | None = None
+    #: The generation readers use after this run.
+    current_generation: str | None = None
+    chunks_embedded: int = 0
+    documents_total: int = 0
+    chunks_total: int = 0
+    embedder: str = ""
+    index_kind: str = ""
+    notes: list[str] = field(default_factory=list)
+    report_path: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        end = self.finished_at or utc_now()
+        return (end - self.started_at).total_seconds()
+
+    @property
+    def ok(self) -> bool:
+        """Nothing failed: no unreadable file and no unreadable source."""
+        return all(s.status == "ok" for s in self.sources)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def totals(self) -> dict[str, int]:
+        keys = ("added", "updated", "deleted", "unchanged", "failed")
+        return {k: sum(getattr(s, k) for s in self.sources) for k in keys}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "started_at": self.started_at.isoformat(timespec="seconds"),
+            "finished_at": self.finished_at.isoformat(timespec="seconds") if self.finished_at else None,
+            "seconds": round(self.seconds, 3),
+            "generation": self.generation,
+            "current_generation": self.current_generation,
+            "embedder": self.embedder,
+            "index_kind": self.index_kind,
+            "chunks_embedded": self.chunks_embedded,
+            "documents_total": self.documents_total,
+            "chunks_total": self.chunks_total,
+            "totals": self.totals(),
+            "sources": [s.to_dict() for s in self.sources],
+            "notes": list(self.notes),
+            "report_path": self.report_path,
+        }
+
+    def save(self, settings: Settings) -> Path:
+        """Write the JSON report and record the run in the app database. Returns the JSON path."""
+        settings.reports_dir.mkdir(parents=True, exist_ok=True)
+        stamp = self.started_at.strftime("%Y%m%dT%H%M%S%fZ")
+        path = settings.reports_dir / f"ingest-{stamp}.json"
+        if path.exists():
+            path = settings.reports_dir / f"ingest-{stamp}-{os.getpid()}.json"
+        self.report_path = str(path)
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        path.write_text(text, encoding="utf-8")
+        record_run(settings, self)
+        return path
+
+
+def _runs_db(settings: Settings) -> sqlite3.Connection:
+    settings.app_db.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(settings.app_db), timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(_RUNS_SCHEMA)
+    return conn
+
+
+def record_run(settings: Settings, report: IngestReport) -> None:
+    conn = _runs_db(settings)
+    try:
+        with conn:
+            conn.execute(
+                "INSERT INTO ingest_runs(started_at, finished_at, ok, generation, report_path, report) VALUES (?,?,?,?,?,?)",
+                (report.started_at.isoformat(), (report.finished_at or utc_now()).isoformat(), int(report.ok),
+                 report.generation, report.report_path, json.dumps(report.to_dict(), ensure_ascii=False)),
+            )
+    finally:
+        conn.close()
+
+
+def recent_runs(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
+    """The last ``limit`` ingest reports (as dicts), newest first; [] before the first run."""
+    if not settings.app_db.is_file():
+        return []
+    conn = _runs_db(settings)
+    try:
+        rows = conn.execute("SELECT report FROM ingest_runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    finally:
+        conn.close()
+    return [json.loads(r[0]) for r in rows]

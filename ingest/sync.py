@@ -1,0 +1,302 @@
+"""Incremental sync: connector documents -> diff against the index -> a new generation.
+
+Per source: a document whose ``content_hash()`` matches the stored one is skipped (not
+re-chunked, not re-embedded); a changed one has its chunks, vectors, FTS rows and ACL rows
+replaced (chunks identical to the stored ones keep their vectors); a new one is added; one
+that the source no longer yields is deleted, unless this run could not read it (its doc id
+is in ``connector.failures``, or a failure names its Slack channel): then its previous
+version stays. A source that cannot be read at all keeps all its documents.
+
+Embeddings come from the embedding cache when the same text was embedded before (by any
+run, even one that was killed), so only new chunk texts reach the model.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from core.errors import ConfigError, SourceError
+from core.protocols import Connector, Embedder
+from core.settings import Settings, SourceConfig
+from core.types import Chunk, Document, IngestFailure
+from index.cache import EmbeddingCache
+from index.generation import LOCK_WAIT_S, GenerationWriter, Generations, crash_point, ingest_lock
+from index.store import text_sha
+from index.vectors import FaissIndex
+from ingest.report import IngestReport, SourceReport, utc_now
+
+log = logging.getLogger(__name__)
+
+#: Chunk texts per embedding call; each batch is committed to the cache before the next.
+EMBED_BATCH = 64
+CACHE_FILE = "embeddings.sqlite3"
+_CHANNEL_ID = re.compile(r"channel_id=([A-Za-z0-9_.-]+)")
+
+ConnectorFactory = Callable[[SourceConfig], Connector]
+
+
+@dataclass
+class _Pending:
+    doc: Document
+    chunks: list[Chunk]
+    is_new: bool
+    report: SourceReport
+
+
+@dataclass
+class _Sink:
+    """Buffers changed documents, writes them to the new generation and embeds new chunks."""
+
+    writer: GenerationWriter
+    cache: EmbeddingCache
+    embedder: Embedder
+    pending: list[_Pending] = field(default_factory=list)
+    pending_chunks: int = 0
+    removed: list[int] = field(default_factory=list)
+    embedded: int = 0
+
+    def put(self, item: _Pending) -> None:
+        self.pending.append(item)
+        self.pending_chunks += len(item.chunks)
+        if self.pending_chunks >= EMBED_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        items, self.pending, self.pending_chunks = self.pending, [], 0
+        store = self.writer.store
+        added: list[tuple[int, str]] = []
+        texts: dict[str, str] = {}
+        with store.transaction():
+            for it in items:
+                removed, new_rows = store.upsert_document(it.doc, it.chunks)
+                self.removed.extend(removed)
+                added.extend(new_rows)
+                texts.update((text_sha(c.text), c.text) for c in it.chunks)
+        vecs = self.vectors_for([sha for _, sha in added], texts)
+        self.writer.vectors.add([i for i, _ in added], vecs)
+        for it in items:
+            if it.is_new:
+                it.report.added += 1
+            else:
+                it.report.updated += 1
+
+    def vectors_for(self, shas: Sequence[str], texts: dict[str, str]) -> np.ndarray:
+        """Vectors for these text shas: from the cache, else embedded (and cached) now."""
+        if not shas:
+            return np.zeros((0, self.embedder.dim), dtype=np.float32)
+        model = self.embedder.model_id
+        found = self.cache.get_many(model, shas, self.embedder.dim)
+        missing = [s for s in dict.fromkeys(shas) if s not in found]
+        slow_ms = float(os.environ.get("KB_TEST_SLOW_EMBED_MS", "0") or 0)  # crash tests only
+        for i in range(0, len(missing), EMBED_BATCH):
+            part = missing[i:i + EMBED_BATCH]
+            vecs = self.embedder.embed_documents([texts[s] for s in part])
+            self.cache.put_many(model, zip(part, vecs))
+            found.update(zip(part, vecs))
+            self.embedded += len(part)
+            log.debug("embedded batch texts=%d total=%d", len(part), self.embedded)
+            if slow_ms:
+                time.sleep(slow_ms / 1000.0)
+            crash_point("embedding")
+        return np.stack([found[s] for s in shas]).astype(np.float32)
+
+
+def _failure_prefixes(src: SourceConfig, failures: Sequence[IngestFailure]) -> tuple[set[str], set[str], list[str]]:
+    """(doc ids to keep, doc id prefixes to keep, failures that block pruning the whole source)."""
+    keep_ids: set[str] = set()
+    keep_prefixes: set[str] = set()
+    blocking: list[str] = []
+    for f in failures:
+        if f.doc_id:
+            keep_ids.add(f.doc_id)
+            continue
+        m = _CHANNEL_ID.search(f.reason or "") or _CHANNEL_ID.search(f.path or "")
+        if m:
+            keep_prefixes.add(f"{src.name}:{m.group(1)}:")
+        else:
+            blocking.append(f.path)
+    return keep_ids, keep_prefixes, blocking
+
+
+def _make_bar(progress: bool, total: int | None, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="doc", disable=not progress, file=sys.stderr, leave=True,
+                dynamic_ncols=True)
+
+
+def _sync_source(src: SourceConfig, *, writer: GenerationWriter, sink: _Sink, chunker: Any,
+                 factory: ConnectorFactory, progress: bool) -> SourceReport:
+    rep = SourceReport(name=src.name, type=src.type, path=str(src.path))
+    t0 = time.monotonic()
+    try:
+        connector = factory(src)
+    except (SourceError, ConfigError, OSError, ValueError) as e:
+        rep.status, rep.error, rep.pruned = "failed", str(e), False
+        log.error("source failed source=%s reason=%s", src.name, e)
+        rep.seconds = time.monotonic() - t0
+        return rep
+    stored = writer.read_store.doc_hashes(src.name)
+    fingerprint = getattr(chunker, "fingerprint", None)
+    rechunk = bool(stored) and fingerprint is not None and writer.read_store.source_chunker(src.name) != fingerprint
+    if rechunk:
+        rep.notes.append("chunking settings changed: every document of this source was re-chunked")
+    try:
+        total = connector.expected_count()
+    except Exception:  # a count is only for the progress bar
+        total = None
+    seen: set[str] = set()
+    embedded_before = sink.embedded
+    bar = _make_bar(progress, total, src.name)
+    try:
+        for doc in connector.documents():
+            bar.update(1)
+            if doc.id in seen:
+                rep.fail_file(IngestFailure(path=str(doc.metadata.get("path", doc.uri)),
+                                            reason=f"duplicate document id {doc.id!r}: second one skipped", doc_id=doc.id))
+                continue
+            seen.add(doc.id)
+            old = stored.get(doc.id)
+            if old == doc.content_hash() and not rechunk:
+                rep.unchanged += 1
+                continue
+            try:
+                chunks = chunker.chunk(doc)
+            except Exception as e:  # one bad document never aborts the run
+                log.warning("chunking failed doc_id=%s reason=%s", doc.id, e)
+                rep.fail_file(IngestFailure(path=str(doc.metadata.get("path", doc.uri)),
+                                            reason=f"chunking failed: {e}", doc_id=doc.id))
+                continue
+            sink.put(_Pending(doc, chunks, old is None, rep))
+    except SourceError as e:
+        rep.status, rep.error, rep.pruned = "failed", str(e), False
+        log.error("source failed source=%s reason=%s", src.name, e)
+    except Exception as e:  # a connector bug: keep the source's documents, go on with the others
+        rep.status, rep.error, rep.pruned = "failed", f"{type(e).__name__}: {e}", False
+        log.exception("source failed source=%s", src.name)
+    finally:
+        bar.close()
+    sink.flush()  # a source's documents are all written before the next source starts
+    rep.chunks_embedded = sink.embedded - embedded_before
+    for f in getattr(connector, "failures", []):
+        rep.fail_file(f)
+        log.warning("file skipped source=%s path=%s reason=%s", src.name, f.path, f.reason)
+    if rep.status != "failed":
+        _prune(src, rep, stored, seen, writer, sink)
+    if writer.changed or (rep.status != "failed" and writer.read_store.source_chunker(src.name) != fingerprint):
+        writer.store.set_source(src.name, src.type, str(src.path), last_run_at=utc_now().isoformat(timespec="seconds"),
+                                last_status=rep.status, chunker=fingerprint if rep.status != "failed" else None)
+    rep.seconds = time.monotonic() - t0
+    log.info("source synced source=%s added=%d updated=%d deleted=%d unchanged=%d failed=%d seconds=%.1f",
+             src.name, rep.added, rep.updated, rep.deleted, rep.unchanged, rep.failed, rep.seconds)
+    return rep
+
+
+def _prune(src: SourceConfig, rep: SourceReport, stored: dict[str, str], seen: set[str],
+           writer: GenerationWriter, sink: _Sink) -> None:
+    keep_ids, keep_prefixes, blocking = _failure_prefixes(src, rep.failures)
+    vanished = [d for d in stored if d not in seen and d not in keep_ids
+                and not any(d.startswith(p) for p in keep_prefixes)]
+    if blocking:
+        rep.pruned = False
+        if vanished:
+            rep.notes.append(
+                f"{len(vanished)} documents no longer found were kept, because these failures could hide "
+                f"them: {', '.join(blocking[:5])}")
+        return
+    kept = len([d for d in stored if d not in seen]) - len(vanished)
+    if kept:
+        rep.notes.append(f"{kept} documents that failed to read this run keep their previous version")
+    if not vanished:
+        return
+    store = writer.store
+    with store.transaction():
+        for doc_id in vanished:
+            sink.removed.extend(store.delete_document(doc_id))
+    rep.deleted += len(vanished)
+
+
+def _reembed_all(writer: GenerationWriter, sink: _Sink, settings: Settings, report: IngestReport) -> None:
+    """The embedder changed: every stored chunk gets a vector from the new one."""
+    store = writer.store
+    fresh = FaissIndex(sink.embedder.dim, settings.index)
+    n = 0
+    for rows in store.chunk_texts(batch=EMBED_BATCH * 4):
+        ids = [r[0] for r in rows]
+        texts = {r[2]: r[1] for r in rows}
+        fresh.add(ids, sink.vectors_for([r[2] for r in rows], texts))
+        n += len(ids)
+    writer.replace_vectors(fresh)
+    old = (writer.base_manifest or {}).get("embedder")
+    report.notes.append(f"embedder changed from {old} to {sink.embedder.model_id}: {n} chunks re-embedded")
+    log.info("embedder changed old=%s new=%s chunks=%d", old, sink.embedder.model_id, n)
+
+
+def sync_sources(settings: Settings, sources: Sequence[SourceConfig], *, progress: bool = True,
+                 embedder: Embedder | None = None, chunker: Any = None,
+                 connector_factory: ConnectorFactory | None = None,
+                 lock_timeout: float = LOCK_WAIT_S) -> IngestReport:
+    """Sync ``sources`` into a new index generation and publish it atomically.
+
+    Holds ``data_dir/ingest.lock`` for the whole run (raises IngestBusyError after
+    ``lock_timeout`` s if another ingest holds it). Nothing changed: nothing is published.
+    The report is saved as JSON under ``reports_dir`` and recorded in ``app_db``.
+    ``progress`` shows one tqdm bar per source on stderr (for the CLI).
+    """
+    from index.embedder import load_embedder
+    from ingest.chunking import make_chunker
+    from ingest.connectors import make_connector
+
+    report = IngestReport()
+    with ingest_lock(settings, timeout=lock_timeout):
+        Generations(settings.index_dir).prune()
+        embedder = embedder or load_embedder(settings.embedding)
+        chunker = chunker or make_chunker(settings)
+        factory = connector_factory or make_connector
+        report.embedder, report.index_kind = embedder.model_id, settings.index.kind
+        cache = EmbeddingCache(settings.data_dir / CACHE_FILE)
+        writer = GenerationWriter(settings, model_id=embedder.model_id, dim=embedder.dim)
+        sink = _Sink(writer, cache, embedder)
+        try:
+            if writer.reembed_needed:
+                _reembed_all(writer, sink, settings, report)
+            if writer.kind_changed:
+                writer.vectors.rebuild()
+                report.notes.append(f"index kind changed to {settings.index.kind}: vectors rebuilt")
+            for src in sources:
+                report.sources.append(_sync_source(src, writer=writer, sink=sink, chunker=chunker,
+                                                   factory=factory, progress=progress))
+            if sink.removed:
+                writer.vectors.remove(sink.removed)
+            report.chunks_embedded = sink.embedded
+            if writer.changed:
+                keep = writer.store.text_shas()
+                report.generation = writer.publish()
+                cache.prune(embedder.model_id, keep)
+            else:
+                writer.discard()
+                log.info("nothing changed: no new generation")
+        except BaseException:
+            writer.discard()
+            raise
+        finally:
+            cache.close()
+        gens = Generations(settings.index_dir)
+        report.current_generation = gens.current()
+        if report.current_generation:
+            m = gens.manifest(report.current_generation)
+            report.documents_total, report.chunks_total = int(m.get("documents", 0)), int(m.get("chunks", 0))
+    report.finished_at = utc_now()
+    report.save(settings)
+    log.info("ingest finished ok=%s generation=%s embedded=%d seconds=%.1f report=%s", report.ok,
+             report.generation, report.chunks_embedded, report.seconds, report.report_path)
+    return report
