@@ -1,0 +1,116 @@
+"""A deterministic generator for tests: it reads the real prompt format and answers from it.
+
+It answers with the sentence of the numbered sources that shares the most content words
+with the question, followed by that source's ``[n]`` marker, or with ``ABSTAIN_TEXT`` when no
+source shares a content word with the question. It understands the other prompts of the
+answer flow too (follow-up condensing, query rewrite, yes/no checks), so logic tests
+exercise the real prompt code. ``replies`` scripts answer turns for routing tests.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from typing import Iterable, Iterator, Sequence
+
+from app.condense import CONDENSE_PREFIX, CONDENSE_SYSTEM, REWRITE_PREFIX, REWRITE_SYSTEM
+from app.prompts import ABSTAIN_TEXT, QUESTION_PREFIX, SYSTEM_PROMPT, YES_NO_SYSTEM
+from app.sentences import content_words, overlap, split_sentences, words
+from core.types import GenParams, Message, Token
+
+_SOURCE = re.compile(r'<source id="(\d+)"[^>]*>\n(.*?)\n</source>', re.DOTALL)
+_BARE_SOURCE = re.compile(r"<source>\n(.*?)\n</source>", re.DOTALL)
+_UNSUPPORTED = re.compile(r"which the sources do not support:\n((?:- .*\n)+)")
+
+
+class FakeGenerator:
+    """No-arg constructible, deterministic. ``calls`` records every ``stream`` call's messages."""
+
+    def __init__(self, replies: Iterable[str] = (), *, model_id: str = "fake", yes: Iterable[float] = ()):
+        self.model_id = model_id
+        self.replies: deque[str] = deque(replies)  # consumed by answer turns, then default logic
+        self.yes: deque[float] = deque(yes)  # consumed by yes_probability, then word overlap
+        self.calls: list[list[Message]] = []
+        self.yes_calls: list[list[Message]] = []
+
+    # --- the Generator protocol --------------------------------------------------------
+    def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[Token]:
+        self.calls.append(list(messages))
+        text, confidence = self._reply(messages)
+        words_all = re.findall(r"\s*\S+", text)
+        pieces = words_all[: params.max_tokens]
+        logprob = math.log(max(confidence, 1e-3))
+        for i, piece in enumerate(pieces):
+            finish = None
+            if i == len(pieces) - 1:
+                finish = "length" if len(words_all) > len(pieces) else "stop"
+            yield Token(piece, logprob=logprob if params.logprobs else None, finish_reason=finish)
+
+    def yes_probability(self, messages: Sequence[Message]) -> float:
+        self.yes_calls.append(list(messages))
+        if self.yes:
+            return self.yes.popleft()
+        user = messages[-1].content
+        m = _BARE_SOURCE.search(user)
+        evidence = m.group(1) if m else ""
+        rest = user[m.end():] if m else user
+        claim = re.search(r"^(?:Claim|Question): (.*)$", rest, re.MULTILINE)
+        return round(0.05 + 0.9 * overlap(claim.group(1) if claim else rest, evidence), 4)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def warm_up(self) -> None:
+        return None
+
+    # --- replies ----------------------------------------------------------------------
+    def _reply(self, messages: Sequence[Message]) -> tuple[str, float]:
+        system = messages[0].content if messages and messages[0].role == "system" else ""
+        user = messages[-1].content
+        if system == CONDENSE_SYSTEM:
+            return self._condense(user), 0.9
+        if system == REWRITE_SYSTEM:
+            q = _line_after(user, REWRITE_PREFIX)
+            return " ".join(w for w in words(q) if content_words(w)), 0.9
+        if system == YES_NO_SYSTEM:
+            return ("yes" if self.yes_probability(messages) >= 0.5 else "no"), 0.9
+        if system == SYSTEM_PROMPT and self.replies:
+            return self.replies.popleft(), 0.5
+        return self._answer(user)
+
+    def _answer(self, user: str) -> tuple[str, float]:
+        question = _line_after(user, QUESTION_PREFIX, last=True)
+        avoid = set()
+        m = _UNSUPPORTED.search(user)
+        if m:
+            avoid = {line[2:].strip() for line in m.group(1).splitlines()}
+        best: tuple[float, int, str] | None = None
+        for sid, body in _SOURCE.findall(user):
+            for sent in split_sentences(body):
+                if sent in avoid or sent.lstrip("#").strip() in avoid:
+                    continue
+                score = overlap(question, sent)
+                if score > 0 and (best is None or score > best[0]):
+                    best = (score, int(sid), sent)
+        if best is None:
+            return ABSTAIN_TEXT, 0.6
+        score, sid, sent = best
+        sent = sent.lstrip("#- ").strip()
+        if not sent.endswith((".", "!", "?")):
+            sent += "."
+        return f"{sent[:-1]} [{sid}]{sent[-1]}", 0.3 + 0.7 * score
+
+    def _condense(self, user: str) -> str:
+        follow = _line_after(user, CONDENSE_PREFIX)
+        if len(content_words(follow)) >= 3:
+            return follow
+        asked = [line[len("User: "):] for line in user.splitlines() if line.startswith("User: ")]
+        topic = " ".join(w for w in words(asked[-1]) if content_words(w)) if asked else ""
+        return f"{follow.rstrip('?').strip()} regarding {topic}?" if topic else follow
+
+
+def _line_after(text: str, prefix: str, *, last: bool = False) -> str:
+    lines = [line[len(prefix):] for line in text.splitlines() if line.startswith(prefix)]
+    if not lines:
+        return ""
+    return lines[-1] if last else lines[0]

@@ -1,0 +1,93 @@
+"""Sentence splitting and content words: the small text tools the answer logic shares.
+
+Deliberately simple and dependency-free: chunks are short (<= 512 tokens) and answers
+shorter; a regex splitter that respects abbreviations, decimals and list/heading lines is
+enough, and it keeps character offsets so trimmed text is a faithful extract.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: Words that carry no topic: ignored when comparing a question with a source.
+STOPWORDS = frozenset(
+    """a about above after again all also am an and any are as at be been before being below
+    between both but by can could did do does doing done down during each either else ever
+    every few for from further get gets got had has have having he her here hers him his how i
+    if in into is it its itself just let like may me might more most much must my no nor not
+    of off on once one only or other our ours out over own per please same shall she should
+    so some such than that the their theirs them then there these they this those through to
+    too under until up upon us very was we were what when where which while who whom whose
+    why will with within without would yes you your yours tell know need want find say said
+    anyone someone something thing things many way use used using""".split()
+)
+
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'_-]*")
+#: Sentence end: . ! ? (optionally closed by quotes/brackets) then space and an upper-case
+#: letter, digit, quote or bracket; or a line break.
+_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[*#-])|\n+")
+_ABBREV = re.compile(r"\b(?:e\.g|i\.e|etc|vs|mr|mrs|ms|dr|inc|ltd|no|approx|dept|st)\.$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Span:
+    text: str
+    start: int
+    end: int
+
+
+def sentence_spans(text: str) -> list[Span]:
+    """Sentences (and list/heading lines) of ``text`` with their character offsets."""
+    spans: list[Span] = []
+    pos = 0
+    pending_start: int | None = None
+    for m in _SPLIT.finditer(text):
+        piece_end = m.start()
+        start = pending_start if pending_start is not None else pos
+        piece = text[start:piece_end]
+        if "\n" not in m.group(0) and _ABBREV.search(piece.rstrip()):
+            pending_start = start  # "e.g. Foo": not a sentence end
+            pos = m.end()
+            continue
+        pending_start = None
+        _add(spans, text, start, piece_end)
+        pos = m.end()
+    _add(spans, text, pending_start if pending_start is not None else pos, len(text))
+    return spans
+
+
+def _add(spans: list[Span], text: str, start: int, end: int) -> None:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    if end > start:
+        spans.append(Span(text[start:end], start, end))
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.text for s in sentence_spans(text)]
+
+
+def words(text: str) -> list[str]:
+    return [w.lower().strip("'_-") for w in _WORD.findall(text)]
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-cased words that carry meaning (no stop words, no 1-letter tokens), crudely stemmed."""
+    return {_stem(w) for w in words(text) if len(w) > 1 and w not in STOPWORDS}
+
+
+def _stem(w: str) -> str:
+    for suf in ("'s", "ies", "es", "s"):
+        if w.endswith(suf) and len(w) - len(suf) >= 3:
+            return w[: -len(suf)] + ("y" if suf == "ies" else "")
+    return w
+
+
+def overlap(a: str, b: str) -> float:
+    """Fraction of ``a``'s content words that occur in ``b`` (0 when ``a`` has none)."""
+    wa = content_words(a)
+    if not wa:
+        return 0.0
+    return len(wa & content_words(b)) / len(wa)

@@ -1,0 +1,299 @@
+"""The answer service: one question in, a cited answer (or an honest abstention) out.
+
+Flow (DESIGN.md "Flow of one question"): condense the follow-up with the chat history ->
+retrieve (ACL-filtered inside the retriever, re-checked here against the document ACL) ->
+rerank and trim (context filter) -> numbered sources in the prompt -> stream the answer ->
+check citations -> confidence -> below ``answer.confidence_threshold``: one self-correction
+pass (rewrite the query, retrieve again, regenerate with the unsupported sentences named) ->
+still low: the escalation model if configured, else the abstention sentence with the closest
+sources. Every answer is written to the answer log with its route, scores and timings.
+
+How a UI consumes :meth:`KnowledgeAnswerService.stream`:
+
+- ``AnswerEvent("status", text)``: show as a transient note ("Searching the knowledge base…").
+  A status whose text is in :data:`RESTART_STATUSES` ("Double-checking the answer…",
+  "Asking a larger model…") means the tokens streamed so far were a draft that is being
+  replaced: clear the draft; the tokens that follow belong to the new answer.
+- ``AnswerEvent("token", text)``: append to the visible answer.
+- ``AnswerEvent("answer", answer=Answer)``: always last. ``answer.text`` is authoritative:
+  replace whatever was streamed with it (an abstention or an answer with invalid citation
+  markers removed differs from the raw tokens), then show citations, confidence and route.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Sequence
+
+from app.citations import CitationResult, extract_citations, source_citations
+from app.condense import condense_question, rewrite_query
+from app.confidence import ConfidenceModel, answer_features, sentence_support
+from app.context_filter import ContextFilter
+from app.prompts import ABSTAIN_TEXT, build_correction_messages, build_messages, is_abstention
+from core.errors import GeneratorError
+from core.types import Answer, AnswerEvent, GenParams, Hit, Message, Principal, Route
+
+log = logging.getLogger(__name__)
+
+STATUS_SEARCHING = "Searching the knowledge base…"
+STATUS_WRITING = "Writing the answer…"
+STATUS_DOUBLE_CHECKING = "Double-checking the answer…"
+STATUS_ESCALATING = "Asking a larger model…"
+#: After one of these, the tokens streamed so far are a discarded draft (see the module doc).
+RESTART_STATUSES = frozenset({STATUS_DOUBLE_CHECKING, STATUS_ESCALATING})
+
+NO_SOURCES_NOTE = "No document you can read matches the question."
+CLOSEST_NOTE = "The closest sources are listed below."
+ERROR_TEXT = "The answer model failed; please try again later."
+
+#: A sentence whose support is below this is named as unsupported in the correction prompt.
+UNSUPPORTED_BELOW = 0.5
+#: Retrieval candidates per prompt source when the context filter is on (it reranks them).
+CANDIDATE_FACTOR = 3
+
+AclLookup = Callable[[str], frozenset[str]]
+
+
+@dataclass
+class _Attempt:
+    text: str
+    hits: tuple[Hit, ...]
+    result: CitationResult
+    features: dict[str, float]
+    confidence: float
+    support: list[float]
+    model_id: str
+
+    @property
+    def unsupported(self) -> list[str]:
+        return [s.claim for s, sup in zip(self.result.sentences, self.support) if not s.cited or sup < UNSUPPORTED_BELOW]
+
+
+@dataclass
+class _Run:
+    question: str
+    user: Principal
+    t0: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def add(self, key: str, seconds: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + seconds
+
+
+class KnowledgeAnswerService:
+    """Implements :class:`core.protocols.AnswerService`."""
+
+    def __init__(
+        self,
+        retriever,
+        generator,
+        embedder,
+        settings,
+        logstore=None,
+        escalation=None,
+        *,
+        confidence: ConfidenceModel | None = None,
+        context_filter: ContextFilter | None = None,
+        acl_lookup: AclLookup | None = None,
+    ):
+        self.retriever = retriever
+        self.generator = generator
+        self.embedder = embedder
+        self.settings = settings
+        self.logstore = logstore
+        self.escalation = escalation
+        self.confidence = confidence or ConfidenceModel()
+        rcfg = settings.retrieval
+        self.context_filter = context_filter
+        if self.context_filter is None and rcfg.context_filter:
+            self.context_filter = ContextFilter.from_settings(embedder, rcfg)
+        self.acl_lookup = acl_lookup
+        if acl_lookup is None:
+            log.warning("answer_service acl_check=off reason=no_acl_lookup (relying on the retriever's filter)")
+
+    # --- the protocol ------------------------------------------------------------------
+    def answer(self, question: str, *, user: Principal, history: Sequence[Message] = ()) -> Answer:
+        final = None
+        for ev in self.stream(question, user=user, history=history):
+            if ev.kind == "answer":
+                final = ev.answer
+        assert final is not None  # stream always ends with an answer event
+        return final
+
+    def stream(self, question: str, *, user: Principal, history: Sequence[Message] = ()) -> Iterator[AnswerEvent]:
+        question = " ".join(question.split())
+        if not question:
+            raise ValueError("the question is empty")
+        run = _Run(question, user)
+        try:
+            answer = yield from self._flow(run, history)
+        except GeneratorError as e:
+            log.error("answer route=error user=%s error=%r", user.username, str(e))
+            answer = Answer(question, question, ERROR_TEXT, (), 0.0, "error", model_id=getattr(self.generator, "model_id", ""))
+        run.timings["total"] = time.perf_counter() - run.t0
+        answer = replace(answer, timings={k: round(v, 4) for k, v in run.timings.items()})
+        answer = self._record(answer, user)
+        yield AnswerEvent("answer", answer=answer)
+
+    # --- steps -------------------------------------------------------------------------
+    def _flow(self, run: _Run, history: Sequence[Message]):
+        cfg = self.settings
+        yield AnswerEvent("status", STATUS_SEARCHING)
+        standalone = run.question
+        if history:
+            t = time.perf_counter()
+            standalone = condense_question(self.generator, run.question, history, turns=cfg.answer.history_turns)
+            run.add("condense", time.perf_counter() - t)
+        hits = self._retrieve(standalone, run)
+        if not hits:
+            log.info("answer route=abstained reason=no_readable_hits user=%s", run.user.username)
+            return Answer(run.question, standalone, f"{ABSTAIN_TEXT} {NO_SOURCES_NOTE}", (), 0.0, "abstained",
+                          model_id=getattr(self.generator, "model_id", ""))
+        context = self._filter(standalone, hits, run)
+        yield AnswerEvent("status", STATUS_WRITING)
+        draft = yield from self._attempt(self.generator, build_messages(standalone, context), context, run, first=True)
+        best, corrected = draft, False
+        threshold = cfg.answer.confidence_threshold
+        log.info("answer_draft confidence=%.3f threshold=%.3f sentences=%d invalid_markers=%d",
+                 draft.confidence, threshold, len(draft.result.sentences), draft.result.markers_invalid)
+        if draft.confidence < threshold and cfg.answer.self_correction:
+            yield AnswerEvent("status", STATUS_DOUBLE_CHECKING)
+            t = time.perf_counter()
+            second = yield from self._correct(standalone, hits, draft, run)
+            run.add("correction", time.perf_counter() - t)
+            corrected = True
+            log.info("answer_correction confidence_before=%.3f confidence_after=%.3f",
+                     draft.confidence, second.confidence)
+            best = second if second.confidence >= draft.confidence else draft
+        scores = dict(best.features)
+        scores["confidence_draft"] = round(draft.confidence, 4)
+        if best.confidence >= threshold:
+            route: Route = "corrected" if corrected and best is not draft else "answered"
+            return self._answer(run, standalone, best, route, corrected=corrected, scores=scores)
+        if self.escalation is not None:
+            yield AnswerEvent("status", STATUS_ESCALATING)
+            t = time.perf_counter()
+            esc = yield from self._attempt(self.escalation, build_messages(standalone, best.hits), best.hits, run)
+            run.add("escalation", time.perf_counter() - t)
+            scores = dict(esc.features, confidence_draft=round(draft.confidence, 4))
+            log.info("answer_escalation model=%s confidence=%.3f", esc.model_id, esc.confidence)
+            if not is_abstention(esc.text) and esc.result.citations:
+                return self._answer(run, standalone, esc, "escalated", corrected=corrected, escalated=True, scores=scores)
+            return self._abstain(run, standalone, esc, corrected=corrected, escalated=True, scores=scores)
+        return self._abstain(run, standalone, best, corrected=corrected, scores=scores)
+
+    def _retrieve(self, query: str, run: _Run) -> list[Hit]:
+        rcfg = self.settings.retrieval
+        k = rcfg.top_k * (CANDIDATE_FACTOR if self.context_filter is not None else 1)
+        t = time.perf_counter()
+        hits = self.retriever.retrieve(query, user=run.user, top_k=k)
+        hits = self._readable(hits, run.user)
+        run.add("retrieve", time.perf_counter() - t)
+        return hits
+
+    def _readable(self, hits: Sequence[Hit], user: Principal) -> list[Hit]:
+        """Defence in depth: drop any hit whose document ACL does not admit ``user``."""
+        if self.acl_lookup is None:
+            return list(hits)
+        acls: dict[str, frozenset[str]] = {}
+        out = []
+        for h in hits:
+            doc = h.chunk.doc_id
+            if doc not in acls:
+                try:
+                    acls[doc] = frozenset(self.acl_lookup(doc))
+                except Exception as e:  # unknown document: treat as unreadable
+                    log.error("acl_lookup failed chunk_id=%s error=%r", h.chunk.id, type(e).__name__)
+                    acls[doc] = frozenset()
+            if user.can_read(acls[doc]):
+                out.append(h)
+            else:
+                log.error("acl_violation dropped chunk_id=%s user=%s (the retriever returned an unreadable chunk)",
+                          h.chunk.id, user.username)
+        return out
+
+    def _filter(self, query: str, hits: Sequence[Hit], run: _Run) -> tuple[Hit, ...]:
+        top_k = self.settings.retrieval.top_k
+        if self.context_filter is None:
+            return tuple(hits[:top_k])
+        res = self.context_filter.filter(query, hits, top_k=top_k)
+        run.add("filter", res.seconds)
+        return res.hits
+
+    def _attempt(self, generator, messages: list[Message], hits: Sequence[Hit], run: _Run, first: bool = False):
+        gcfg = self.settings.generator
+        params = GenParams(max_tokens=gcfg.max_tokens, temperature=gcfg.temperature, logprobs=True)
+        pieces: list[str] = []
+        logprobs: list[float] = []
+        t = time.perf_counter()
+        try:
+            for tok in generator.stream(messages, params):
+                if not pieces and first and "first_token" not in run.timings:
+                    run.timings["first_token"] = time.perf_counter() - run.t0
+                if tok.text:
+                    pieces.append(tok.text)
+                    yield AnswerEvent("token", tok.text)
+                if tok.logprob is not None:
+                    logprobs.append(tok.logprob)
+        except GeneratorError:
+            raise
+        except Exception as e:  # a backend failure is an error answer, not a crash of the UI
+            raise GeneratorError(f"{getattr(generator, 'model_id', 'generator')}: {e}") from e
+        run.add("generate", time.perf_counter() - t)
+        text = "".join(pieces).strip()
+        return self._score(text, tuple(hits), logprobs, getattr(generator, "model_id", ""), run)
+
+    def _score(self, text: str, hits: tuple[Hit, ...], logprobs: list[float], model_id: str, run: _Run) -> _Attempt:
+        t = time.perf_counter()
+        result = extract_citations(text, hits)
+        support = sentence_support(
+            result.sentences, hits, mode=self.settings.answer.grounding_check, embedder=self.embedder, generator=self.generator
+        )
+        feats = answer_features(result, hits, support, logprobs)
+        conf = self.confidence.score(feats)
+        run.add("score", time.perf_counter() - t)
+        return _Attempt(result.text, hits, result, feats, conf, support, model_id)
+
+    def _correct(self, standalone: str, hits: Sequence[Hit], draft: _Attempt, run: _Run):
+        query = rewrite_query(self.generator, standalone)
+        more = self._retrieve(query, run) if query != standalone else []
+        seen = {h.chunk.id for h in hits}
+        merged = list(hits) + [h for h in more if h.chunk.id not in seen]
+        context = self._filter(standalone, merged, run)
+        unsupported = [] if is_abstention(draft.text) else draft.unsupported
+        log.info("answer_correction query_changed=%s new_hits=%d unsupported=%d",
+                 query != standalone, len(merged) - len(hits), len(unsupported))
+        messages = build_correction_messages(standalone, context, unsupported)
+        return (yield from self._attempt(self.generator, messages, context, run))
+
+    # --- outcomes ----------------------------------------------------------------------
+    def _answer(self, run: _Run, standalone: str, att: _Attempt, route: Route, *, corrected: bool,
+                escalated: bool = False, scores: dict[str, float]) -> Answer:
+        if is_abstention(att.text):  # the model said the sources do not answer: list them
+            return self._abstain(run, standalone, att, corrected=corrected, escalated=escalated, scores=scores)
+        return Answer(run.question, standalone, att.text, att.result.citations, att.confidence, route,
+                      corrected=corrected, escalated=escalated, sources=att.hits, scores=scores, model_id=att.model_id)
+
+    def _abstain(self, run: _Run, standalone: str, att: _Attempt, *, corrected: bool, escalated: bool = False,
+                 scores: dict[str, float]) -> Answer:
+        cites = source_citations(att.hits, standalone)
+        text = f"{ABSTAIN_TEXT} {CLOSEST_NOTE}" if cites else ABSTAIN_TEXT
+        return Answer(run.question, standalone, text, cites, att.confidence, "abstained", corrected=corrected,
+                      escalated=escalated, sources=att.hits, scores=scores, model_id=att.model_id)
+
+    def _record(self, answer: Answer, user: Principal) -> Answer:
+        log.info(
+            "answer route=%s confidence=%.3f corrected=%s escalated=%s sources=%s citations=%s model=%s timings=%s user=%s",
+            answer.route, answer.confidence, answer.corrected, answer.escalated,
+            ",".join(h.chunk.id for h in answer.sources), ",".join(str(c.n) for c in answer.citations),
+            answer.model_id, ",".join(f"{k}:{v:.3f}" for k, v in answer.timings.items()), user.username,
+        )
+        if self.logstore is None:
+            return answer
+        try:
+            return replace(answer, answer_id=self.logstore.record_answer(answer, user))
+        except (sqlite3.Error, OSError) as e:  # the user still gets the answer
+            log.error("answer_log write failed error=%r", e)
+            return answer
