@@ -133,7 +133,7 @@ class _Renderer:
         name = node.name
         if name in _HEADINGS:
             self._flush()
-            self.b.heading(_HEADINGS[name], node.get_text(" "))
+            self.b.heading(_HEADINGS[name], _text(node))
         elif name == "br":
             self.inline.append("\n")
         elif name in ("ul", "ol"):
@@ -167,13 +167,30 @@ class _Renderer:
                     text_parts.append(" ; ".join(_table_rows(c)))
                 elif isinstance(c, (Comment, Doctype, Declaration, ProcessingInstruction)):
                     continue
+                elif isinstance(c, NavigableString):
+                    text_parts.append(str(c))
                 else:
-                    text_parts.append(c.get_text(" ") if isinstance(c, Tag) else str(c))
-            text = collapse_spaces(" ".join(text_parts))
+                    text_parts.append(_text(c) if c.name not in _BLOCKS else f" {_text(c)} ")
+            text = collapse_spaces("".join(text_parts))
             if text:
                 lines.append("  " * depth + "- " + text)
             for n in nested:
                 self._list(n, depth + 1, lines)
+
+
+def _text(tag: Tag) -> str:
+    """Text of an element on one line: inline markup joins without spaces ("<b>JCK</b>." is
+    "JCK."), block boundaries and <br> become a space."""
+    parts: list[str] = []
+    for el in tag.descendants:
+        if isinstance(el, (Comment, Doctype, Declaration, ProcessingInstruction)):
+            continue
+        if isinstance(el, NavigableString):
+            if not any(isinstance(p, Tag) and _is_chrome(p) for p in el.parents):
+                parts.append(str(el))
+        elif isinstance(el, Tag) and (el.name in _BLOCKS or el.name in ("br", "li", "td", "th", "tr") or el.name in _HEADINGS):
+            parts.append(" ")
+    return collapse_spaces("".join(parts))
 
 
 def _is_chrome(tag: Tag) -> bool:
@@ -194,7 +211,7 @@ def _table_rows(table: Tag) -> list[str]:
             continue  # a nested table's row: rendered inside its cell's text
         cells = []
         for cell in tr.find_all(["td", "th"], recursive=False):
-            text = collapse_spaces(cell.get_text(" "))
+            text = _text(cell)
             try:
                 span = max(1, min(int(cell.get("colspan", 1)), 50))
             except ValueError:

@@ -11,6 +11,7 @@ from ingest.parsers.builder import Parsed, TextBuilder
 log = logging.getLogger(__name__)
 
 _BLANK_LINES = re.compile(r"\n{3,}")
+_BULLET = re.compile(r"^([ \t]*)[\u2022\u25aa\u25e6\u25cf\u2023\uf0b7][ \t]*", re.MULTILINE)
 
 
 def parse_pdf(path: Path) -> Parsed:
@@ -62,4 +63,5 @@ def parse_pdf(path: Path) -> Parsed:
 def _tidy_page(text: str) -> str:
     """Right-strip lines, drop whitespace-only runs (layout padding), keep paragraph breaks."""
     lines = [ln.rstrip() for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
-    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+    text = _BULLET.sub(r"\1- ", "\n".join(lines))  # "•" bullets read as "- " list lines
+    return _BLANK_LINES.sub("\n\n", text).strip()
