@@ -48,7 +48,7 @@ def neutralise(text: str) -> str:
     text = _SOURCE_TAG.sub(lambda m: f"‹{m.group(1)}{m.group(2)}", text)
     text = _CONTROL_TOKEN.sub(lambda m: f"‹{m.group(1)}›", text)
     text = _INST_TOKEN.sub(lambda m: "‹" + m.group(0).strip("[]<>") + "›", text)
-    return text
+    return text.replace("<|", "‹|").replace("|>", "|›")
 
 
 def _attr(value: str) -> str:

@@ -1,0 +1,102 @@
+"""Helpers for the answer tests: a real (hash-embedded) index built from in-memory Documents.
+
+Imported by the answer test modules (pytest puts this folder on sys.path).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from core.settings import Settings, load_settings
+from core.types import Document, IngestFailure, Section
+
+
+def doc(doc_id: str, text: str, acl: Sequence[str] = ("public",), *, title: str | None = None,
+        source: str = "t", source_type: str = "wiki", uri: str | None = None,
+        sections: Sequence[Section] = ()) -> Document:
+    return Document(
+        id=f"{source}:{doc_id}", source=source, source_type=source_type,  # type: ignore[arg-type]
+        title=title or doc_id.replace("-", " ").title(), uri=uri or f"https://wiki.acme.example/{doc_id}",
+        updated_at=datetime(2024, 3, 1, tzinfo=timezone.utc), text=text, acl=frozenset(acl),
+        sections=tuple(sections),
+    )
+
+
+class ListConnector:
+    source_type = "wiki"
+
+    def __init__(self, docs: Sequence[Document]):
+        self.docs = list(docs)
+        self.failures: list[IngestFailure] = []
+
+    def documents(self):
+        yield from self.docs
+
+    def expected_count(self) -> int:
+        return len(self.docs)
+
+
+def make_settings(root: Path, **overrides: Any) -> Settings:
+    data: dict[str, Any] = {
+        "data_dir": str(root / "runtime"),
+        "embedding": {"model": "hash"},
+        "generator": {"backend": "fake"},
+        "sources": [{"name": "t", "type": "wiki", "path": str(root)}],
+    }
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        else:
+            data[k] = v
+    return load_settings(None, **data)
+
+
+def build_index(settings: Settings, docs: Sequence[Document]):
+    """Sync ``docs`` into a new generation; returns (index, retriever, embedder)."""
+    from index.embedder import load_embedder
+    from index.generation import open_index
+    from index.retriever import HybridRetriever
+    from ingest.sync import sync_sources
+
+    embedder = load_embedder(settings.embedding)
+    sync_sources(settings, settings.sources, progress=False, embedder=embedder,
+                 connector_factory=lambda src: ListConnector(docs))
+    index = open_index(settings)
+    return index, HybridRetriever(index, embedder, settings.retrieval), embedder
+
+
+@dataclass
+class Rig:
+    settings: Settings
+    index: Any
+    retriever: Any
+    embedder: Any
+    generator: Any
+    log: Any
+    service: Any
+
+
+def make_rig(root: Path, docs: Sequence[Document], *, generator=None, escalation=None, retriever=None,
+             **overrides: Any) -> Rig:
+    from app.generators.fake import FakeGenerator
+    from app.logstore import AnswerLog
+    from app.service import KnowledgeAnswerService
+
+    settings = make_settings(root, **overrides)
+    index, real_retriever, embedder = build_index(settings, docs)
+    generator = generator or FakeGenerator()
+    log = AnswerLog(settings.app_db)
+    service = KnowledgeAnswerService(
+        retriever or real_retriever, generator, embedder, settings, log, escalation=escalation,
+        acl_lookup=lambda d: index.store.document_acl(d),
+    )
+    return Rig(settings, index, retriever or real_retriever, embedder, generator, log, service)
+
+
+def collect(service, question: str, user, history=()):
+    """(events, final answer) of one streamed answer."""
+    events = list(service.stream(question, user=user, history=history))
+    assert events[-1].kind == "answer" and events[-1].answer is not None
+    return events, events[-1].answer
