@@ -6,7 +6,7 @@ import logging
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from core.errors import ParseError
 from ingest.parsers.builder import Parsed, TextBuilder, collapse_spaces, table_row
@@ -41,7 +41,7 @@ def parse_docx(path: Path) -> Parsed:
         counters.clear()
 
     try:
-        for item in document.iter_inner_content():
+        for item in _blocks(document):
             if isinstance(item, Table):
                 flush_list()
                 rows = _table_rows(item)
@@ -88,6 +88,29 @@ def parse_docx(path: Path) -> Parsed:
     if title:
         meta["doc_title"] = title
     return b.parsed(metadata=meta)
+
+
+def _blocks(document: Any) -> Iterator[Any]:
+    """Paragraphs and tables of the body in order, including those inside content controls
+    (``w:sdt``, e.g. cover pages and tables of contents), which python-docx skips."""
+    from docx.oxml.ns import qn
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+
+    body = document._body
+
+    def walk(element: Any) -> Iterator[Any]:
+        for child in element.iterchildren():
+            if child.tag == qn("w:p"):
+                yield Paragraph(child, body)
+            elif child.tag == qn("w:tbl"):
+                yield Table(child, body)
+            elif child.tag == qn("w:sdt"):
+                content = child.find(qn("w:sdtContent"))
+                if content is not None:
+                    yield from walk(content)
+
+    yield from walk(document.element.body)
 
 
 def _heading_level(p: Any) -> int | None:

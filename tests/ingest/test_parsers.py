@@ -106,6 +106,23 @@ def test_docx_comments_are_kept(drive):
     assert p.metadata["comments"] == 3
 
 
+def test_docx_content_controls_are_read(tmp_path):
+    import docx
+    from docx.oxml import OxmlElement
+
+    d = docx.Document()
+    d.add_heading("Cover", level=1)
+    inside = d.add_paragraph("Inside a content control.")
+    d.add_paragraph("After it.")
+    sdt, content = OxmlElement("w:sdt"), OxmlElement("w:sdtContent")
+    sdt.append(content)
+    inside._p.addprevious(sdt)
+    content.append(inside._p)  # moves the paragraph into the control
+    d.save(tmp_path / "cc.docx")
+    p = parse_file(tmp_path / "cc.docx")
+    assert p.text == "## Cover\n\nInside a content control.\n\nAfter it."
+
+
 def test_pdf_pages_are_sections(drive):
     p = parse_file(drive / "multi_page.pdf")
     assert p.metadata["pages"] == 5
