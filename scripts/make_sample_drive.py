@@ -312,7 +312,7 @@ PIPELINE = [
     ("OPP-3128", "Pinecrest Outdoor", "Americas", "Dana Whitfield", "Wren", 22, "Closed won", 418_000, date(2026, 8, 29),
      "Marcus Hale (VP Supply Chain)", "Installation kickoff"),
     ("OPP-3133", "Baltic Parcel", "Europe", "Ines Carvalho", "Heron", 30, "Negotiation", 2_480_000, date(2026, 9, 29),
-     "Agnieszka Nowak (COO)", "Deal Desk review of discount"),
+     "Agnieszka Nowak (COO)", "Discount approval in progress"),
     ("OPP-3139", "Copperleaf Books", "Americas", "Dana Whitfield", "Wren", 8, "Discovery", 152_000, date(2026, 9, 5),
      "Hannah Lee (Fulfilment Lead)", "Send case study"),
 ]
