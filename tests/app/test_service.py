@@ -1,0 +1,280 @@
+"""The answer service end to end on a real (hash-embedded) index with the fake generator:
+routing, condensing, the context filter, the answer log, build_services and `kb ask`."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from answer_fixtures import collect, doc, make_rig, make_settings, build_index
+from click.testing import CliRunner
+
+from app.condense import condense_question, rewrite_query
+from app.context_filter import ContextFilter
+from app.generators.fake import FakeGenerator
+from app.logstore import AnswerLog
+from app.prompts import ABSTAIN_TEXT, SYSTEM_PROMPT
+from app.service import RESTART_STATUSES, STATUS_DOUBLE_CHECKING, STATUS_ESCALATING, STATUS_SEARCHING
+from core.errors import KBError
+from core.types import Chunk, Hit, Message, Principal
+
+DOCS = [
+    doc("pto", "# Paid time off\nFull-time employees get 25 days of paid vacation per year. "
+        "Unused vacation days carry over up to 5 days. Vacation requests go through Workday.", title="PTO policy"),
+    doc("expenses", "# Expenses\nTravel meals are reimbursed up to 60 dollars per day. "
+        "Submit expense receipts within 30 days of the trip.", title="Expense policy"),
+    doc("falcon", "# Project Falcon\nThe Falcon robot launch date is March 3. The Falcon payload is 40 kg.",
+        acl=["group:engineering"], title="Falcon plan"),
+]
+BOB = Principal("bob", "bob@acme.example", ("sales",))
+ALICE = Principal("alice", "alice@acme.example", ("engineering",))
+
+
+@pytest.fixture
+def rig(tmp_path):
+    return make_rig(tmp_path, DOCS)
+
+
+def test_answered_with_citations_timings_and_log(rig):
+    events, ans = collect(rig.service, "How many paid vacation days do full-time employees get?", BOB)
+    assert events[0].kind == "status" and events[0].text == STATUS_SEARCHING
+    tokens = "".join(e.text for e in events if e.kind == "token")
+    assert tokens.strip() == ans.text
+    assert ans.route == "answered" and not ans.corrected
+    assert ans.text == "Full-time employees get 25 days of paid vacation per year [1]."
+    assert [(c.n, c.title, c.doc_id) for c in ans.citations] == [(1, "PTO policy", "t:pto")]
+    assert ans.citations[0].quote == "Full-time employees get 25 days of paid vacation per year."
+    assert 0.5 <= ans.confidence <= 1.0
+    assert {"retrieve", "filter", "first_token", "generate", "total"} <= set(ans.timings)
+    assert ans.sources[0].rerank_score is not None and ans.sources[0].text is not None
+    row = rig.log.get_answer(ans.answer_id)
+    assert row["username"] == "bob" and row["route"] == "answered" and row["answer"] == ans.text
+    assert row["source_chunk_ids"] == [h.chunk.id for h in ans.sources]
+    assert row["citations"][0]["n"] == 1 and "total" in row["timings"] and row["model"] == "fake"
+    d = ans.to_dict()
+    assert d["citations"][0]["uri"] == "https://wiki.acme.example/pto" and d["route"] == "answered"
+
+
+def test_answer_equals_the_streamed_final_answer(rig):
+    a = rig.service.answer("expense receipts deadline", user=BOB)
+    assert a.text.endswith("[2].") or a.text.endswith("[1].")
+    assert "30 days" in a.text
+
+
+def test_no_readable_hits_abstains_without_calling_the_model(tmp_path):
+    rig = make_rig(tmp_path, [doc("falcon", "Falcon launch date is March 3.", acl=["group:engineering"])])
+    events, ans = collect(rig.service, "When is the Falcon launch?", BOB)
+    assert ans.route == "abstained" and ans.text.startswith(ABSTAIN_TEXT)
+    assert ans.citations == () and ans.sources == () and ans.confidence == 0.0
+    assert rig.generator.calls == [] and not any(e.kind == "token" for e in events)
+    assert "March" not in json.dumps(rig.log.get_answer(ans.answer_id))
+
+
+def test_invalid_citations_are_dropped(tmp_path):
+    gen = FakeGenerator(["Full-time employees get 25 days of paid vacation per year [1][9]. "
+                         "Unused vacation days carry over up to 5 days [1, 12]. [14]"])
+    rig = make_rig(tmp_path, DOCS, generator=gen)
+    ans = rig.service.answer("How many vacation days do employees get?", user=BOB)
+    assert ans.route == "answered", ans.scores
+    assert ans.text == ("Full-time employees get 25 days of paid vacation per year [1]. "
+                        "Unused vacation days carry over up to 5 days [1].")
+    assert [c.n for c in ans.citations] == [1]
+    assert ans.scores["invalid_share"] == pytest.approx(3 / 5, abs=1e-3)
+
+
+def test_low_confidence_runs_one_correction_and_replaces_the_draft(tmp_path):
+    gen = FakeGenerator(["Employees get a company car."])  # uncited draft, then the default logic
+    rig = make_rig(tmp_path, DOCS, generator=gen)
+    events, ans = collect(rig.service, "How many vacation days do employees get?", BOB)
+    statuses = [e.text for e in events if e.kind == "status"]
+    assert STATUS_DOUBLE_CHECKING in statuses and STATUS_DOUBLE_CHECKING in RESTART_STATUSES
+    after = events[[e.text for e in events].index(STATUS_DOUBLE_CHECKING):]
+    assert "".join(e.text for e in after if e.kind == "token").strip() == ans.text
+    assert ans.corrected and ans.route == "corrected" and "[1]" in ans.text
+    assert ans.scores["confidence_draft"] < 0.5 <= ans.confidence
+    answer_calls = [c for c in gen.calls if c[0].content == SYSTEM_PROMPT]
+    assert len(answer_calls) == 2
+    assert "- Employees get a company car." in answer_calls[1][-1].content  # the unsupported sentence named
+
+
+def test_still_low_escalates_when_configured(tmp_path):
+    local = FakeGenerator(["No idea.", "Still no idea."])
+    big = FakeGenerator(model_id="big-model")
+    rig = make_rig(tmp_path, DOCS, generator=local, escalation=big)
+    events, ans = collect(rig.service, "How many vacation days do employees get?", BOB)
+    assert STATUS_ESCALATING in [e.text for e in events if e.kind == "status"]
+    assert ans.route == "escalated" and ans.escalated and ans.corrected
+    assert ans.model_id == "big-model" and [c.n for c in ans.citations] == [1]
+    assert rig.log.get_answer(ans.answer_id)["escalated"] is True
+
+
+def test_still_low_without_escalation_abstains_with_closest_sources(tmp_path):
+    rig = make_rig(tmp_path, DOCS, generator=FakeGenerator(["Maybe 40 days.", "Perhaps 40 days."]))
+    ans = rig.service.answer("How many vacation days do employees get?", user=BOB)
+    assert ans.route == "abstained" and ans.corrected and not ans.escalated
+    assert ans.text.startswith(ABSTAIN_TEXT) and "40" not in ans.text
+    assert ans.citations and ans.citations[0].title == "PTO policy"
+    assert [c.n for c in ans.citations] == list(range(1, len(ans.citations) + 1))
+
+
+def test_model_abstention_routes_to_abstained(rig):
+    ans = rig.service.answer("What is the parking garage code?", user=BOB)
+    assert ans.route == "abstained" and ans.text.startswith(ABSTAIN_TEXT)
+
+
+def test_generator_failure_is_an_error_answer(tmp_path):
+    class Broken(FakeGenerator):
+        def stream(self, messages, params):
+            raise RuntimeError("server down")
+            yield  # pragma: no cover
+
+    rig = make_rig(tmp_path, DOCS, generator=Broken())
+    ans = rig.service.answer("vacation days", user=BOB)
+    assert ans.route == "error" and "try again" in ans.text and rig.log.get_answer(ans.answer_id)["route"] == "error"
+
+
+def test_follow_up_is_condensed_with_history(rig):
+    history = [Message("user", "How many vacation days?"),
+               Message("assistant", "Full-time employees get 25 days of paid vacation per year [1].")]
+    ans = rig.service.answer("And carry over?", user=BOB, history=history)
+    assert ans.question == "And carry over?"
+    assert "vacation" in ans.standalone_question and "carry over" in ans.standalone_question
+    assert "carry over" in ans.text and "condense" in ans.timings
+
+
+def test_condense_guard_keeps_the_question():
+    hist = [Message("user", "vacation days?"), Message("assistant", "25 [1].")]
+    assert condense_question(FakeGenerator(), "Any follow up?", [], turns=3) == "Any follow up?"
+    assert condense_question(FakeGenerator(), "Any follow up?", hist, turns=0) == "Any follow up?"
+
+    class Says(FakeGenerator):
+        def __init__(self, text):
+            super().__init__()
+            self.text = text
+
+        def _reply(self, messages):
+            return self.text, 0.5
+
+    q = "What about contractors?"
+    assert condense_question(Says(""), q, hist, turns=3) == q
+    assert condense_question(Says("Bananas are yellow fruit"), q, hist, turns=3) == q
+    assert condense_question(Says("x " * 400), q, hist, turns=3) == q
+    good = "Standalone question: How many vacation days do contractors get?"
+    assert condense_question(Says(good), q, hist, turns=3) == "How many vacation days do contractors get?"
+    assert rewrite_query(Says("pizza"), "vacation days") == "vacation days"
+    assert rewrite_query(FakeGenerator(), "How many vacation days do I get?") == "vacation days"
+
+
+def test_context_filter_trims_reranks_and_never_drops_all():
+    from index.embedder import HashEmbedder
+
+    long = ("# Benefits\nThe office has plants. The kitchen has coffee. Vacation days are 25 per year. "
+            "Parking is free. Vacation requests go through Workday. The roof is red.")
+    def h(i, text):
+        c = Chunk(id=f"c{i}", doc_id=f"t:{i}", ordinal=0, text=text, start=0, end=len(text))
+        return Hit(c, f"D{i}", "u", "t", "wiki", score=1.0 / (i + 1))
+    f = ContextFilter(HashEmbedder(), filter_sentences=2, min_relevance=0.99)
+    res = f.filter("vacation days per year", [h(0, "Unrelated text about lunch."), h(1, long)], top_k=5)
+    assert len(res.hits) == 1  # everything below 0.99, the best one kept
+    kept = res.hits[0]
+    assert kept.chunk.id == "c1" and kept.rerank_score is not None
+    assert kept.text.startswith("# Benefits\n") and "Vacation days are 25 per year." in kept.text
+    assert "plants" not in kept.text and "…" in kept.text
+    assert res.chars_after < res.chars_before
+    f2 = ContextFilter(HashEmbedder(), filter_sentences=10, min_relevance=-1)
+    res2 = f2.filter("vacation days per year", [h(0, "Unrelated text about lunch."), h(1, long)], top_k=5)
+    assert [x.chunk.id for x in res2.hits] == ["c1", "c0"] and res2.hits[0].text == long
+
+
+def test_context_filter_slm_relevance():
+    from index.embedder import HashEmbedder
+
+    gen = FakeGenerator(yes=[0.1, 0.9])
+    hits = [Hit(Chunk(id=f"c{i}", doc_id=f"t:{i}", ordinal=0, text=t, start=0, end=len(t)), "D", "u", "t", "wiki", score=1.0)
+            for i, t in enumerate(["vacation days rule.", "vacation days are 25."])]
+    res = ContextFilter(HashEmbedder(), relevance="slm", generator=gen, min_relevance=0.5).filter("vacation days", hits, top_k=5)
+    assert len(gen.yes_calls) == 2 and [h.rerank_score for h in res.hits] == [0.9]
+
+
+def test_answer_log_feedback(tmp_path, rig):
+    ans = rig.service.answer("How many vacation days do employees get?", user=BOB)
+    rig.log.record_feedback(ans.answer_id, BOB, -1, comment="outdated", correction="It is 27 days [1].")
+    rig.log.record_feedback(ans.answer_id, "bob", 1)
+    with pytest.raises(KBError, match="another user"):
+        rig.log.record_feedback(ans.answer_id, ALICE, 1)
+    with pytest.raises(KBError, match="no answer"):
+        rig.log.record_feedback("nope", BOB, 1)
+    with pytest.raises(ValueError):
+        rig.log.record_feedback(ans.answer_id, BOB, 0)
+    down = rig.log.feedback(rating=-1)
+    assert len(down) == 1 and down[0]["correction"] == "It is 27 days [1]." and down[0]["question"].startswith("How many")
+    assert down[0]["source_chunk_ids"] == [h.chunk.id for h in ans.sources]
+    s = rig.log.feedback_summary()
+    assert (s["answers"], s["feedback"], s["up"], s["down"], s["corrections"]) == (1, 2, 1, 1, 1)
+    assert s["routes"] == {"answered": 1}
+    assert rig.log.recent_answers(5, username="bob")[0]["id"] == ans.answer_id
+    assert AnswerLog(rig.settings.app_db).recent_answers(5, username="alice") == []
+
+
+def test_build_services_end_to_end(tmp_path):
+    from app.services import build_services
+
+    settings = make_settings(tmp_path)
+    build_index(settings, DOCS)
+    services = build_services(settings)
+    assert services.has_index and services.escalation is None
+    ans = services.answer_service.answer("How many vacation days do employees get?", user=BOB)
+    assert ans.route == "answered" and ans.answer_id
+    assert services.answer_log.get_answer(ans.answer_id)["username"] == "bob"
+    assert services.answer_service is services.answer_service  # built once
+    with pytest.raises(TypeError, match="unknown service parts"):
+        build_services(settings, nonsense=1)
+
+
+def _cli_config(tmp_path):
+    from app.auth import hash_password
+
+    h = hash_password("acme-demo", rounds=4)
+    users = tmp_path / "users.yaml"
+    users.write_text("users:\n  - username: alice\n    email: alice@acme.example\n    groups: [engineering]\n"
+                     f"    password_hash: '{h}'\n  - username: bob\n    email: bob@acme.example\n    groups: [sales]\n"
+                     f"    password_hash: '{h}'\n")
+    cfg = tmp_path / "kb.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'runtime'}\nembedding: {{model: hash}}\ngenerator: {{backend: fake}}\n"
+                   f"sources: [{{name: t, type: wiki, path: {tmp_path}}}]\n"
+                   f"server: {{auth: {{users_file: {users}}}}}\n")
+    build_index(make_settings(tmp_path), DOCS)
+    return cfg
+
+
+def test_kb_ask_json_and_text(tmp_path):
+    from kb.cli import main
+
+    cfg = _cli_config(tmp_path)
+    r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "When is the Falcon robot launch date?", "--user", "alice", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert "March 3" in d["answer"] and d["route"] == "answered" and d["citations"][0]["title"] == "Falcon plan"
+    assert {"n", "title", "source", "uri", "page"} <= set(d["citations"][0])
+    assert {"retrieve", "first_token", "total"} <= set(d["timings"]) and 0 <= d["confidence"] <= 1
+    r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "When is the Falcon robot launch date?", "--user", "bob"])
+    assert r.exit_code == 0, r.output
+    assert "March 3" not in r.stdout and ABSTAIN_TEXT in r.stdout and "route abstained" in r.stdout
+    r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "How many vacation days do employees get?"])
+    assert "25 days" in r.stdout and "Sources:" in r.stdout and "[1] PTO policy" in r.stdout
+    r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "vacation", "--user", "mallory"])
+    assert r.exit_code != 0 and "mallory" in r.output
+
+
+def test_kb_ask_history_file(tmp_path):
+    from kb.cli import main
+
+    cfg = _cli_config(tmp_path)
+    hist = tmp_path / "h.json"
+    hist.write_text(json.dumps([{"role": "user", "content": "How many vacation days?"},
+                                {"role": "assistant", "content": "25 days [1]."}]))
+    r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "And carry over?", "--history-file", str(hist), "--json"])
+    assert r.exit_code == 0, r.output
+    assert "carry over" in json.loads(r.stdout)["standalone_question"]
+    hist.write_text('{"role": "user"}')
+    r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "x", "--history-file", str(hist)])
+    assert r.exit_code != 0 and "h.json" in r.output
