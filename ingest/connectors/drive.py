@@ -17,7 +17,7 @@ from urllib.parse import quote
 from core.errors import ParseError, SourceError
 from core.types import Document, IngestFailure, SourceType
 from ingest.parsers import FORMATS, Parsed, parse_file
-from ingest.parsers.permissions import PermissionMap
+from ingest.parsers.permissions import AccessError, PermissionMap
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,9 @@ class FileTreeConnector:
             doc_id = f"{self.source}:{rel}"
             try:
                 doc = self.document(path, rel)
+            except AccessError as e:  # no doc id: a stale, more open version must not survive
+                self._fail(rel, e.reason, None)
+                continue
             except ParseError as e:
                 self._fail(rel, e.reason, doc_id)
                 continue
@@ -101,7 +104,7 @@ class FileTreeConnector:
             if doc is not None:
                 yield doc
 
-    def _fail(self, rel: str, reason: str, doc_id: str) -> None:
+    def _fail(self, rel: str, reason: str, doc_id: str | None) -> None:
         log.warning("file skipped source=%s path=%s reason=%s", self.source, rel, reason)
         self.failures.append(IngestFailure(path=rel, reason=reason, doc_id=doc_id))
 

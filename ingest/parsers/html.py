@@ -60,7 +60,10 @@ def parse_html(data: bytes | str, *, name: str) -> Parsed:
         if pm is not None:
             m = _CONFLUENCE_DATE.search(collapse_spaces(pm.get_text(" ")))
             if m:
-                updated = datetime.strptime(m.group(1), "%b %d, %Y").replace(tzinfo=timezone.utc)
+                try:
+                    updated = datetime.strptime(m.group(1), "%b %d, %Y").replace(tzinfo=timezone.utc)
+                except ValueError:  # a localised month name: fall back to the file time
+                    log.debug("confluence date not parsed name=%s value=%s", name, m.group(1))
         root = main
     else:
         root = soup.find("main") or soup.find(attrs={"role": "main"}) or soup.find("article") or soup.body or soup
@@ -194,6 +197,8 @@ def _text(tag: Tag) -> str:
 
 
 def _is_chrome(tag: Tag) -> bool:
+    if tag.name in ("header", "footer") and tag.find_parent(["article", "main"]) is not None:
+        return False  # an article's own header holds its title, not site chrome
     if tag.name in _DROP:
         return True
     if tag.get("role") in ("navigation", "banner", "contentinfo"):

@@ -129,13 +129,18 @@ def _entry_principals(entry: Any, *, where: str) -> frozenset[str]:
     return frozenset(out)
 
 
+class AccessError(ParseError):
+    """A page's own access list is unreadable. Connectors report it without a doc id, so
+    sync drops any previously indexed (possibly more open) version instead of keeping it."""
+
+
 def access_principals(value: Any, *, path: str) -> frozenset[str]:
     """A page's own ``access:`` front-matter list: ``public``, ``user:<email>``,
     ``group:<name>`` (a bare email means that user). Anything else is a ParseError, so a
     typo never makes a restricted page public."""
     values = [value] if isinstance(value, str) else value
     if not isinstance(values, list):
-        raise ParseError(path, "front matter 'access' must be a list like [group:hr, user:carol@acme.example]")
+        raise AccessError(path, "front matter 'access' must be a list like [group:hr, user:carol@acme.example]")
     out: set[str] = set()
     for v in values:
         s = str(v).strip() if isinstance(v, str) else ""
@@ -149,7 +154,7 @@ def access_principals(value: Any, *, path: str) -> frozenset[str]:
         elif "@" in s and ":" not in s:
             out.add(user_principal(s))
         else:
-            raise ParseError(
+            raise AccessError(
                 path, f"front matter 'access' entry {v!r} is not 'public', 'user:<email>' or 'group:<name>'"
             )
     return frozenset(out)

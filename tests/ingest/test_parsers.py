@@ -361,6 +361,8 @@ def test_plain_html_page_drops_chrome():
     p = parse_html(page, name="expenses.html")
     assert p.title == "Expenses"
     assert p.text == "# Expenses\n\nSubmit receipts within 30 days."
+    article = "<body><header>Site</header><article><header><h1>News</h1></header><p>Body.</p></article></body>"
+    assert parse_html(article, name="news.html").text == "# News\n\nBody."
 
 
 # --- CSV, text, formats ---------------------------------------------------------------------
