@@ -251,7 +251,7 @@ def test_slack_export_covers_the_message_shapes_connectors_must_handle():
     shares = [f for m in all_msgs for f in m.get("files", [])]
     assert shares and all({"id", "name", "title", "mimetype", "url_private"} <= set(f) for f in shares)
     joined = "\n".join(m.get("text", "") for m in all_msgs)
-    for markup in ("<@U01ALICE>", "<#C01SUP|support>", "<https://status.acme.example|status page>", "&amp;"):
+    for markup in ("<@U01ALICE>", "<#C01SUP|support>", "<#C01ENG|engineering>", "<https://status.acme.example|status page>", "&amp;"):
         assert markup in joined, f"mrkdwn sample {markup!r} missing"
     ids = {u["id"] for u in load_json(SLACK / "users.json")}
     for mention in re.findall(r"<@(U[A-Z0-9]+)>", joined):
