@@ -1,0 +1,89 @@
+"""``kb eval``: quality report of retrieval and answers on a question set, with baselines and A/B."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+log = logging.getLogger(__name__)
+
+
+@click.command(
+    "eval",
+    epilog="""\b
+Examples:
+  # ARAGOG: 107 questions on 14 arXiv PDFs (an ad-hoc drive corpus), baselines side by side;
+  # retrieval runs on every question, the language model answers 12 of them
+  kb eval ../shared/eval/aragog --corpus-name aragog \\
+      --corpus-path ../shared/eval/aragog/datasets/ARAGOG/papers_for_questions --baselines --limit 12
+  # retrieval only (no language model): seconds
+  kb eval ../shared/eval/aragog --corpus-name aragog --corpus-path ... --baselines --retrieval-only
+  # your own questions on a configured source, config A vs config B
+  kb eval questions.jsonl --corpus-name acme-wiki --config kb.yaml --compare-config kb-bm25.yaml
+
+\b
+Question files: JSONL, one object per line:
+  {"question": "...", "expected_answer": "...", "expected_sources": [{"file": "hr/pto.md", "page": null}],
+   "keywords": ["25 days"], "answerable": true}
+  (also "answer", "source_path" + "page", and citations like [Handbook.pdf#page=7] inside the
+  expected answer); or ARAGOG's JSON (or its folder). Output: results.json, report.md,
+  calibration.jsonl and PNG plots in --out (default <data_dir>/reports/eval-<corpus>-<time>).
+""",
+)
+@click.argument("questions", type=click.Path(exists=True, path_type=Path))
+@click.option("--corpus-name", required=True,
+              help="A source name from the config, or the name for --corpus-path.")
+@click.option("--corpus-path", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A folder of documents indexed as an ad-hoc drive source named --corpus-name.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "aragog"]), default="auto", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Questions the language model answers (spread over the expected files). Retrieval runs on all.")
+@click.option("--config", "config_a", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Settings for config A (default: kb's --config / KB_CONFIG / ./kb.yaml).")
+@click.option("--compare-config", "config_b", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Settings for config B: A/B report with per-question deltas.")
+@click.option("--baselines", is_flag=True,
+              help="Also BM25-only, dense-only, hybrid and hybrid+filter retrieval; answers with the context "
+                   "filter and self-correction each flipped.")
+@click.option("--retrieval-only", is_flag=True, help="No language model: retrieval metrics only.")
+@click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where corpora are indexed for evaluation (default <data_dir>/eval).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.pass_context
+def eval_cmd(ctx: click.Context, questions: Path, corpus_name: str, corpus_path: Path | None, fmt: str,
+             limit: int | None, config_a: Path | None, config_b: Path | None, baselines: bool,
+             retrieval_only: bool, eval_dir: Path | None, out_dir: Path | None, quiet: bool) -> None:
+    """Evaluate retrieval and answers on QUESTIONS against the corpus --corpus-name."""
+    from datetime import datetime
+
+    from core.settings import load_settings
+    from eval.questions import load_questions
+    from eval.report import markdown, write_report
+    from eval.runner import EvalOptions, run_evaluation
+    from kb.cli import get_settings
+
+    if logging.getLogger().level > logging.DEBUG:  # per-answer INFO lines would bury the progress bars
+        for name in ("app.service", "app.context_filter", "ingest.sync", "index"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if config_a is not None:
+        settings_a, path_a = load_settings(config_a), str(config_a)
+    else:
+        settings_a, path_a = get_settings(ctx), (ctx.find_root().obj or {}).get("config")
+    configs = [(path_a, settings_a)]
+    if config_b is not None:
+        configs.append((str(config_b), load_settings(config_b)))
+    corpus_dir = corpus_path if corpus_path is not None else settings_a.source(corpus_name).path
+    qs = load_questions(questions, fmt, corpus_dir=corpus_dir)  # type: ignore[arg-type]
+    click.secho(f"{len(qs)} questions ({sum(q.answerable for q in qs)} answerable) from {questions}", err=True)
+    opts = EvalOptions(corpus_name=corpus_name, corpus_path=corpus_path, eval_dir=eval_dir, limit=limit,
+                       baselines=baselines, retrieval_only=retrieval_only, progress=not quiet)
+    result = run_evaluation(qs, configs, opts)
+    if out_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out_dir = settings_a.reports_dir / f"eval-{corpus_name}-{stamp}"
+    written = write_report(result, out_dir)
+    click.echo(markdown(result))
+    click.secho("\nwrote " + ", ".join(str(p) for p in written.values()), fg="green", err=True)

@@ -1,0 +1,176 @@
+"""Per-question records (retrieval and answers) and their summaries.
+
+See :mod:`eval.runner` for the definitions of correct, hallucination and calibration.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict
+from typing import Any, Sequence
+
+from core.settings import Settings
+from core.types import Answer, Hit, Principal
+from eval import metrics as m
+from eval.questions import EvalQuestion
+
+#: Semantic similarity (MiniLM cosine) to the reference from which an answer counts as correct.
+SIM_CORRECT = 0.7
+#: Retrieved chunks scored per question (MRR@10; hit@1 and hit@5 use the first ones).
+RETRIEVE_K = 10
+
+
+# --- retrieval ------------------------------------------------------------------------------
+
+
+def hit_ref(h: Hit) -> tuple[str, int | None]:
+    return h.chunk.doc_id, h.chunk.page
+
+
+def retrieval_records(questions: Sequence[EvalQuestion], retriever, user: Principal, *, mode: str,
+                      context_filter=None, top_k: int = 5, progress: bool = True, label: str = "") -> list[dict]:
+    """Per question: the retrieved (doc, page) list and the first relevant rank by file and page.
+
+    With ``context_filter``, ``3 * top_k`` hybrid candidates are reranked and trimmed to
+    ``top_k`` as the answer service does, and the ranks are those of the filtered list.
+    """
+    out = []
+    for q in bar(questions, f"retrieval {label or mode}", progress):
+        t0 = time.perf_counter()
+        if context_filter is not None:
+            hits = retriever.retrieve(q.question, user=user, top_k=3 * top_k, mode=mode)
+            hits = list(context_filter.filter(q.question, hits, top_k=top_k).hits)
+        else:
+            hits = retriever.retrieve(q.question, user=user, top_k=RETRIEVE_K, mode=mode)
+        seconds = time.perf_counter() - t0
+        refs = [hit_ref(h) for h in hits]
+        out.append({
+            "id": q.id,
+            "answerable": q.answerable,
+            "scored": q.answerable and bool(q.expected_sources),
+            "retrieved": refs,
+            "rank_file": m.first_relevant_rank(refs, q.expected_sources, "file") if q.expected_sources else None,
+            "rank_page": m.first_relevant_rank(refs, q.expected_sources, "page") if q.has_pages else None,
+            "seconds": round(seconds, 4),
+        })
+    return out
+
+
+def summarize_retrieval(records: Sequence[dict], questions: Sequence[EvalQuestion]) -> dict[str, Any]:
+    by_id = {q.id: q for q in questions}
+    scored = [r for r in records if r["scored"]]
+    paged = [r for r in scored if by_id[r["id"]].has_pages]
+    out: dict[str, Any] = {"n": len(scored), "n_page": len(paged)}
+    for level, rows in (("file", scored), ("page", paged)):
+        ranks = [r[f"rank_{level}"] for r in rows]
+        out[level] = {"hit@1": m.hit_at_k(ranks, 1), "hit@5": m.hit_at_k(ranks, 5), "mrr@10": m.mrr(ranks)}
+    out["latency"] = m.latency_summary([{"retrieve": r["seconds"]} for r in records]).get("retrieve")
+    return out
+
+
+# --- answers --------------------------------------------------------------------------------
+
+
+def unsupported_count(answer: Answer, settings: Settings, embedder, generator) -> int:
+    """Sentences of ``answer`` not supported by the sources they cite (the service's own check)."""
+    from app.citations import extract_citations
+    from app.confidence import sentence_support
+    from app.service import UNSUPPORTED_BELOW
+
+    if not answer.sources:
+        return 0
+    result = extract_citations(answer.text, answer.sources)
+    support = sentence_support(result.sentences, answer.sources, mode=settings.answer.grounding_check,
+                               embedder=embedder, generator=generator)
+    return sum(1 for s, sup in zip(result.sentences, support) if not s.cited or sup < UNSUPPORTED_BELOW)
+
+
+def answer_record(q: EvalQuestion, a: Answer, unsupported: int) -> dict[str, Any]:
+    abstained = a.route == "abstained"
+    cited = [(c.doc_id, c.page) for c in a.citations] if not abstained else []
+    file_pr = m.citation_precision_recall(cited, q.expected_sources, "file") if not abstained else None
+    page_pr = m.citation_precision_recall(cited, q.expected_sources, "page") if not abstained and q.has_pages else None
+    return {
+        "id": q.id,
+        "question": q.question,
+        "answerable": q.answerable,
+        "expected_answer": q.expected_answer,
+        "answer": a.text,
+        "route": a.route,
+        "abstained": abstained,
+        "error": a.route == "error",
+        "confidence": a.confidence,
+        "features": {k: v for k, v in a.scores.items() if k != "confidence_draft"},
+        "citations": cited,
+        "sources": [hit_ref(h) for h in a.sources],
+        "token_f1": m.token_f1(a.text, q.expected_answer) if q.answerable and not abstained else None,
+        "keyword_recall": m.keyword_recall(a.text, q.keywords) if not abstained else None,
+        "citation_precision_file": file_pr.precision if file_pr else None,
+        "citation_recall_file": file_pr.recall if file_pr and q.answerable else None,
+        "citation_precision_page": page_pr.precision if page_pr else None,
+        "citation_recall_page": page_pr.recall if page_pr and q.answerable else None,
+        "unsupported_sentences": unsupported,
+        "timings": dict(a.timings),
+    }
+
+
+def answer_records(questions: Sequence[EvalQuestion], service, user: Principal, *, settings: Settings,
+                   embedder, generator, progress: bool = True, label: str = "") -> list[dict]:
+    out = []
+    for q in bar(questions, f"answers {label}", progress):
+        a = service.answer(q.question, user=user)
+        out.append(answer_record(q, a, unsupported_count(a, settings, embedder, generator)))
+    # semantic similarity in one batch: answers vs references (answerable, not abstained)
+    todo = [r for r in out if r["token_f1"] is not None]
+    sims = m.embedding_similarity(embedder, [r["answer"] for r in todo], [r["expected_answer"] for r in todo])
+    for r, s in zip(todo, sims):
+        r["similarity"] = s
+    for r in out:
+        r.setdefault("similarity", None)
+        if r["answerable"]:
+            r["correct"] = (not r["abstained"] and not r["error"] and r["similarity"] is not None
+                            and r["similarity"] >= SIM_CORRECT)
+        else:
+            r["correct"] = r["abstained"]
+    return out
+
+
+def summarize_answers(records: Sequence[dict]) -> dict[str, Any]:
+    answered = [r for r in records if not r["abstained"] and not r["error"]]
+    conf = [r["confidence"] for r in answered]
+    correct = [r["correct"] for r in answered]
+    bins = m.reliability_bins(conf, correct)
+    routes: dict[str, int] = {}
+    for r in records:
+        routes[r["route"]] = routes.get(r["route"], 0) + 1
+    return {
+        "n": len(records),
+        "n_answerable": sum(1 for r in records if r["answerable"]),
+        "n_unanswerable": sum(1 for r in records if not r["answerable"]),
+        "accuracy": m.rate(r["correct"] for r in records),
+        "token_f1": m.mean(r["token_f1"] for r in records),
+        "similarity": m.mean(r["similarity"] for r in records),
+        "keyword_recall": m.mean(r["keyword_recall"] for r in records),
+        "citation_precision_file": m.mean(r["citation_precision_file"] for r in records),
+        "citation_recall_file": m.mean(r["citation_recall_file"] for r in records),
+        "citation_precision_page": m.mean(r["citation_precision_page"] for r in records),
+        "citation_recall_page": m.mean(r["citation_recall_page"] for r in records),
+        "abstention_unanswerable": m.abstention_rates([r["abstained"] for r in records],
+                                                      [r["answerable"] for r in records])["unanswerable"],
+        "abstention_answerable": m.abstention_rates([r["abstained"] for r in records],
+                                                    [r["answerable"] for r in records])["answerable"],
+        "hallucination_rate": m.hallucination_rate([r["unsupported_sentences"] for r in records],
+                                                   [r["abstained"] or r["error"] for r in records]),
+        "auroc": m.auroc(conf, correct),
+        "ece": m.expected_calibration_error(bins),
+        "reliability": [asdict(b) for b in bins],
+        "routes": routes,
+        "latency": m.latency_summary([r["timings"] for r in records]),
+    }
+
+
+def bar(items: Sequence[Any], desc: str, progress: bool):
+    """A tqdm bar on stderr (disabled when ``progress`` is False)."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="q", disable=not progress, file=sys.stderr, leave=True, dynamic_ncols=True)
