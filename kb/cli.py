@@ -84,8 +84,10 @@ def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "urllib3", "bitsandbytes", "sentence_transformers", "faiss"):
+    for noisy in ("httpx", "urllib3", "bitsandbytes", "sentence_transformers", "faiss", "openai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pypdf warns about every malformed cross-reference of real-world PDFs; the text is fine.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     ctx.obj = {"config": config}
 
 
