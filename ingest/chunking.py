@@ -219,11 +219,13 @@ class Chunker:
         pos = 0
         clipped = 0
         for s in sorted(doc.sections, key=lambda s: (s.start, s.end)):
-            start, end = max(s.start, pos, 0), min(s.end, n)
+            start, end = min(max(s.start, pos, 0), n), min(s.end, n)
             if (start, end) != (s.start, s.end):
                 clipped += 1
-            if start > pos and doc.text[pos:start].strip():
-                out.append(Section(pos, start))
+            if start > pos:
+                if doc.text[pos:start].strip():
+                    out.append(Section(pos, start))
+                pos = start
             if end > start:
                 out.append(replace(s, start=start, end=end))
                 pos = end
@@ -271,20 +273,19 @@ class Chunker:
         if offsets is None:  # not expected; never lose text over it
             log.warning("splitter output not alignable doc_id=%s span=%d-%d: hard split", doc.id, s, e)
             return self._hard_split(doc.text, s, e)
-        out: list[tuple[int, int]] = []
+        fitted: list[tuple[int, int]] = []
         for off, piece in zip(offsets, pieces):
             ps, pe = s + off, s + off + len(piece)
-            if out and pe <= out[-1][1]:
-                continue  # contained in the previous chunk: adds nothing
-            if out and ps == out[-1][0]:
-                out.pop()  # the previous chunk is a prefix of this one
-            out.append((ps, pe))
-        final: list[tuple[int, int]] = []
-        for ps, pe in out:
             if self.count_tokens(doc.text[ps:pe]) <= self.chunk_tokens:
-                final.append((ps, pe))
+                fitted.append((ps, pe))
             else:  # token counts of joined pieces can exceed their sum (subword merges)
-                final.extend(self._hard_split(doc.text, ps, pe))
+                fitted.extend(self._hard_split(doc.text, ps, pe))
+        # hard-split parts can start after the next piece's overlap: restore document order
+        # and drop spans inside another span (they add nothing)
+        final: list[tuple[int, int]] = []
+        for ps, pe in sorted(fitted, key=lambda span: (span[0], -span[1])):
+            if not final or pe > final[-1][1]:
+                final.append((ps, pe))
         return final
 
     def _hard_split(self, text: str, start: int, end: int) -> list[tuple[int, int]]:
