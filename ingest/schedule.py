@@ -22,14 +22,66 @@ log = logging.getLogger(__name__)
 MISFIRE_GRACE_S = 3600
 
 
+_CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbering: 0 (and 7) = Sunday
+
+
+def _cron_day(token: str, expr: str) -> int:
+    t = token.strip().lower()
+    if t[:3] in _CRON_DAYS and (len(t) == 3 or t in ("sunday", "monday", "tuesday", "wednesday", "thursday",
+                                                       "friday", "saturday")):
+        return _CRON_DAYS.index(t[:3])
+    if t.isdigit() and 0 <= int(t) <= 7:
+        return int(t) % 7
+    raise ConfigError(f"schedule.cron: {expr!r}: bad day of week {token!r} (use 0-7 or sun..sat)")
+
+
+def crontab_weekdays(field: str, expr: str = "") -> str:
+    """The crontab day-of-week field in APScheduler's terms.
+
+    APScheduler 3's ``CronTrigger`` numbers weekdays from Monday = 0, standard crontab from
+    Sunday = 0, and ``from_crontab`` passes the numbers through unchanged: "1-5" would run
+    Tuesday to Saturday. So the field is expanded to the set of days and written as names.
+    """
+    days: set[int] = set()
+    for item in field.split(","):
+        base, _, step_s = item.partition("/")
+        try:
+            step = int(step_s) if step_s else 1
+        except ValueError:
+            raise ConfigError(f"schedule.cron: {expr!r}: bad step in {item!r}") from None
+        if step < 1:
+            raise ConfigError(f"schedule.cron: {expr!r}: bad step in {item!r}")
+        if base == "*":
+            lo, hi = 0, 6
+        elif "-" in base:
+            a, _, b = base.partition("-")
+            lo, hi = _cron_day(a, expr), _cron_day(b, expr)
+            if b.strip() == "7":
+                hi = 7
+        else:
+            lo = _cron_day(base, expr)
+            hi = 6 if step_s else lo
+        if hi < lo:
+            raise ConfigError(f"schedule.cron: {expr!r}: day range {base!r} runs backwards")
+        days.update(d % 7 for d in range(lo, hi + 1, step))
+    if days == set(range(7)):
+        return "*"
+    order = [1, 2, 3, 4, 5, 6, 0]  # mon..sun
+    return ",".join(_CRON_DAYS[d] for d in order if d in days)
+
+
 def build_trigger(cfg: ScheduleConfig, timezone: Any = None) -> Any:
-    """The APScheduler trigger for ``schedule.cron`` (wins) or ``schedule.interval_minutes``."""
+    """The APScheduler trigger for ``schedule.cron`` (wins) or ``schedule.interval_minutes``.
+
+    The cron expression has standard crontab meaning (weekday 0 or 7 = Sunday)."""
     from apscheduler.triggers.cron import CronTrigger
     from apscheduler.triggers.interval import IntervalTrigger
 
     if cfg.cron:
+        minute, hour, day, month, dow = cfg.cron.split()
         try:
-            return CronTrigger.from_crontab(cfg.cron, timezone=timezone)
+            return CronTrigger(minute=minute, hour=hour, day=day, month=month,
+                               day_of_week=crontab_weekdays(dow, cfg.cron), timezone=timezone)
         except ValueError as e:
             raise ConfigError(f"schedule.cron: {cfg.cron!r} is not a valid crontab expression ({e})") from None
     if cfg.interval_minutes:

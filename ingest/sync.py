@@ -27,7 +27,7 @@ from core.protocols import Connector, Embedder
 from core.settings import Settings, SourceConfig
 from core.types import Chunk, Document, IngestFailure
 from index.cache import EmbeddingCache
-from index.generation import LOCK_WAIT_S, GenerationWriter, Generations, crash_point, ingest_lock
+from index.generation import GenerationWriter, Generations, crash_point, ingest_lock
 from index.store import text_sha
 from index.vectors import FaissIndex
 from ingest.report import IngestReport, SourceReport, utc_now
@@ -244,20 +244,22 @@ def _reembed_all(writer: GenerationWriter, sink: _Sink, settings: Settings, repo
 def sync_sources(settings: Settings, sources: Sequence[SourceConfig], *, progress: bool = True,
                  embedder: Embedder | None = None, chunker: Any = None,
                  connector_factory: ConnectorFactory | None = None,
-                 lock_timeout: float = LOCK_WAIT_S) -> IngestReport:
+                 lock_timeout: float | None = None) -> IngestReport:
     """Sync ``sources`` into a new index generation and publish it atomically.
 
-    Holds ``data_dir/ingest.lock`` for the whole run (raises IngestBusyError after
-    ``lock_timeout`` s if another ingest holds it). Nothing changed: nothing is published.
-    The report is saved as JSON under ``reports_dir`` and recorded in ``app_db``.
+    Holds ``data_dir/ingest.lock`` for the whole run: if another ingest holds it, waits
+    ``lock_timeout`` s (default ``index.generation.LOCK_WAIT_S``), then raises IngestBusyError.
+    When nothing changed, nothing is published. The report is saved as JSON under ``reports_dir`` and recorded in ``app_db``.
     ``progress`` shows one tqdm bar per source on stderr (for the CLI).
     """
     from index.embedder import load_embedder
     from ingest.chunking import make_chunker
     from ingest.connectors import make_connector
 
+    import index.generation as generation
+
     report = IngestReport()
-    with ingest_lock(settings, timeout=lock_timeout):
+    with ingest_lock(settings, timeout=generation.LOCK_WAIT_S if lock_timeout is None else lock_timeout):
         Generations(settings.index_dir).prune()
         embedder = embedder or load_embedder(settings.embedding)
         chunker = chunker or make_chunker(settings)
