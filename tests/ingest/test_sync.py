@@ -329,3 +329,29 @@ def test_incomplete_generation_is_cleaned_up(tmp_path, wiki):
     r2 = sync_sources(s, [_src(tmp_path)], progress=False, embedder=HashEmbedder())
     assert not junk.exists()
     assert sorted(Generations(s.index_dir).listing()) == sorted([r1.generation, r2.generation])
+
+
+@pytest.mark.slow
+def test_end_to_end_with_real_minilm(tmp_path):
+    """The real thing on a handful of pages: MiniLM vectors, its tokenizer for chunking."""
+    from index.embedder import load_embedder
+
+    wiki = tmp_path / "wiki"
+    wiki.mkdir()
+    (wiki / "pto.md").write_text("# Vacation policy\n\nEvery employee receives 25 days of paid vacation per "
+                                 "calendar year. Unused vacation days expire at the end of March.\n")
+    (wiki / "robots.md").write_text("# Charging\n\nThe warehouse robots dock at charging bay 4 every night.\n")
+    (wiki / "lunch.md").write_text("# Canteen\n\nThe canteen serves soup and sandwiches between noon and two.\n")
+    (wiki / "vpn.md").write_text("# Remote access\n\nConnect to the office network with the WireGuard VPN client.\n")
+    s = Settings(data_dir=tmp_path / "data")  # embedding.model: packaged (all-MiniLM-L6-v2)
+    rep = sync_sources(s, [_src(tmp_path)], progress=False)
+    assert rep.ok and rep.sources[0].added == 4 and rep.embedder == "all-MiniLM-L6-v2"
+    reader = open_index(s)
+    assert reader.vectors.dim == 384 and reader.manifest["embedder"] == "all-MiniLM-L6-v2"
+    r = HybridRetriever(reader, load_embedder(s.embedding), s.retrieval)
+    # no word in common with the page: only the meaning matches
+    hits = r.retrieve("How much time off do staff get annually?", user=ALICE, top_k=2, mode="dense")
+    assert hits[0].chunk.doc_id == "wiki:pto.md" and hits[0].dense_score > 0.3
+    assert r.retrieve("where do the robots recharge", user=ALICE, top_k=1)[0].chunk.doc_id == "wiki:robots.md"
+    again = sync_sources(s, [_src(tmp_path)], progress=False)
+    assert again.chunks_embedded == 0 and again.sources[0].unchanged == 4
