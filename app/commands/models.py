@@ -39,12 +39,11 @@ def status(ctx: click.Context) -> None:
     models_dir = settings.models_dir
     click.echo(f"models folder: {models_dir}")
     for st in model_statuses(models_dir):
-        flags = [
-            "installed" if st.installed else "NOT installed",
-            "assembled" if st.assembled else "not assembled",
-        ]
-        if st.verified is not None:
-            flags.append("sha256 verified" if st.verified else "sha256 not verified")
+        flags = ["installed" if st.installed else "NOT installed"]
+        if st.verified is not None:  # an assembled model with a reference hash
+            flags.append("assembled" if st.assembled else "not assembled")
+            if st.assembled:
+                flags.append("sha256 verified" if st.verified else "sha256 not verified (kb models prepare --verify)")
         size = f"{st.size:,} bytes" if st.size else "-"
         click.echo(f"\n{st.name} ({st.model_id})")
         click.echo(f"  state: {', '.join(flags)}")

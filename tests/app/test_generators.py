@@ -270,3 +270,71 @@ def test_hf_generator_reports_a_broken_folder(tmp_path):
     gen = HFGenerator(bad, device="cpu")
     with pytest.raises(GeneratorError, match="cannot load model folder .*broken"):
         gen.warm_up()
+
+
+def write_random_gguf_lora(path: Path, *, n_layers: int = 30, hidden: int = 576, kv: int = 192,
+                           rank: int = 4, alpha: float = 8.0, seed: int = 0) -> Path:
+    """A random LoRA adapter for SmolLM2-135M in llama.cpp's GGUF adapter format (the layout
+    convert_lora_to_gguf.py writes: general.type=adapter, blk.N.attn_q.weight.lora_a/_b)."""
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    for i in range(n_layers):
+        for name, out in (("attn_q", hidden), ("attn_v", kv)):
+            w.add_tensor(f"blk.{i}.{name}.weight.lora_a", (rng.standard_normal((rank, hidden)) * 0.05).astype(np.float32))
+            w.add_tensor(f"blk.{i}.{name}.weight.lora_b", (rng.standard_normal((out, rank)) * 0.05).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.slow
+@needs_llama
+def test_llamacpp_loads_a_gguf_lora_adapter_and_it_changes_outputs(smol_llama, tmp_path):
+    from app.generators.llamacpp import LlamaCppGenerator
+
+    adapter_dir = tmp_path / "adapter"
+    adapter_dir.mkdir()
+    write_random_gguf_lora(adapter_dir / "adapter.gguf")
+    tuned = LlamaCppGenerator(smollm2_gguf_path(), n_threads=1, n_ctx=2048, lora_path=adapter_dir, model_id=SMOLLM2_ID)
+    assert tuned.model_id == f"{SMOLLM2_ID}+adapter"
+    # A small random adapter need not change the greedy words, but it must change the model's
+    # distribution: compare the log-probabilities of each generated piece.
+    lp_params = GenParams(max_tokens=12, logprobs=True)
+    tuned_toks = list(tuned.stream(QUESTION, lp_params))
+    base_toks = list(smol_llama.stream(QUESTION, lp_params))
+    assert _text(tuned_toks).strip()
+    if _text(tuned_toks) == _text(base_toks):
+        diffs = [abs(a.logprob - b.logprob) for a, b in zip(tuned_toks, base_toks)]
+        assert max(diffs) > 0.05, diffs
+    # and the unadapted model is untouched by loading the adapter elsewhere
+    assert [t.logprob for t in smol_llama.stream(QUESTION, lp_params)] == [t.logprob for t in base_toks]
+
+
+@pytest.mark.slow
+@needs_llama
+def test_llamacpp_default_model_separates_supported_from_unsupported_claims(tmp_path_factory):
+    """The real default model (assembled from its 22 packages, ~8 s) judges grounding well."""
+    from app.generators.llamacpp import LlamaCppGenerator
+    from app.models import DEFAULT_MODEL, assemble_default_model
+    from app.prompts import build_support_messages
+
+    path = assemble_default_model(tmp_path_factory.mktemp("default"))
+    try:
+        gen = LlamaCppGenerator(path, n_threads=1, n_ctx=2048, model_id=DEFAULT_MODEL.model_id)
+        ev = "Employees get 25 vacation days per year. Unused days expire on March 31."
+        supported = [gen.yes_probability(build_support_messages(c, ev)) for c in
+                     ("Unused vacation days expire on March 31.", "Employees get 25 vacation days per year.")]
+        unsupported = [gen.yes_probability(build_support_messages(c, ev)) for c in
+                       ("The office has a swimming pool.", "Employees get 40 vacation days per year.")]
+        assert min(supported) > 0.7 and max(unsupported) < 0.4, (supported, unsupported)
+        assert "Paris" in gen.complete(QUESTION, GenParams(max_tokens=16))
+    finally:
+        path.unlink(missing_ok=True)  # 1.1 GB

@@ -74,7 +74,9 @@ def test_existing_file_is_reused_without_reading_parts(fake_parts, tmp_path, mon
     mtime = out.stat().st_mtime_ns
     monkeypatch.setattr(models, "_assemble", lambda *a: pytest.fail("must not re-assemble"))
     assert assemble_default_model(tmp_path, model=model) == out
-    assert assemble_default_model(tmp_path, model=model, verify=True) == out  # sidecar vouches for it
+    hashed: list[int] = []
+    assert assemble_default_model(tmp_path, lambda d, t: hashed.append(d), model=model, verify=True) == out
+    assert hashed[-1] == model.size  # --verify really re-reads the file
     assert out.stat().st_mtime_ns == mtime
 
 
