@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from contextlib import contextmanager
@@ -148,6 +149,18 @@ class Generations:
         except (OSError, ValueError) as e:
             raise IndexError_(f"generation {gen} is incomplete or unreadable ({p}: {e}); run `kb reindex`") from None
 
+    def check_files(self, gen: str, manifest: dict[str, Any]) -> None:
+        """Cheap integrity check: the files exist with the sizes the manifest recorded."""
+        for name, size in (manifest.get("files") or {}).items():
+            p = self.path(gen) / name
+            try:
+                actual = p.stat().st_size
+            except OSError:
+                raise IndexError_(f"generation {gen}: {p} is missing; run `kb reindex`") from None
+            if actual != size:
+                raise IndexError_(f"generation {gen}: {p} has {actual} bytes, the manifest says {size}; "
+                                  "run `kb reindex`")
+
     def listing(self) -> list[str]:
         if not self.root.is_dir():
             return []
@@ -204,25 +217,51 @@ class GenerationWriter:
         self.gens = Generations(settings.index_dir)
         self.model_id = model_id
         self.dim = dim
-        self.base = self.gens.current()
-        self.base_manifest = self.gens.manifest(self.base) if self.base else None
         self._base_store: Store | None = None
         self._store: Store | None = None
         self._vectors: FaissIndex | None = None
         self.gen: str | None = None
         self.changed = False
-        self.reembed_needed = bool(
-            self.base_manifest and (self.base_manifest.get("embedder") != model_id
-                                    or int(self.base_manifest.get("dim", 0)) != dim))
-        self.kind_changed = bool(self.base_manifest and self.base_manifest.get("index_kind") != settings.index.kind)
+        self.reembed_needed = self.kind_changed = False
+        #: Set when the published generation could not be read and the new one starts empty.
+        self.recovered_from: str | None = None
+        self.base = self.gens.current()
+        self.base_manifest: dict[str, Any] | None = None
+        if self.base:
+            try:
+                self.base_manifest = self.gens.manifest(self.base)
+                self.gens.check_files(self.base, self.base_manifest)
+            except IndexError_ as e:
+                self._start_over(str(e))
+                return
+            m = self.base_manifest
+            self.reembed_needed = m.get("embedder") != model_id or int(m.get("dim", 0)) != dim
+            self.kind_changed = m.get("index_kind") != settings.index.kind
+
+    def _start_over(self, reason: str) -> None:
+        log.error("published generation unreadable gen=%s reason=%s: building a new index from scratch",
+                  self.base, reason)
+        self.recovered_from, self.base, self.base_manifest = self.base, None, None
+        self.reembed_needed = self.kind_changed = False
+        self.changed = True  # the broken generation must be replaced even if no source changed
+        if self._base_store is not None:
+            self._base_store.close()
+            self._base_store = None
+        self._store = None
 
     @property
     def read_store(self) -> Store:
         if self._store is not None:
             return self._store
+        if self._base_store is None and self.base:
+            try:
+                store = Store.open_readonly(self.gens.path(self.base) / DB_NAME)
+                store.get_meta("generation")  # "file is not a database" shows up here
+                self._base_store = store
+            except (IndexError_, sqlite3.DatabaseError) as e:
+                self._start_over(str(e))
         if self._base_store is None:
-            self._base_store = (Store.open_readonly(self.gens.path(self.base) / DB_NAME) if self.base
-                                else Store.empty())
+            self._base_store = Store.empty()
         return self._base_store
 
     def _begin(self) -> None:
@@ -232,9 +271,15 @@ class GenerationWriter:
         path.mkdir()
         db = path / DB_NAME
         if self.base:
-            self._store = self.read_store.copy_to(db)
-            self._vectors = FaissIndex.load(self.gens.path(self.base) / VECTORS_NAME, self.settings.index)
-        else:
+            try:
+                self._store = self.read_store.copy_to(db)
+                self._vectors = FaissIndex.load(self.gens.path(self.base) / VECTORS_NAME, self.settings.index)
+            except (IndexError_, sqlite3.DatabaseError) as e:
+                if self._store is not None:
+                    self._store.close()
+                db.unlink(missing_ok=True)
+                self._start_over(str(e))
+        if not self.base:
             self._store = Store.create(db)
             self._vectors = FaissIndex(self.dim, self.settings.index)
         if self._base_store is not None:
@@ -339,6 +384,7 @@ class IndexSnapshot:
 
 def _open_snapshot(gens: Generations, gen: str, cfg: IndexConfig) -> IndexSnapshot:
     manifest = gens.manifest(gen)
+    gens.check_files(gen, manifest)
     path = gens.path(gen)
     store = Store.open_readonly(path / DB_NAME)
     vectors = FaissIndex.load(path / VECTORS_NAME, cfg)

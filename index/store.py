@@ -322,10 +322,15 @@ class Store:
 
     def chunk_texts(self, batch: int = 256) -> Iterator[list[tuple[int, str, str]]]:
         """All (row id, text, text sha), in batches (re-embedding after a model change)."""
-        with self._lock:
-            rows = self.conn.execute("SELECT id, text, text_sha FROM chunks ORDER BY id").fetchall()
-        for i in range(0, len(rows), batch):
-            yield rows[i:i + batch]
+        last = 0
+        while True:  # keyset pagination: memory stays at one batch
+            with self._lock:
+                rows = self.conn.execute("SELECT id, text, text_sha FROM chunks WHERE id > ? ORDER BY id LIMIT ?",
+                                         (last, batch)).fetchall()
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][0]
 
     def chunk_ids(self) -> np.ndarray:
         with self._lock:

@@ -279,6 +279,9 @@ def sync_sources(settings: Settings, sources: Sequence[SourceConfig], *, progres
                                                    factory=factory, progress=progress))
             if sink.removed:
                 writer.vectors.remove(sink.removed)
+            if writer.recovered_from:
+                report.notes.append(f"generation {writer.recovered_from} was unreadable: the index was rebuilt "
+                                    "from this run's sources only; run `kb reindex` for all sources")
             report.chunks_embedded = sink.embedded
             if writer.changed:
                 keep = writer.store.text_shas()

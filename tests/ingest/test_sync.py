@@ -355,3 +355,18 @@ def test_end_to_end_with_real_minilm(tmp_path):
     assert r.retrieve("where do the robots recharge", user=ALICE, top_k=1)[0].chunk.doc_id == "wiki:robots.md"
     again = sync_sources(s, [_src(tmp_path)], progress=False)
     assert again.chunks_embedded == 0 and again.sources[0].unchanged == 4
+
+
+@pytest.mark.parametrize("damage", ["vectors.faiss", "kb.sqlite3"])
+def test_unreadable_published_generation_is_rebuilt(tmp_path, wiki, damage):
+    s = _settings(tmp_path)
+    r1 = sync_sources(s, [_src(tmp_path)], progress=False, embedder=HashEmbedder())
+    (Generations(s.index_dir).path(r1.generation) / damage).write_bytes(b"garbage, not an index")
+    from core.errors import IndexError_
+
+    with pytest.raises((IndexError_, sqlite3.DatabaseError)):
+        open_index(s).store.counts()
+    r2 = sync_sources(s, [_src(tmp_path)], progress=False, embedder=HashEmbedder())
+    assert r2.generation and any("unreadable" in n for n in r2.notes)
+    assert r2.sources[0].added == 4 and r2.documents_total == 4
+    assert open_index(s).store.counts()["documents"] == 4
