@@ -210,7 +210,7 @@ class HashEmbedder:
     def _vector(self, text: str) -> np.ndarray:
         vec = np.zeros(self.dim, dtype=np.float32)
         for feat, weight in self._features(text):
-            h = int.from_bytes(hashlib.blake2b(feat.encode("utf-8"), digest_size=8).digest(), "little")
+            h = int.from_bytes(hashlib.blake2b(feat.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
             sign = 1.0 if (h >> 63) & 1 else -1.0
             vec[h % self.dim] += sign * weight
         if not vec.any():  # every feature cancelled out: fall back to a fixed direction

@@ -116,6 +116,12 @@ def _align(text: str, pieces: Sequence[str]) -> list[int] | None:
     return out[::-1]
 
 
+def chunk_id(doc_id: str, start: int, end: int, text: str) -> str:
+    """Deterministic chunk id: the same document, span and text always give the same id."""
+    raw = f"{doc_id}\x00{start}\x00{end}\x00{text}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
 class Chunker:
     """Splits Documents into Chunks of at most ``chunk_tokens`` tokens.
 
@@ -189,10 +195,9 @@ class Chunker:
             text = doc.text[start:end]
             if not text.strip():
                 continue
-            cid = hashlib.sha256(f"{doc.id}\x00{start}\x00{end}\x00{text}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
             chunks.append(
                 Chunk(
-                    id=cid,
+                    id=chunk_id(doc.id, start, end, text),
                     doc_id=doc.id,
                     ordinal=len(chunks),
                     text=text,
