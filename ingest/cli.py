@@ -262,6 +262,9 @@ kb.yaml:
 \b
 crontab line instead of a long-running scheduler:
   0 2 * * * cd /srv/kb && .venv/bin/kb schedule --once >> data/runtime/schedule.log 2>&1
+
+or a systemd service running `kb schedule` (Restart=on-failure); it stops
+cleanly on SIGTERM, letting a running reindex finish.
 """ + _EXIT_HELP)
 @click.option("--once", is_flag=True, help="Run one reindex now and exit.")
 @click.pass_context
