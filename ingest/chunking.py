@@ -26,6 +26,7 @@ import hashlib
 import logging
 import re
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from core.types import Chunk, Document, Section
@@ -137,6 +138,7 @@ class Chunker:
         overlap_tokens: int = 64,
         *,
         merge_sections: bool = True,
+        counter_name: str | None = None,
     ):
         from langchain_text_splitters import RecursiveCharacterTextSplitter
 
@@ -158,13 +160,17 @@ class Chunker:
             tokenizer = count_tokens
             self.count_tokens: TokenCounter = lambda text: len(tokenizer.tokenize(text))
             self._splitter = RecursiveCharacterTextSplitter.from_huggingface_tokenizer(tokenizer, **options)
-            self.counter_name = f"hf:{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}"
+            # class + vocabulary size, not name_or_path: that is a site-packages path, and a moved
+            # venv must not make every stored chunk look stale
+            self.counter_name = f"hf:{type(tokenizer).__name__}:{len(tokenizer)}"
         elif callable(count_tokens):
             self.count_tokens = count_tokens
             self._splitter = RecursiveCharacterTextSplitter(length_function=count_tokens, **options)
             self.counter_name = getattr(count_tokens, "__qualname__", type(count_tokens).__name__)
         else:
             raise TypeError(f"count_tokens must be a tokenizer or a function str -> int, got {type(count_tokens)!r}")
+        if counter_name:
+            self.counter_name = counter_name
         self.chunk_tokens = chunk_tokens
         self.overlap_tokens = overlap_tokens
         self.merge_sections = merge_sections
@@ -271,7 +277,9 @@ class Chunker:
         if s >= e:
             return []
         text = doc.text[s:e]
-        if self.count_tokens(text) <= self.chunk_tokens:
+        # a short section is one chunk; a long one goes straight to the splitter, which
+        # gives one piece anyway when it fits (saves tokenizing a whole book twice)
+        if len(text) <= 16 * self.chunk_tokens and self.count_tokens(text) <= self.chunk_tokens:
             return [(s, e)]
         pieces = self._splitter.split_text(text)
         offsets = _align(text, pieces)
@@ -332,8 +340,10 @@ def make_chunker(settings: "Settings") -> Chunker:
     limit = ch.chunk_tokens
     if emb.model == HASH_MODEL:
         counter: Any = count_words
+        name = "words"
     else:
         counter = load_tokenizer(emb)
+        name = "hf:all-MiniLM-L6-v2" if emb.model == "packaged" else f"hf:{Path(emb.model).name}"
         if limit > emb.max_seq_length - 2:
             log.warning(
                 "chunking.chunk_tokens=%d exceeds embedding.max_seq_length-2=%d: using %d",
@@ -341,4 +351,4 @@ def make_chunker(settings: "Settings") -> Chunker:
             )
             limit = emb.max_seq_length - 2
     overlap = min(ch.overlap_tokens, limit // 2)
-    return Chunker(counter, chunk_tokens=limit, overlap_tokens=overlap)
+    return Chunker(counter, chunk_tokens=limit, overlap_tokens=overlap, counter_name=name)

@@ -287,7 +287,8 @@ def test_bad_arguments():
 def test_make_chunker_uses_the_embedders_tokenizer(minilm_tokenizer):
     chunker = make_chunker(load_settings(None))
     assert chunker.chunk_tokens == 510 and chunker.overlap_tokens == 64
-    assert chunker.counter_name.startswith("hf:")
+    assert chunker.fingerprint == "v1:hf:all-MiniLM-L6-v2:510:64:merge"  # no install path in it
+    assert Chunker(minilm_tokenizer).counter_name == f"hf:{type(minilm_tokenizer).__name__}:30522"
     assert chunker.count_tokens("on-call rotation") == len(minilm_tokenizer.tokenize("on-call rotation"))
 
     capped = make_chunker(load_settings(None, embedding={"max_seq_length": 256}))
