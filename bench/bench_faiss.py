@@ -111,21 +111,21 @@ def bench_kind(kind: str, base: np.ndarray, queries: np.ndarray, truth: np.ndarr
     return res
 
 
-def real_embeddings(limit_docs: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """MiniLM embeddings of the 18F handbook's chunks (base) and of its page titles (queries)."""
-    from core.settings import ChunkingConfig, EmbeddingConfig, SourceConfig
-    from index.embedder import load_embedder
-    from ingest.chunking import make_chunker
+def real_embeddings() -> tuple[np.ndarray, np.ndarray]:
+    """MiniLM vectors of the 18F handbook's chunks, as ingest stores them (base), and of the
+    pages' titles (queries: short questions-like texts that are not in the index)."""
+    from bench_ingest import bench_settings, ingest, load_warm_embedder
+    from index.generation import open_index
     from ingest.connectors import make_connector
 
-    src = SourceConfig(name="handbook", type="wiki", path=common.SHARED / "corpus" / "wiki-18f-handbook")
-    docs = list(make_connector(src).documents())[:limit_docs]
-    embedder = load_embedder(EmbeddingConfig())
-    chunker = make_chunker(ChunkingConfig(), EmbeddingConfig())
-    texts = [c.text for d in docs for c in chunker.chunk(d)]
-    titles = [d.title for d in docs]
-    print(f"real: embedding {len(texts)} chunks and {len(titles)} titles of {len(docs)} handbook pages …", flush=True)
-    return embedder.embed_documents(texts), embedder.embed_documents(titles)
+    with tempfile.TemporaryDirectory(prefix="kb-bench-faiss-") as tmp:
+        settings = bench_settings(Path(tmp) / "data", common.SHARED / "corpus" / "wiki-18f-handbook", "wiki")
+        embedder = load_warm_embedder(settings)
+        print("real: ingesting the 18F handbook (MiniLM) …", flush=True)
+        ingest(settings, embedder)
+        _, base = open_index(settings).vectors.vectors()
+        titles = sorted({d.title for d in make_connector(settings.sources[0]).documents() if d.title.strip()})
+        return base, embedder.embed_documents(titles)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -165,7 +165,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip HNSW above this many vectors (1M takes ~15 min to build on 1 busy thread); "
                          "pass 1000000 to include it")
     ap.add_argument("--real", action="store_true", help="also measure recall on real handbook embeddings")
-    ap.add_argument("--real-docs", type=int, default=None, help="only the first N handbook pages")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     sizes = args.sizes or ([100_000] if args.quick else [100_000, 1_000_000])
@@ -193,13 +192,14 @@ def main(argv: list[str] | None = None) -> int:
 
     real = None
     if args.real:
-        base, queries_real = real_embeddings(args.real_docs)
+        base, queries_real = real_embeddings()
         truth = exact_top_k(base, queries_real)
         real = []
         for kind in ("hnsw", "ivf"):
             from core.settings import IndexConfig
             from index.vectors import FaissIndex
 
+            # a few thousand chunks: IVF is built anyway (ingest keeps it flat below 4,096 vectors)
             fi = FaissIndex(DIM, IndexConfig(kind=kind), ivf_min_vectors=min(4096, len(base)))
             fi.add(np.arange(len(base)), base)
             fi.settle()

@@ -1,0 +1,170 @@
+"""Query latency: where the time of one answer goes, vs the raw model on the same prompt.
+
+    .venv/bin/python bench/bench_query.py            # 6 questions, the configured model
+    .venv/bin/python bench/bench_query.py --quick    # 2 questions
+    .venv/bin/python bench/bench_query.py --model smollm2-135m
+
+The sample wiki is indexed into a temporary data folder; each question goes through the real
+answer service (retrieve -> context filter -> generate -> citations and confidence ->
+self-correction when confidence is low) with the settings of kb.yaml (generator, threads,
+context filter), as an all-access user. Then the same generator gets, with no service around
+it, exactly the messages the service's final answer was written from (the system prompt, the
+numbered sources, the question), and we time its first token and its whole reply. The raw
+runs happen after all service runs, in the same order, so each prompt follows a different one
+in both (llama.cpp reuses the shared system-prompt prefix in both alike).
+
+``first_token`` in the service is measured from the question's arrival, so it includes
+retrieval and the filter; the raw model's is from the call. See bench/bench_answer.py (the
+answering code's own bench) for time to first token with and without the context filter vs a
+naive prompt.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+from bench_ingest import bench_settings, ingest, load_warm_embedder
+from common import RESULTS, pyplot, write_results
+
+QUESTIONS = [
+    "How many vacation days do I get per year?",
+    "How do I connect to the VPN from home?",
+    "What is the limit for meals when travelling on business?",
+    "What happens when I am paged while on call?",
+    "Who approves a discount above 20 percent?",
+    "How often do we run performance calibration?",
+]
+STAGES = ("retrieve", "filter", "first_token", "generate", "score", "correction", "total")
+
+
+def raw_run(generator, messages, params) -> dict:
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    for tok in generator.stream(messages, params):
+        if first is None:
+            first = time.perf_counter() - t0
+        n += 1
+    total = time.perf_counter() - t0
+    return {"first_token": first, "total": total, "tokens": n}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2 questions")
+    ap.add_argument("-n", type=int, default=None, help="number of questions (default 6)")
+    ap.add_argument("--config", type=Path, default=common.REPO / "kb.yaml",
+                    help="generator / retrieval / answer settings to use (default: the repo's kb.yaml)")
+    ap.add_argument("--model", default=None, help="override generator.model (e.g. smollm2-135m)")
+    ap.add_argument("--backend", default=None, help="override generator.backend (llamacpp, transformers, fake)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    n = args.n or (2 if args.quick else len(QUESTIONS))
+    questions = (QUESTIONS * (n // len(QUESTIONS) + 1))[:n]
+
+    from app.generators.base import make_generator
+    from app.prompts import build_messages
+    from app.services import build_services
+    from core.settings import load_settings
+    from core.types import GenParams
+    from eval.runner import eval_principal
+    from index.generation import open_index
+
+    conf = load_settings(args.config)
+    if args.model:
+        conf.generator.model = args.model
+    if args.backend:
+        conf.generator.backend = args.backend  # type: ignore[assignment]
+    with tempfile.TemporaryDirectory(prefix="kb-bench-query-") as tmp:
+        settings = bench_settings(Path(tmp) / "data", common.REPO / "data/sample/wiki", "wiki", "acme-wiki")
+        for section in ("generator", "retrieval", "answer", "embedding"):
+            setattr(settings, section, getattr(conf, section).model_copy(deep=True))
+        embedder = load_warm_embedder(settings)
+        ingest(settings, embedder)
+        index = open_index(settings)
+        user = eval_principal(index)
+        # the models folder of the real config: the default model is assembled there once
+        generator = make_generator(conf.generator, conf.models_dir, base_dir=conf.config_dir)
+        t0 = time.perf_counter()
+        warm = getattr(generator, "warm_up", None)
+        if callable(warm):
+            warm()
+        load_s = time.perf_counter() - t0
+        print(f"model {generator.model_id} loaded in {load_s:.1f} s; {len(questions)} questions", flush=True)
+        services = build_services(settings, embedder=embedder, index=index, generator=generator, answer_log=None)
+        service = services.answer_service
+        service.answer("warm-up question about holidays", user=user)  # first-call costs out of the figures
+        runs = []
+        for q in questions:
+            a = service.answer(q, user=user)
+            runs.append({"question": q, "route": a.route, "corrected": a.corrected, "timings": dict(a.timings),
+                         "messages": build_messages(a.standalone_question, a.sources), "answer": a.text})
+            t = a.timings
+            print(f"  service {t.get('total', 0):6.1f} s (first token {t.get('first_token', float('nan')):5.1f} s, "
+                  f"route {a.route}{', corrected' if a.corrected else ''}): {q}", flush=True)
+        g = settings.generator
+        params = GenParams(max_tokens=g.max_tokens, temperature=g.temperature, logprobs=True)
+        for r in runs:
+            r["raw"] = raw_run(generator, r.pop("messages"), params)
+            print(f"  raw     {r['raw']['total']:6.1f} s (first token {r['raw']['first_token']:5.1f} s, "
+                  f"{r['raw']['tokens']} tokens): {r['question']}", flush=True)
+
+    def med(vals):
+        vals = [v for v in vals if v is not None]
+        return statistics.median(vals) if vals else None
+
+    service_med = {s: med([r["timings"].get(s) for r in runs]) for s in STAGES}
+    raw_med = {k: med([r["raw"][k] for r in runs]) for k in ("first_token", "total", "tokens")}
+    res = {
+        "model": generator.model_id,
+        "generator": settings.generator.model_dump(mode="json"),
+        "retrieval": settings.retrieval.model_dump(mode="json"),
+        "answer": {"self_correction": settings.answer.self_correction,
+                   "grounding_check": settings.answer.grounding_check},
+        "model_load_s": load_s,
+        "questions": len(runs),
+        "service_median_s": service_med,
+        "raw_median_s": raw_med,
+        "total_ratio": service_med["total"] / raw_med["total"] if raw_med["total"] else None,
+        "first_token_ratio": (service_med["first_token"] / raw_med["first_token"]
+                              if raw_med["first_token"] and service_med["first_token"] else None),
+        "runs": runs,
+    }
+    print("\nmedians (s):  " + "  ".join(f"{s} {service_med[s]:.2f}" for s in STAGES if service_med[s] is not None))
+    print(f"raw model:    first token {raw_med['first_token']:.2f}  total {raw_med['total']:.2f}  "
+          f"({raw_med['tokens']:.0f} tokens)")
+    print(f"ratios: answer service total / raw model total = {res['total_ratio']:.2f}x; "
+          f"first token {res['first_token_ratio']:.2f}x")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    left = 0.0
+    for stage, color in (("retrieve", "tab:blue"), ("filter", "tab:cyan"), ("generate", "tab:orange"),
+                         ("score", "tab:purple"), ("correction", "tab:red")):
+        v = service_med.get(stage) or 0.0
+        if v:
+            ax.barh("answer service", v, left=left, color=color, label=stage)
+            left += v
+    ax.barh("raw model", raw_med["total"], color="tab:orange", alpha=0.6)
+    ax.plot([service_med["first_token"]] * 2, [-0.4, 0.4], color="black", lw=2, label="first token")
+    ax.plot([raw_med["first_token"]] * 2, [0.6, 1.4], color="black", lw=2)
+    ax.set(xlabel="seconds (median per question)",
+           title=f"{generator.model_id}: service {res['total_ratio']:.2f}x the raw model")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    png = args.out / "bench_query.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    path = write_results("bench_query", res, args.out)
+    print(f"\nwrote {path} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
