@@ -276,5 +276,9 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     for src in s.sources:
         src.path = _resolve(base, src.path)
     s.generator.adapter = _resolve(base, s.generator.adapter)
+    if s.embedding.model not in ("packaged", "hash"):
+        s.embedding.model = str(_resolve(base, Path(s.embedding.model)))
+    if s.generator.model.endswith(".gguf") or "/" in s.generator.model:
+        s.generator.model = str(_resolve(base, Path(s.generator.model)))
     s.server.auth.users_file = _resolve(base, s.server.auth.users_file)
     return s
