@@ -138,6 +138,20 @@ def keyword_recall(answer: str, keywords: Sequence[str]) -> float | None:
     return sum(1 for k in keywords if f" {normalize_answer(k)} " in text) / len(keywords)
 
 
+def context_recall(reference: str, contexts: Sequence[str], stopwords: Iterable[str] = ()) -> float | None:
+    """Share of the reference answer's distinct normalised words (minus ``stopwords``) that
+    occur in the retrieved ``contexts``: a lexical proxy for "the evidence reached the prompt"
+    when a data set names no pages. None when the reference has no such word."""
+    stop = {normalize_answer(w) for w in stopwords}
+    ref = {w for w in normalize_answer(reference).split() if w not in stop}
+    if not ref:
+        return None
+    seen: set[str] = set()
+    for c in contexts:
+        seen.update(normalize_answer(c).split())
+    return len(ref & seen) / len(ref)
+
+
 # --- citations --------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict
 from typing import Any, Sequence
 
+from app.sentences import STOPWORDS
 from core.settings import Settings
 from core.types import Answer, Hit, Principal
 from eval import metrics as m
@@ -29,7 +30,9 @@ def hit_ref(h: Hit) -> tuple[str, int | None]:
 
 def retrieval_records(questions: Sequence[EvalQuestion], retriever, user: Principal, *, mode: str,
                       context_filter=None, top_k: int = 5, progress: bool = True, label: str = "") -> list[dict]:
-    """Per question: the retrieved (doc, page) list and the first relevant rank by file and page.
+    """Per question: the retrieved (doc, page) list, the first relevant rank by file and page, and
+    the context recall of the reference answer in the first ``top_k`` chunks (as the prompt gets
+    them: trimmed by the filter when there is one).
 
     With ``context_filter``, ``3 * top_k`` hybrid candidates are reranked and trimmed to
     ``top_k`` as the answer service does, and the ranks are those of the filtered list.
@@ -44,6 +47,7 @@ def retrieval_records(questions: Sequence[EvalQuestion], retriever, user: Princi
             hits = retriever.retrieve(q.question, user=user, top_k=RETRIEVE_K, mode=mode)
         seconds = time.perf_counter() - t0
         refs = [hit_ref(h) for h in hits]
+        context = [h.prompt_text for h in hits[:top_k]]
         out.append({
             "id": q.id,
             "answerable": q.answerable,
@@ -51,6 +55,8 @@ def retrieval_records(questions: Sequence[EvalQuestion], retriever, user: Princi
             "retrieved": refs,
             "rank_file": m.first_relevant_rank(refs, q.expected_sources, "file") if q.expected_sources else None,
             "rank_page": m.first_relevant_rank(refs, q.expected_sources, "page") if q.has_pages else None,
+            "context_recall": (m.context_recall(q.expected_answer, context, STOPWORDS)
+                               if q.answerable and q.expected_answer else None),
             "seconds": round(seconds, 4),
         })
     return out
@@ -64,6 +70,7 @@ def summarize_retrieval(records: Sequence[dict], questions: Sequence[EvalQuestio
     for level, rows in (("file", scored), ("page", paged)):
         ranks = [r[f"rank_{level}"] for r in rows]
         out[level] = {"hit@1": m.hit_at_k(ranks, 1), "hit@5": m.hit_at_k(ranks, 5), "mrr@10": m.mrr(ranks)}
+    out["context_recall"] = m.mean(r["context_recall"] for r in records)
     out["latency"] = m.latency_summary([{"retrieve": r["seconds"]} for r in records]).get("retrieve")
     return out
 

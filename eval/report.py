@@ -51,16 +51,18 @@ def markdown(result: dict[str, Any]) -> str:
     if result["retrieval"]:
         lines += ["## Retrieval", "",
                   f"Over answerable questions with expected sources; MRR over the first {meta['retrieve_k']} chunks "
-                  "(the context-filter run keeps top_k).", "",
-                  "| run | n | hit@1 | hit@5 | MRR | hit@1 (page) | hit@5 (page) | MRR (page) | p50 latency |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "(the context-filter run keeps top_k). Context recall: share of the reference answer's words "
+                  "(stop words aside) found in the top_k chunk texts the prompt would get.", "",
+                  "| run | n | hit@1 | hit@5 | MRR | hit@1 (page) | hit@5 (page) | MRR (page) | context recall | p50 latency |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for name, run in result["retrieval"].items():
             s = run["summary"]
             page = s["page"] if s["n_page"] else {}
             lat = (s.get("latency") or {}).get("p50")
             lines.append(f"| {name} | {s['n']} | {_f(s['file']['hit@1'])} | {_f(s['file']['hit@5'])} | "
                          f"{_f(s['file']['mrr@10'])} | {_f(page.get('hit@1'))} | {_f(page.get('hit@5'))} | "
-                         f"{_f(page.get('mrr@10'))} | {_f(lat * 1000 if lat is not None else None, 1)} ms |")
+                         f"{_f(page.get('mrr@10'))} | {_f(s.get('context_recall'))} | "
+                         f"{_f(lat * 1000 if lat is not None else None, 1)} ms |")
         lines.append("")
     if result["answers"]:
         has_pages = any(r["summary"].get("citation_precision_page") is not None for r in result["answers"].values())
@@ -123,16 +125,17 @@ def plot_retrieval(result: dict[str, Any], path: Path) -> Path | None:
     metrics = [("hit@1", "file"), ("hit@5", "file"), ("mrr@10", "file")]
     if any(r["summary"]["n_page"] for r in runs.values()):
         metrics += [("hit@1", "page"), ("hit@5", "page"), ("mrr@10", "page")]
+    metrics.append(("context_recall", None))
     x = np.arange(len(metrics))
     width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(metrics) + 2), 4))
+    fig, ax = plt.subplots(figsize=(max(9, 1.4 * len(metrics) + 4), 4))
     for i, n in enumerate(names):
-        vals = [runs[n]["summary"][lvl][k] or 0.0 for k, lvl in metrics]
+        vals = [(runs[n]["summary"][lvl][k] if lvl else runs[n]["summary"].get(k)) or 0.0 for k, lvl in metrics]
         bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=n)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks(x, [f"{k}\n({lvl})" for k, lvl in metrics])
+    ax.set_xticks(x, [f"{k}\n({lvl})" if lvl else k.replace("_", "\n") for k, lvl in metrics])
     ax.set(ylim=(0, 1.08), ylabel="score", title=f"Retrieval on {result['meta']['corpus']}")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -150,7 +153,7 @@ def plot_answers(result: dict[str, Any], path: Path) -> Path | None:
     names = list(runs)
     x = np.arange(len(cols))
     width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(12, 4.5))
+    fig, ax = plt.subplots(figsize=(14, 4.5))
     for i, n in enumerate(names):
         vals = [runs[n]["summary"][c[0]] for c in cols]
         bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, [v or 0.0 for v in vals], width, label=n)
@@ -158,7 +161,7 @@ def plot_answers(result: dict[str, Any], path: Path) -> Path | None:
     ax.set_xticks(x, [c[1].replace(" (", "\n(") for c in cols], fontsize=8)
     ax.set(ylim=(0, 1.1), ylabel="share / score",
            title=f"Answers on {result['meta']['corpus']} ({result['meta']['answer_subset']} questions)")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -168,3 +168,12 @@ def test_sign_test_and_bootstrap():
 def test_mean_skips_undefined():
     assert m.mean([1.0, None, 0.0]) == 0.5
     assert m.mean([None]) is None
+
+
+def test_context_recall():
+    # reference words (normalised, "the" dropped as an article, "of" a given stop word): masked lm nsp
+    ref = "The Masked LM of NSP."
+    assert m.context_recall(ref, ["a masked language model", "NSP task"], stopwords=["of"]) == pytest.approx(2 / 3)
+    assert m.context_recall(ref, ["Masked LM and NSP"], stopwords=["of"]) == 1.0
+    assert m.context_recall(ref, [], stopwords=["of"]) == 0.0
+    assert m.context_recall("the of", ["x"], stopwords=["of"]) is None
