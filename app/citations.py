@@ -129,7 +129,9 @@ Similarity = Callable[[str, Sequence[str]], Sequence[float]]
 
 def best_quote(claim: str, source_text: str, similarity: Similarity | None = None) -> str:
     """The sentence of ``source_text`` that best supports ``claim`` (word overlap by default)."""
-    sents = [s.text for s in sentence_spans(source_text)] or [source_text.strip()]
+    # the context filter joins non-adjacent sentences with " … ": never quote across a gap
+    sents = [s.text.strip(" …") for part in re.split(r"\s*…\s*", source_text) for s in sentence_spans(part)]
+    sents = [s for s in sents if s] or [source_text.strip()]
     if similarity is not None:
         scores = list(similarity(claim, sents))
     else:

@@ -53,16 +53,17 @@ def make_settings(root: Path, **overrides: Any) -> Settings:
     return load_settings(None, **data)
 
 
-def build_index(settings: Settings, docs: Sequence[Document]):
-    """Sync ``docs`` into a new generation; returns (index, retriever, embedder)."""
+def build_index(settings: Settings, docs: Sequence[Document] | None = None):
+    """Sync ``docs`` (None: the configured sources, read by the real connectors) into a new
+    generation; returns (index, retriever, embedder)."""
     from index.embedder import load_embedder
     from index.generation import open_index
     from index.retriever import HybridRetriever
     from ingest.sync import sync_sources
 
     embedder = load_embedder(settings.embedding)
-    sync_sources(settings, settings.sources, progress=False, embedder=embedder,
-                 connector_factory=lambda src: ListConnector(docs))
+    factory = None if docs is None else (lambda src: ListConnector(docs))
+    sync_sources(settings, settings.sources, progress=False, embedder=embedder, connector_factory=factory)
     index = open_index(settings)
     return index, HybridRetriever(index, embedder, settings.retrieval), embedder
 
