@@ -168,13 +168,14 @@ class HFGenerator(GeneratorBase):
         recorder = _LogprobRecorder() if params.logprobs else None
         cancel = threading.Event()
         streamer = _token_streamer(tok, recorder, timeout=_TOKEN_TIMEOUT_S)
+        eos_ids = self._eos_ids(model, tok)
         kwargs: dict[str, Any] = dict(
             **enc,
             max_new_tokens=max_new,
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
             pad_token_id=tok.pad_token_id,
-            eos_token_id=self._eos_ids(model, tok),
+            eos_token_id=eos_ids,
         )
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
@@ -215,7 +216,8 @@ class HFGenerator(GeneratorBase):
             tail = stops.flush()
             if tail:
                 yield Token(tail, logprob=pending_lp)
-            finish = "length" if (not stops.hit and streamer.count >= max_new) else "stop"
+            ended = stops.hit or (streamer.ids and streamer.ids[-1] in eos_ids)
+            finish = "length" if (not ended and streamer.count >= max_new) else "stop"
             log.debug(
                 "model=%s prompt_tokens=%d new_tokens=%d finish=%s seconds=%.2f",
                 self.model_id, n_prompt, streamer.count, finish, time.perf_counter() - t0,
