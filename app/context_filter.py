@@ -82,6 +82,11 @@ class ContextFilter:
             generator=generator,
         )
 
+    def clear_cache(self) -> None:
+        """Forget cached sentence vectors (benchmarks measure a cold question)."""
+        with self._lock:
+            self._cache.clear()
+
     # --- sentence vectors ------------------------------------------------------------
     def _sentences(self, hits: Sequence[Hit]) -> list[tuple[list[Span], np.ndarray]]:
         out: list[tuple[list[Span], np.ndarray] | None] = []
