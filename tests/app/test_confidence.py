@@ -136,3 +136,43 @@ def test_reliability_plot_is_written(tmp_path):
     probs = [model.score(r["features"]) for r in recs]
     out = plot_reliability(probs, [r["correct"] for r in recs], tmp_path / "rel.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- calibration on facts (the pipeline part) --------------------------------------------
+
+def test_facts_labels_and_askers(tmp_path, sample_dir):
+    from app.calibration import Fact, askers, label, load_facts
+    from core.types import Principal
+
+    facts = load_facts(sample_dir / "facts.jsonl")
+    assert len(facts) >= 10 and any(not f.answerable for f in facts)
+    pto = Fact("pto", "How many days carry over?", ("6 days",), "public", True)
+    secret = Fact("falcon", "Launch?", ("March 9",), ("alice", "dave"), True)
+    none = Fact("ceo", "CEO?", (), "public", False)
+    bob, alice = Principal("bob"), Principal("alice")
+    assert label(pto, bob, "You can carry over up to 6 Days [1].")
+    assert not label(pto, bob, "You can carry over 5 days [1].")
+    assert not label(pto, bob, ABSTAIN_TEXT)
+    assert label(secret, alice, "It is March 9 [2].") and not label(secret, bob, "It is March 9 [2].")
+    assert not label(none, bob, "The CEO is Jane [1].") and not label(none, bob, ABSTAIN_TEXT)
+    who = askers(secret, lambda n: Principal(n))
+    assert [u.username for u in who] == ["alice", "bob"]
+    bad = tmp_path / "f.jsonl"
+    bad.write_text('{"id": "x", "question": "q"}\nnot json\n')
+    with pytest.raises(ValueError, match="f.jsonl:2"):
+        load_facts(bad)
+
+
+def test_collect_records_runs_the_service(tmp_path):
+    from answer_fixtures import doc, make_rig
+
+    from app.calibration import Fact, collect_records
+    from core.types import Principal
+
+    rig = make_rig(tmp_path, [doc("pto", "Full-time employees can carry over 6 days of unused vacation.")],
+                   answer={"self_correction": False, "confidence_threshold": 0.0})
+    facts = [Fact("pto", "How many unused vacation days carry over?", ("6 days",), "public", True),
+             Fact("ceo", "Who is the chief executive?", (), "public", False)]
+    recs = collect_records(rig.service, facts, lambda n: Principal(n))
+    assert [r["correct"] for r in recs] == [True, False]
+    assert set(recs[0]["features"]) == set(FEATURES) and recs[0]["route"] == "answered"
