@@ -19,8 +19,9 @@ Examples:
       --corpus-path ../shared/eval/aragog/datasets/ARAGOG/papers_for_questions --baselines --limit 12
   # retrieval only (no language model): seconds
   kb eval ../shared/eval/aragog --corpus-name aragog --corpus-path ... --baselines --retrieval-only
-  # your own questions on a configured source, config A vs config B
-  kb eval questions.jsonl --corpus-name acme-wiki --config kb.yaml --compare-config kb-bm25.yaml
+  # the sample company's 40 facts over its three sources, config A vs config B
+  kb eval data/sample/facts.jsonl --corpus-name acme-wiki,acme-slack,acme-drive \
+      --config kb.yaml --compare-config kb-bm25.yaml --limit 10
 
 \b
 Question files: JSONL, one object per line:
@@ -33,7 +34,7 @@ Question files: JSONL, one object per line:
 )
 @click.argument("questions", type=click.Path(exists=True, path_type=Path))
 @click.option("--corpus-name", required=True,
-              help="A source name from the config, or the name for --corpus-path.")
+              help="Source name(s) from the config, comma-separated, or the name for --corpus-path.")
 @click.option("--corpus-path", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A folder of documents indexed as an ad-hoc drive source named --corpus-name.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "aragog"]), default="auto", show_default=True)
@@ -75,7 +76,10 @@ def eval_cmd(ctx: click.Context, questions: Path, corpus_name: str, corpus_path:
     configs = [(path_a, settings_a)]
     if config_b is not None:
         configs.append((str(config_b), load_settings(config_b)))
-    corpus_dir = corpus_path if corpus_path is not None else settings_a.source(corpus_name).path
+    if corpus_path is not None:
+        corpus_dir = corpus_path
+    else:  # ARAGOG answerability is judged against the (first) configured source's folder
+        corpus_dir = settings_a.source(corpus_name.split(",")[0].strip()).path
     qs = load_questions(questions, fmt, corpus_dir=corpus_dir)  # type: ignore[arg-type]
     click.secho(f"{len(qs)} questions ({sum(q.answerable for q in qs)} answerable) from {questions}", err=True)
     opts = EvalOptions(corpus_name=corpus_name, corpus_path=corpus_path, eval_dir=eval_dir, limit=limit,

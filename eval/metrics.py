@@ -41,9 +41,16 @@ def file_matches(retrieved: str, expected: str) -> bool:
     return r == e or r.endswith("/" + e)
 
 
+def _names(file: str | Sequence[str]) -> tuple[str, ...]:
+    return (file,) if isinstance(file, str) else tuple(file)
+
+
 def source_matches(retrieved: SourceRef, expected: SourceRef, level: MatchLevel) -> bool:
-    """File match, and at ``page`` level also equal pages (an expected page of None: file only)."""
-    if not file_matches(retrieved[0], expected[0]):
+    """File match, and at ``page`` level also equal pages (an expected page of None: file only).
+
+    A retrieved source's file may be a list of the names it goes by (a Slack conversation: its
+    document id, its conversation id and its channel name); any one may match."""
+    if not any(file_matches(name, expected[0]) for name in _names(retrieved[0])):
         return False
     if level == "page" and expected[1] is not None:
         return retrieved[1] == expected[1]
@@ -166,11 +173,14 @@ def citation_precision_recall(cited: Sequence[SourceRef], expected: Sequence[Sou
     """Precision: share of distinct cited sources that match an expected one. Recall: share of
     expected sources matched by some citation. At ``file`` level pages are ignored and
     duplicates collapse per file."""
+    def key(f: str | Sequence[str]) -> tuple[str, ...]:
+        return tuple(sorted(_norm_path(n) for n in _names(f)))
+
     if level == "file":
-        cited = [(f, None) for f in dict.fromkeys(_norm_path(f) for f, _ in cited)]
+        cited = [(list(k), None) for k in dict.fromkeys(key(f) for f, _ in cited)]
         expected = [(f, None) for f in dict.fromkeys(_norm_path(f) for f, _ in expected)]
     else:
-        cited = list(dict.fromkeys((_norm_path(f), p) for f, p in cited))
+        cited = [(list(k), p) for k, p in dict.fromkeys((key(f), p) for f, p in cited)]
         expected = list(dict.fromkeys((_norm_path(f), p) for f, p in expected))
     precision = (sum(1 for c in cited if any(source_matches(c, e, level) for e in expected)) / len(cited)
                  if cited else None)

@@ -2,8 +2,10 @@
 
 - JSONL, one question per line. Fields: ``question`` (required); ``expected_answer`` or
   ``answer``; expected sources as ``expected_sources: [{"file": "hr/pto.md", "page": null}]``
-  (strings are accepted too), or as ``source_path`` (or ``file``) with an optional ``page``;
-  optional ``id``, ``keywords`` (words a good answer contains) and ``answerable`` (default true).
+  (strings are accepted too), or as ``source_path`` (or ``file``) with an optional ``page`` (or
+  ``slide``, for decks); optional ``id``, ``keywords`` (words a good answer contains) and
+  ``answerable`` (default: true unless the question has neither sources nor an answer, as the
+  ``source_type: null`` rows of ``data/sample/facts.jsonl``).
   Citations written inside the expected answer, like ``[Some_File.pdf#page=7]``, are parsed
   into expected sources and removed from the answer text.
 - ARAGOG (deepset-ai/haystack-evaluation): one JSON object with parallel lists ``questions``,
@@ -121,7 +123,8 @@ def _source_from(value: Any, where: str) -> SourceRef:
         file = value.get("file") or value.get("path") or value.get("source_path")
         if not isinstance(file, str) or not file.strip():
             raise QuestionFileError(f"{where}: each expected source needs a 'file' string, got {value!r}")
-        return file.strip(), _page(value.get("page"), where)
+        page = value.get("page") if value.get("page") is not None else value.get("slide")
+        return file.strip(), _page(page, where)
     raise QuestionFileError(f"{where}: an expected source must be a string or an object with 'file', got {value!r}")
 
 
@@ -156,7 +159,7 @@ def question_from_record(rec: dict[str, Any], default_id: str, where: str) -> Ev
         sources += [_source_from(v, where) for v in raw]
     single = rec.get("source_path", rec.get("file"))
     if single:
-        sources.append(_source_from({"file": single, "page": rec.get("page")}, where))
+        sources.append(_source_from({"file": single, "page": rec.get("page"), "slide": rec.get("slide")}, where))
     for ref in cited:
         if ref not in sources:
             sources.append(ref)
@@ -165,11 +168,12 @@ def question_from_record(rec: dict[str, Any], default_id: str, where: str) -> Ev
         keywords = [k.strip() for k in keywords.split(",") if k.strip()]
     if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
         raise QuestionFileError(f"{where}: 'keywords' must be a list of strings")
-    answerable = rec.get("answerable", True)
+    # no source to find and nothing to say (facts.jsonl's "source_type": null rows): unanswerable
+    answerable = rec.get("answerable", bool(sources) or bool(answer.strip()))
     if not isinstance(answerable, bool):
         raise QuestionFileError(f"{where}: 'answerable' must be true or false, got {answerable!r}")
     known = {"id", "question", "expected_answer", "answer", "expected_sources", "sources", "source_path",
-             "file", "page", "keywords", "answerable"}
+             "file", "page", "slide", "keywords", "answerable"}
     return EvalQuestion(
         id=str(rec.get("id") or default_id),
         question=q.strip(),

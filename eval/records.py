@@ -4,6 +4,7 @@ See :mod:`eval.runner` for the definitions of correct, hallucination and calibra
 """
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -24,8 +25,24 @@ RETRIEVE_K = 10
 # --- retrieval ------------------------------------------------------------------------------
 
 
-def hit_ref(h: Hit) -> tuple[str, int | None]:
-    return h.chunk.doc_id, h.chunk.page
+def ref_names(doc_id: str, title: str, source_type: str) -> str | list[str]:
+    """What a retrieved document is called when matched against expected sources: its id
+    (``source:path``); a Slack conversation also by ``source:<conversation id>`` and
+    ``source:<channel name>`` (expected sources name channels, not threads)."""
+    if source_type != "slack":
+        return doc_id
+    source, _, rest = doc_id.partition(":")
+    names = [doc_id, f"{source}:{rest.split(':', 1)[0]}"]
+    channel = re.match(r"#([\w.-]+)", title or "")
+    if channel:
+        names.append(f"{source}:{channel.group(1)}")
+    return names
+
+
+def hit_ref(h: Hit) -> tuple[str | list[str], int | None]:
+    """(names, page or slide) of a retrieved chunk."""
+    loc = h.chunk.page if h.chunk.page is not None else h.chunk.slide
+    return ref_names(h.chunk.doc_id, h.doc_title, h.source_type), loc
 
 
 def retrieval_records(questions: Sequence[EvalQuestion], retriever, user: Principal, *, mode: str,
@@ -94,7 +111,8 @@ def unsupported_count(answer: Answer, settings: Settings, embedder, generator) -
 
 def answer_record(q: EvalQuestion, a: Answer, unsupported: int) -> dict[str, Any]:
     abstained = a.route == "abstained"
-    cited = [(c.doc_id, c.page) for c in a.citations] if not abstained else []
+    cited = [(ref_names(c.doc_id, c.title, c.source_type), c.page if c.page is not None else c.slide)
+             for c in a.citations] if not abstained else []
     file_pr = m.citation_precision_recall(cited, q.expected_sources, "file") if not abstained else None
     page_pr = m.citation_precision_recall(cited, q.expected_sources, "page") if not abstained and q.has_pages else None
     return {

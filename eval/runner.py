@@ -61,10 +61,10 @@ def eval_principal(index) -> EvalPrincipal:
 # --- the corpus -----------------------------------------------------------------------------
 
 
-def index_fingerprint(settings: Settings, src: SourceConfig) -> str:
-    """Hash of what changes the index: the source, embedding, chunking and index settings."""
+def index_fingerprint(settings: Settings, sources: Sequence[SourceConfig]) -> str:
+    """Hash of what changes the index: the sources, embedding, chunking and index settings."""
     payload = {
-        "source": src.model_dump(mode="json"),
+        "sources": [src.model_dump(mode="json") for src in sources],
         "embedding": settings.embedding.model_dump(mode="json"),
         "chunking": settings.chunking.model_dump(mode="json"),
         "index": settings.index.model_dump(mode="json"),
@@ -74,20 +74,23 @@ def index_fingerprint(settings: Settings, src: SourceConfig) -> str:
 
 def corpus_settings(settings: Settings, corpus_name: str, corpus_path: str | Path | None = None,
                     eval_dir: str | Path | None = None) -> Settings:
-    """Settings whose only source is the corpus and whose data_dir is the corpus's eval folder.
+    """Settings whose only sources are the corpus's and whose data_dir is the corpus's eval folder.
 
     ``corpus_path`` makes an ad-hoc drive source named ``corpus_name`` (public); otherwise
-    ``corpus_name`` must be a source in the config.
+    ``corpus_name`` names one or more configured sources, comma-separated
+    (``acme-wiki,acme-slack,acme-drive``).
     """
     if corpus_path is not None:
-        src = SourceConfig(name=corpus_name, type="drive", path=Path(corpus_path).expanduser().resolve(),
-                           default_acl="public")
+        sources = [SourceConfig(name=corpus_name, type="drive", path=Path(corpus_path).expanduser().resolve(),
+                                default_acl="public")]
     else:
-        src = settings.source(corpus_name)  # ConfigError naming the known sources
+        names = [n.strip() for n in corpus_name.split(",") if n.strip()]
+        sources = [settings.source(n) for n in names]  # ConfigError naming the known sources
     base = Path(eval_dir) if eval_dir is not None else settings.data_dir / "eval"
     s = settings.model_copy(deep=True)
-    s.sources = [src]
-    s.data_dir = (base / f"{corpus_name}-{index_fingerprint(settings, src)}").resolve()
+    s.sources = [src.model_copy(deep=True) for src in sources]
+    slug = corpus_name.replace(",", "+")
+    s.data_dir = (base / f"{slug}-{index_fingerprint(settings, sources)}").resolve()
     s.config_dir = settings.config_dir
     return s
 
@@ -97,16 +100,16 @@ def ensure_indexed(csettings: Settings, *, embedder=None, progress: bool = True)
     from ingest.sync import sync_sources
 
     rep = sync_sources(csettings, csettings.sources, progress=progress, embedder=embedder)
-    src = rep.sources[0] if rep.sources else None
-    failed = [f"{f.path}: {f.reason}" for f in (src.failures if src else [])]
+    failed = [f"{s.name}/{f.path}: {f.reason}" for s in rep.sources for f in s.failures]
+    failed += [f"{s.name}: {s.error}" for s in rep.sources if s.error]
     return {
         "data_dir": str(csettings.data_dir),
-        "source": csettings.sources[0].name,
-        "path": str(csettings.sources[0].path),
+        "source": ",".join(s.name for s in csettings.sources),
+        "path": ", ".join(str(s.path) for s in csettings.sources),
         "documents": rep.documents_total,
         "chunks": rep.chunks_total,
-        "added": src.added if src else 0,
-        "unchanged": src.unchanged if src else 0,
+        "added": sum(s.added for s in rep.sources),
+        "unchanged": sum(s.unchanged for s in rep.sources),
         "chunks_embedded": rep.chunks_embedded,
         "failed_files": failed,
         "seconds": round(rep.seconds, 2),

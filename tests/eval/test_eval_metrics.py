@@ -177,3 +177,11 @@ def test_context_recall():
     assert m.context_recall(ref, ["Masked LM and NSP"], stopwords=["of"]) == 1.0
     assert m.context_recall(ref, [], stopwords=["of"]) == 0.0
     assert m.context_recall("the of", ["x"], stopwords=["of"]) is None
+
+
+def test_retrieved_source_with_several_names():
+    slack = (["acme-slack:C024:1700000000.0001", "acme-slack:C024", "acme-slack:proj-falcon"], None)
+    assert m.first_relevant_rank([("acme-wiki:hr/pto.md", None), slack], [("proj-falcon", None)]) == 2
+    assert m.first_relevant_rank([slack], [("C024", None)]) == 1
+    pr = m.citation_precision_recall([slack, slack, ("acme-wiki:x.md", None)], [("proj-falcon", None)])
+    assert (pr.precision, pr.recall) == (0.5, 1.0)

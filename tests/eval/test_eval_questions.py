@@ -137,3 +137,20 @@ def test_parse_source_citations(text, refs, rest):
 def test_citation_roundtrip_property(prefix, page):
     refs, _ = parse_source_citations(f"{prefix} [Doc_{page}.pdf#page={page}]")
     assert refs == [(f"Doc_{page}.pdf", page)]
+
+
+def test_sample_facts_jsonl(sample_dir):
+    qs = load_questions(sample_dir / "facts.jsonl")
+    assert len(qs) == 40
+    by_id = {q.id: q for q in qs}
+    assert by_id["pto-carryover"].expected_sources == (("hr/pto.md", None),)
+    assert by_id["pto-carryover"].keywords == ("6 days",)
+    assert by_id["pto-carryover"].expected_answer == "Up to 6 days, which must be used by March 31."
+    # no source and no answer: the knowledge base cannot answer these
+    assert {q.id for q in qs if not q.answerable} == {
+        "unanswerable-osaka-wifi", "unanswerable-hackathon", "unanswerable-ceo-name"}
+    pdf = [q for q in qs if q.expected_sources and q.expected_sources[0][0].endswith(".pdf")]
+    assert pdf and pdf[0].expected_sources[0][1] == 4  # security-handbook.pdf, page 4
+    deck = [q for q in qs if q.expected_sources and q.expected_sources[0][0].endswith(".pptx")]
+    assert deck and deck[0].expected_sources[0][1] == 4  # a slide number stands in for the page
+    assert by_id["pto-carryover"].metadata["readers"] == "public"
