@@ -143,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     with_filter.retrieval.context_filter = True
     without = settings.model_copy(deep=True)
     without.retrieval.context_filter = False
+    acl = lambda doc_id: index.store.document_acl(doc_id)  # noqa: E731 (as build_services wires it)
     services = {
-        "filtered": KnowledgeAnswerService(retriever, generator, embedder, with_filter, None),
-        "unfiltered": KnowledgeAnswerService(retriever, generator, embedder, without, None),
+        "filtered": KnowledgeAnswerService(retriever, generator, embedder, with_filter, None, acl_lookup=acl),
+        "unfiltered": KnowledgeAnswerService(retriever, generator, embedder, without, None, acl_lookup=acl),
     }
     user = Principal("bench", groups=())
     facts = public_facts(Path(args.facts), args.questions)
