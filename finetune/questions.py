@@ -10,9 +10,8 @@ Two writers with one interface, ``write(chunk, title) -> list[QA]``:
   than question variety; the sentence is guaranteed to be in the source, so no label is false.
 - :class:`ModelWriter`: asks a language model (the configured SLM, or an OpenAI-compatible
   teacher) for a question and a short answer; the pair is kept only if the question looks
-  like one and the answer is grounded in the chunk (most of its content words occur there),
-  and the answer sentence is replaced by the closest sentence of the chunk when the model's
-  own wording is not grounded. Anything else falls back to the extractive writer, so a weak
+  like one and the answer is grounded in the chunk (most of its content words and all of its
+  numbers occur there) and adds to the question. Anything else falls back to the extractive writer, so a weak
   model (SmolLM2-135M) degrades to extractive data instead of garbage.
 """
 from __future__ import annotations
@@ -199,13 +198,31 @@ def parse_qa(text: str) -> tuple[str, str] | None:
     return " ".join(q.group(1).split()), " ".join(a.group(1).split())
 
 
-def grounded_answer(answer: str, chunk_text: str) -> str | None:
-    """The answer if grounded in the chunk, else the chunk sentence closest to it, else None."""
-    if content_words(answer) and overlap(answer, chunk_text) >= GROUNDED and len(words(answer)) >= 3:
-        return clean_sentence(answer)
-    best = max(((overlap(answer, s.text), s.text) for s in sentence_spans(chunk_text) if _is_candidate(s.text)),
-               default=(0.0, ""))
-    return clean_sentence(best[1]) if best[0] >= 0.5 else None
+_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+
+
+def answers_question(answer: str, question: str, chunk_text: str) -> bool:
+    """A statement (not a question) that adds >= 2 content words to the question, with every
+    number it states present in the chunk (a small model invents years and amounts)."""
+    if not answer or answer.rstrip("\"')").endswith("?"):
+        return False
+    if len(content_words(answer) - content_words(question)) < 2:
+        return False
+    return all(n in chunk_text for n in _NUMBER.findall(answer))
+
+
+def grounded_answer(answer: str, chunk_text: str, question: str = "") -> str | None:
+    """The answer's first sentence when it is grounded in the chunk (>= ``GROUNDED`` of its
+    content words occur there) and answers the question (:func:`answers_question`), else None.
+
+    No "closest sentence of the chunk" rescue: that sentence answers the model's answer, not
+    necessarily the question, and a wrong label is worse than an extractive question."""
+    spans = sentence_spans(answer)
+    first = spans[0].text if spans else answer
+    if (len(words(first)) >= 3 and content_words(first) and overlap(first, chunk_text) >= GROUNDED
+            and answers_question(first, question, chunk_text)):
+        return clean_sentence(first)
+    return None
 
 
 def valid_question(q: str, chunk_text: str) -> bool:
@@ -234,7 +251,7 @@ class ModelWriter:
         parsed = parse_qa(reply)
         if parsed:
             q, a = parsed
-            ans = grounded_answer(a, chunk.text)
+            ans = grounded_answer(a, chunk.text, q)
             if ans and valid_question(q, chunk.text):
                 self.accepted += 1
                 return [QA(q, ans, self.origin)]
