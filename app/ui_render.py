@@ -86,7 +86,7 @@ def link_markers(escaped_text: str, known: Mapping[int, Citation], key: str) -> 
         parts = re.split(r"(\s*(?:,|-|–|—)\s*)", m.group(1).strip())
         out = []
         for p in parts:
-            out.append(one(int(p)) if p.strip().isdigit() else esc(html.unescape(p)))
+            out.append(one(int(p)) if p.strip().isdigit() else p)  # separators: , - – —
         return '<span class="kb-marker">[' + "".join(out) + "]</span>"
 
     return _MARKER.sub(repl, escaped_text)
