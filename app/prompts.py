@@ -94,8 +94,10 @@ def _user_message(question: str, hits: Sequence[Hit], extra: str = "") -> str:
         parts += [extra, ""]
     parts += [
         f"{QUESTION_PREFIX}{q}",
-        "Answer from the sources only, citing them like [1]. "
-        f"If they do not answer the question, reply exactly: {ABSTAIN_TEXT}",
+        # The abstention rule lives in the system prompt only: repeated here, right before the
+        # answer, it made the 1.5B model abstain on 18 of 37 answerable sample questions
+        # (measured with app.calibration); without it the same model answers them.
+        "Answer from the sources only, citing them like [1].",
     ]
     return "\n".join(parts)
 

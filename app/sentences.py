@@ -24,9 +24,13 @@ STOPWORDS = frozenset(
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'_-]*")
 #: Sentence end: . ! ? (optionally closed by quotes/brackets) then space and an upper-case
-#: letter, digit, quote or bracket; or a line break.
-_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[*#-])|\n+")
+#: letter, digit, quote, bracket or markdown marker.
+_PUNCT_END = re.compile(r"(?<=[.!?])[\"')\]*]*[ \t]+(?=[A-Z0-9\"'(\[*#-])")
+_NEWLINES = re.compile(r"[ \t]*\n[ \t\n]*")
 _ABBREV = re.compile(r"\b(?:e\.g|i\.e|etc|vs|mr|mrs|ms|dr|inc|ltd|no|approx|dept|st)\.$", re.IGNORECASE)
+#: A Slack-export line ``name (YYYY-MM-DD HH:MM): text`` always starts a new sentence.
+_SLACK_LINE = re.compile(r"[\w.@-]+ \(\d{4}-\d{2}-\d{2} \d{2}:\d{2}\):")
+_BLOCK_START = re.compile(r"(?:[#>|*+-]|\d+[.)]\s)")
 
 
 @dataclass(frozen=True)
@@ -36,23 +40,42 @@ class Span:
     end: int
 
 
+def _hard_newline(text: str, m: re.Match) -> bool:
+    """A line break ends a sentence unless it is a soft wrap inside a paragraph.
+
+    Soft wrap (hard-wrapped markdown, "runs for 72 hours\nbefore the rollout"): one line break,
+    the line before is plain prose not ending in . ! ? : or |, and the next line goes on in
+    lower case. Headings, list items, table rows, Slack messages and blank lines all break.
+    """
+    if m.group(0).count("\n") > 1:
+        return True
+    line_start = text.rfind("\n", 0, m.start()) + 1
+    prev = text[line_start : m.start()].strip()
+    nxt = text[m.end() : m.end() + 80]
+    if not prev or prev.endswith((".", "!", "?", ":", "|")) or _BLOCK_START.match(prev):
+        return True
+    if _SLACK_LINE.match(nxt) or _BLOCK_START.match(nxt):
+        return True
+    return not (nxt[:1].islower() or nxt[:1] in "(`\"'*")
+
+
 def sentence_spans(text: str) -> list[Span]:
-    """Sentences (and list/heading lines) of ``text`` with their character offsets."""
+    """Sentences (and list/heading/table lines) of ``text`` with their character offsets."""
+    cuts: list[tuple[int, int]] = []
+    for m in _PUNCT_END.finditer(text):
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        if _ABBREV.search(text[line_start : m.start()].rstrip()):
+            continue  # "e.g. Foo": not a sentence end
+        cuts.append((m.start(), m.end()))
+    cuts += [(m.start(), m.end()) for m in _NEWLINES.finditer(text) if _hard_newline(text, m)]
     spans: list[Span] = []
     pos = 0
-    pending_start: int | None = None
-    for m in _SPLIT.finditer(text):
-        piece_end = m.start()
-        start = pending_start if pending_start is not None else pos
-        piece = text[start:piece_end]
-        if "\n" not in m.group(0) and _ABBREV.search(piece.rstrip()):
-            pending_start = start  # "e.g. Foo": not a sentence end
-            pos = m.end()
+    for a, b in sorted(cuts):
+        if a < pos:
             continue
-        pending_start = None
-        _add(spans, text, start, piece_end)
-        pos = m.end()
-    _add(spans, text, pending_start if pending_start is not None else pos, len(text))
+        _add(spans, text, pos, a)
+        pos = b
+    _add(spans, text, pos, len(text))
     return spans
 
 

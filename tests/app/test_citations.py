@@ -127,3 +127,16 @@ def test_source_citations_list_every_source():
     cites = source_citations(HITS, "meal reimbursement")
     assert [c.n for c in cites] == [1, 2, 3]
     assert cites[1].quote == "Meals are reimbursed up to 60 dollars per day."
+
+
+def test_sentences_join_soft_wraps_and_split_blocks():
+    from app.sentences import sentence_spans
+
+    text = ("## Canary\nA canary runs for **72 hours**\nbefore the rollout continues. Then waves.\n"
+            "| Tier | Days |\n- item one\nalice (2026-10-14 07:55): Done.\ndave (2026-10-14 08:00): ok")
+    spans = sentence_spans(text)
+    assert [s.text for s in spans] == [
+        "## Canary", "A canary runs for **72 hours**\nbefore the rollout continues.", "Then waves.",
+        "| Tier | Days |", "- item one", "alice (2026-10-14 07:55): Done.", "dave (2026-10-14 08:00): ok",
+    ]
+    assert all(text[s.start:s.end] == s.text for s in spans)
