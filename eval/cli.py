@@ -1,6 +1,7 @@
 """``kb eval``: quality report of retrieval and answers on a question set, with baselines and A/B."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -84,10 +85,16 @@ def eval_cmd(ctx: click.Context, questions: Path, corpus_name: str, corpus_path:
     click.secho(f"{len(qs)} questions ({sum(q.answerable for q in qs)} answerable) from {questions}", err=True)
     opts = EvalOptions(corpus_name=corpus_name, corpus_path=corpus_path, eval_dir=eval_dir, limit=limit,
                        baselines=baselines, retrieval_only=retrieval_only, progress=not quiet)
-    result = run_evaluation(qs, configs, opts)
     if out_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out_dir = settings_a.reports_dir / f"eval-{corpus_name}-{stamp}"
+        out_dir = settings_a.reports_dir / f"eval-{corpus_name.replace(',', '+')}-{stamp}"
+
+    def save_partial(partial: dict) -> None:  # an interrupted run keeps what it measured
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.partial.json").write_text(json.dumps(partial, indent=1, default=str), encoding="utf-8")
+
+    result = run_evaluation(qs, configs, opts, on_partial=save_partial)
     written = write_report(result, out_dir)
+    (out_dir / "results.partial.json").unlink(missing_ok=True)
     click.echo(markdown(result))
     click.secho("\nwrote " + ", ".join(str(p) for p in written.values()), fg="green", err=True)

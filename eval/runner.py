@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from core.settings import Settings, SourceConfig
 from core.types import Principal
@@ -224,12 +224,14 @@ def _retrieval_runs(cfg: _Config, baselines: bool) -> list[tuple[str, str, bool]
 
 
 def run_evaluation(questions: Sequence[EvalQuestion], configs: Sequence[tuple[str | None, Settings]],
-                   opts: EvalOptions, *, embedder=None, generator=None) -> dict[str, Any]:
+                   opts: EvalOptions, *, embedder=None, generator=None,
+                   on_partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Evaluate ``questions`` against each ``(config path, settings)`` (one, or two for A/B).
 
     ``embedder`` / ``generator`` replace the configured ones (tests pass fakes). Returns the
     whole result: meta, corpus summaries, retrieval and answer runs with per-question records,
-    and the A/B comparison when two configs are given.
+    and the A/B comparison when two configs are given. ``on_partial`` gets the result so far
+    after every run (the CLI saves it, so an interrupted long run keeps what it measured).
     """
     from app.confidence import WEIGHTS_FILE, ConfidenceModel
     from app.services import build_services
@@ -268,6 +270,8 @@ def run_evaluation(questions: Sequence[EvalQuestion], configs: Sequence[tuple[st
                                             top_k=cfg.corpus.retrieval.top_k, progress=opts.progress, label=key)
             retrieval[key] = {"config": cfg.label, "mode": mode, "context_filter": filt,
                               "summary": rec.summarize_retrieval(records, questions), "records": records}
+            if on_partial:
+                on_partial(_result(questions, cfgs, opts, corpora, retrieval, {}, [], t0))
 
     answers: dict[str, Any] = {}
     subset = list(questions) if not opts.limit else spread(questions, opts.limit)
@@ -287,7 +291,14 @@ def run_evaluation(questions: Sequence[EvalQuestion], configs: Sequence[tuple[st
                 answers[key] = {"config": cfg.label, "overrides": v.overrides, "model": getattr(gen, "model_id", ""),
                                 "confidence_model": confidence.origin,
                                 "summary": rec.summarize_answers(records), "records": records}
+                if on_partial:
+                    on_partial(_result(questions, cfgs, opts, corpora, retrieval, answers, subset, t0))
 
+    result = _result(questions, cfgs, opts, corpora, retrieval, answers, subset, t0)
+    return result
+
+
+def _result(questions, cfgs, opts, corpora, retrieval, answers, subset, t0) -> dict[str, Any]:
     result = {
         "meta": {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -61,6 +61,7 @@ def test_eval_with_baselines_writes_json_markdown_and_plots(project):
     for name in ("results.json", "report.md", "calibration.jsonl", "retrieval.png", "answers.png",
                  "reliability.png", "latency.png"):
         assert (out / name).is_file(), name
+    assert not (out / "results.partial.json").exists()  # only an interrupted run leaves it
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads((out / "results.json").read_text())
