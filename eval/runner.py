@@ -334,7 +334,7 @@ def _settings_summary(s: Settings) -> dict[str, Any]:
 # --- A/B ------------------------------------------------------------------------------------
 
 #: Per-question scores compared between A and B, and whether higher is better.
-RETRIEVAL_SCORES = {"reciprocal_rank_file": True}
+RETRIEVAL_SCORES = {"reciprocal_rank_file": True, "context_recall": True}
 ANSWER_SCORES = {"token_f1": True, "similarity": True, "correct": True, "latency_total": False}
 
 

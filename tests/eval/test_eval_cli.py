@@ -100,7 +100,7 @@ def test_eval_ab_and_incremental_corpus(project):
     assert set(result["retrieval"]) == {"A: hybrid + context filter", "B: bm25"}
     assert set(result["answers"]) == {"A: config", "B: config"}
     ab = result["ab"]
-    assert {"reciprocal_rank_file"} == set(ab["retrieval"])
+    assert {"reciprocal_rank_file", "context_recall"} == set(ab["retrieval"])
     assert {"token_f1", "similarity", "correct", "latency_total"} == set(ab["answers"])
     assert ab["retrieval"]["reciprocal_rank_file"]["n"] == 5
     assert (out / "ab.png").is_file()
