@@ -297,14 +297,14 @@ def build_app(services: Any, settings: Settings, *, warmup: WarmUp | None = None
     with gr.Blocks(title=TITLE, fill_height=False) as demo:
         session = gr.State(ChatSession())
         with gr.Row(elem_classes="kb-header"):
-            gr.HTML(f'<div class="kb-brand"><span class="kb-logo">?</span>{R.esc(TITLE)}</div>')
-            who = gr.HTML("", elem_id="kb-who")
+            gr.HTML(f'<div class="kb-brand"><span class="kb-logo">?</span>{R.esc(TITLE)}</div>', scale=1)
+            who = gr.HTML("", elem_id="kb-who", scale=2)
         banner = gr.HTML(ctl.banner(), elem_id="kb-banner", visible=bool(ctl.banner()))
         warm_timer = gr.Timer(1.0, active=True)
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 chatbot = gr.Chatbot(
-                    elem_id="kb-chat", height=600, show_label=False, latex_delimiters=[],
+                    elem_id="kb-chat", height="66vh", min_height=420, show_label=False, latex_delimiters=[],
                     feedback_options=("Like", "Dislike"), layout="bubble",
                     placeholder=("<div class='kb-placeholder'><b>Ask about policies, projects and how-tos.</b><br>"
                                  "Answers come from the wiki, Slack and Drive documents you can read, with "
@@ -318,8 +318,8 @@ def build_app(services: Any, settings: Settings, *, warmup: WarmUp | None = None
                     new_chat = gr.Button("New chat", variant="secondary", scale=0, min_width=120, elem_id="kb-new")
                 with gr.Row(elem_classes="kb-feedback-row"):
                     comment = gr.Textbox(placeholder="Optional comment, then rate an answer with its thumbs up or down",
-                                         show_label=False, scale=4, lines=1, elem_id="kb-comment")
-                    feedback_note = gr.HTML("", elem_id="kb-feedback-note")
+                                         show_label=False, scale=3, lines=1, max_lines=1, elem_id="kb-comment")
+                    feedback_note = gr.HTML("", elem_id="kb-feedback-note", scale=2)
             with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
                 with gr.Row():
                     reindex_btn = gr.Button("Re-index now", variant="primary", elem_id="kb-reindex", scale=0)

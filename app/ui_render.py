@@ -31,6 +31,8 @@ _ICONS = {
 }
 ABSTAIN_TITLE = "Not covered by the knowledge base"
 MAX_QUOTE_CHARS = 320
+#: An abstention lists this many closest sources; the rest fold away.
+CLOSEST_SHOWN = 3
 
 
 def esc(text: Any) -> str:
@@ -121,10 +123,12 @@ def source_card(c: Citation, key: str) -> str:
     title = esc(c.title)
     title_html = (f'<a class="kb-card-title" href="{esc(href)}" target="_blank" rel="noopener noreferrer">{title}</a>'
                   if href else f'<span class="kb-card-title">{title}</span>')
+    open_link = (f'<a class="kb-open" href="{esc(href)}" target="_blank" rel="noopener noreferrer">'
+                 "Open original ↗</a>" if href else "")
     parts = [
         f'<div class="kb-card" id="{card_id(key, c.n)}">',
         '<div class="kb-card-head">',
-        f'<span class="kb-num">{c.n}</span>{_type_label(c.source_type)}{title_html}',
+        f'<span class="kb-num">{c.n}</span>{_type_label(c.source_type)}{title_html}{open_link}',
         "</div>",
     ]
     meta = [m for m in (c.location, c.source) if m]
@@ -132,17 +136,22 @@ def source_card(c: Citation, key: str) -> str:
         parts.append('<div class="kb-card-meta">' + " · ".join(esc(m) for m in meta) + "</div>")
     if quote:
         parts.append(f'<blockquote class="kb-quote">{esc(quote)}</blockquote>')
-    if href:
-        parts.append(f'<a class="kb-open" href="{esc(href)}" target="_blank" rel="noopener noreferrer">'
-                     "Open original ↗</a>")
     parts.append("</div>")
     return "".join(parts)
 
 
-def source_cards(citations: Sequence[Citation], key: str, heading: str = "Sources") -> str:
+def source_cards(citations: Sequence[Citation], key: str, heading: str = "Sources",
+                 show: int | None = None) -> str:
+    """The cards; beyond ``show`` of them, the rest fold into a "more sources" toggle."""
     if not citations:
         return ""
-    cards = "".join(source_card(c, key) for c in citations)
+    shown = citations if show is None else citations[:show]
+    cards = "".join(source_card(c, key) for c in shown)
+    rest = citations[len(shown):]
+    if rest:
+        more = "".join(source_card(c, key) for c in rest)
+        cards += (f'<details class="kb-more"><summary>{len(rest)} more source{"s" if len(rest) > 1 else ""}'
+                  f"</summary>{more}</details>")
     return f'<div class="kb-sources"><div class="kb-sources-head">{esc(heading)}</div>{cards}</div>'
 
 
@@ -171,19 +180,38 @@ def render_answer(answer: Answer, *, threshold: float = 0.5, key: str | None = N
             f'<div class="kb-abstain"><div class="kb-abstain-title">{esc(ABSTAIN_TITLE)}</div>'
             f"{_paragraphs(answer.text)}</div>"
             f"{_notes(answer)}"
-            f"{source_cards(answer.citations, key, heading='Closest sources')}"
+            f"{source_cards(answer.citations, key, heading='Closest sources', show=CLOSEST_SHOWN)}"
             "</div>"
         )
     known = {c.n: c for c in answer.citations}
     body = link_markers(_paragraphs(answer.text), known, key)
+    others = other_sources(answer)
+    folded = ""
+    if others:
+        n = len(others)
+        folded = (f'<details class="kb-more kb-others"><summary>{n} other source{"s" if n > 1 else ""} '
+                  f'searched</summary>{"".join(source_card(c, key) for c in others)}</details>')
     return (
         '<div class="kb-answer">'
         f'<div class="kb-answer-text">{body}</div>'
         f'<div class="kb-answer-meta">{confidence_badge(answer.confidence, threshold)}</div>'
         f"{_notes(answer)}"
         f"{source_cards(answer.citations, key)}"
+        f"{folded}"
         "</div>"
     )
+
+
+def other_sources(answer: Answer) -> list[Citation]:
+    """The sources the model was given but did not cite, numbered as in its prompt (the
+    service numbers ``answer.sources`` from 1), each quoted with its sentence closest to the
+    question. Already ACL-filtered for the asking user, like everything in the Answer."""
+    from app.citations import best_quote, to_citation
+
+    cited = {c.n for c in answer.citations}
+    q = answer.standalone_question or answer.question
+    return [to_citation(i, h, best_quote(q, h.prompt_text))
+            for i, h in enumerate(answer.sources, start=1) if i not in cited]
 
 
 def render_streaming(status: str | None, draft: str) -> str:

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 import pytest
 
 from app import ui_render as R
-from core.types import Answer, Citation
+from core.types import Answer, Chunk, Citation, Hit
 
 
 def cite(n=1, **kw) -> Citation:
@@ -108,6 +108,36 @@ def test_abstention_is_a_distinct_card_with_closest_sources():
     assert R.ABSTAIN_TITLE in html and "kb-abstained" in html
     assert "Closest sources" in html and html.count('class="kb-card"') == 2
     assert "kb-badge" not in html  # no confidence badge on a non-answer
+
+
+def test_abstention_folds_sources_beyond_the_first_few():
+    a = answer("The knowledge base does not contain an answer.", [cite(i) for i in range(1, 6)], route="abstained")
+    html = R.render_answer(a)
+    shown, folded = html.split('<details class="kb-more">')
+    assert shown.count('class="kb-card"') == R.CLOSEST_SHOWN
+    assert folded.count('class="kb-card"') == 5 - R.CLOSEST_SHOWN and "2 more sources" in folded
+
+
+def _hit(i: int, text: str, title: str) -> Hit:
+    chunk = Chunk(id=f"c{i}", doc_id=f"acme-wiki:d{i}", ordinal=0, text=text, start=0, end=len(text),
+                  heading_path=("Policies",))
+    return Hit(chunk=chunk, doc_title=title, doc_uri=f"https://wiki.acme.example/d{i}/", source="acme-wiki",
+               source_type="wiki", score=1.0)
+
+
+def test_uncited_sources_fold_under_the_cited_ones_with_prompt_numbers():
+    hits = (_hit(1, "PTO is 25 days a year.", "PTO"),
+            _hit(2, f"Parking is free. Evil {XSS} here.", f"Parking {XSS}"),
+            _hit(3, "Expenses need receipts.", "Expenses"))
+    cited = cite(1, source_type="wiki", title="PTO", uri="https://wiki.acme.example/d1/")
+    html = R.render_answer(answer("You get 25 days [1].", [cited], sources=hits))
+    main, folded = html.split('<details class="kb-more kb-others">')
+    assert main.count('class="kb-card"') == 1 and "2 other sources searched" in folded
+    assert 'id="kb-src-abc123-2"' in folded and 'id="kb-src-abc123-3"' in folded
+    assert "Policies" in folded and "https://wiki.acme.example/d3/" in folded
+    _no_active_content(html)
+    # everything cited: nothing folded
+    assert "kb-others" not in R.render_answer(answer("A [1].", [cited], sources=hits[:1]))
 
 
 def test_error_route_renders_an_error_box():
