@@ -8,8 +8,9 @@ The sample wiki is indexed into a temporary data folder; each question goes thro
 answer service (retrieve -> context filter -> generate -> citations and confidence ->
 self-correction when confidence is low) with the settings of kb.yaml (generator, threads,
 context filter), as an all-access user. Then the same generator gets, with no service around
-it, exactly the messages the service's final answer was written from (the system prompt, the
-numbered sources, the question), and we time its first token and its whole reply. The raw
+it, exactly the messages of the service's first (draft) generation, recorded on the way (the
+system prompt, the numbered filtered sources, the question), and we time its first token and
+its whole reply. The raw
 runs happen after all service runs, in the same order, so each prompt follows a different one
 in both (llama.cpp reuses the shared system-prompt prefix in both alike).
 
@@ -40,6 +41,21 @@ QUESTIONS = [
     "How often do we run performance calibration?",
 ]
 STAGES = ("retrieve", "filter", "first_token", "generate", "score", "correction", "total")
+
+
+class PromptRecorder:
+    """Passes every call to the real generator and keeps the messages of each ``stream`` call."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls: list = []
+
+    def stream(self, messages, params):
+        self.calls.append(list(messages))
+        return self.inner.stream(messages, params)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
 
 def raw_run(generator, messages, params) -> dict:
@@ -96,14 +112,18 @@ def main(argv: list[str] | None = None) -> int:
             warm()
         load_s = time.perf_counter() - t0
         print(f"model {generator.model_id} loaded in {load_s:.1f} s; {len(questions)} questions", flush=True)
-        services = build_services(settings, embedder=embedder, index=index, generator=generator, answer_log=None)
+        recorder = PromptRecorder(generator)
+        services = build_services(settings, embedder=embedder, index=index, generator=recorder, answer_log=None)
         service = services.answer_service
         service.answer("warm-up question about holidays", user=user)  # first-call costs out of the figures
         runs = []
         for q in questions:
+            recorder.calls.clear()
             a = service.answer(q, user=user)
+            # the first call of an answer without history is the draft: the prompt the user waits on
+            draft = recorder.calls[0] if recorder.calls else build_messages(a.standalone_question, a.sources)
             runs.append({"question": q, "route": a.route, "corrected": a.corrected, "timings": dict(a.timings),
-                         "messages": build_messages(a.standalone_question, a.sources), "answer": a.text})
+                         "model_calls": len(recorder.calls), "messages": draft, "answer": a.text})
             t = a.timings
             print(f"  service {t.get('total', 0):6.1f} s (first token {t.get('first_token', float('nan')):5.1f} s, "
                   f"route {a.route}{', corrected' if a.corrected else ''}): {q}", flush=True)
@@ -133,13 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         "total_ratio": service_med["total"] / raw_med["total"] if raw_med["total"] else None,
         "first_token_ratio": (service_med["first_token"] / raw_med["first_token"]
                               if raw_med["first_token"] and service_med["first_token"] else None),
+        "service_total_without_correction_median_s": med([r["timings"].get("total", 0) - r["timings"].get("correction", 0)
+                                                          for r in runs]),
         "runs": runs,
     }
     print("\nmedians (s):  " + "  ".join(f"{s} {service_med[s]:.2f}" for s in STAGES if service_med[s] is not None))
     print(f"raw model:    first token {raw_med['first_token']:.2f}  total {raw_med['total']:.2f}  "
           f"({raw_med['tokens']:.0f} tokens)")
-    print(f"ratios: answer service total / raw model total = {res['total_ratio']:.2f}x; "
-          f"first token {res['first_token_ratio']:.2f}x")
+    wo = res["service_total_without_correction_median_s"]
+    print(f"ratios: answer service total / raw model total = {res['total_ratio']:.2f}x "
+          f"({wo / raw_med['total']:.2f}x without the self-correction pass); first token {res['first_token_ratio']:.2f}x")
 
     args.out.mkdir(parents=True, exist_ok=True)
     plt = pyplot()
