@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 TITLE = "Knowledge assistant"
 WARMING_UP = "Warming up the model… your question will be answered as soon as it is ready."
+WAITING = "Waiting for a free slot: other questions are being answered…"
 EMPTY_INDEX = ("The index is empty: run `kb reindex` (or ask an admin to press “Re-index now” in the "
                "Admin tab), then ask again.")
 #: Warm-up failures that make answering impossible until the server is fixed and restarted.
@@ -90,6 +91,7 @@ class ChatSession:
     messages: list[dict[str, str]] = field(default_factory=list)  # what the Chatbot shows
     history: list[Message] = field(default_factory=list)  # what the service condenses with
     answer_ids: dict[int, str] = field(default_factory=dict)  # message index -> answer log id
+    pending: str | None = None  # the question shown and waiting for its answer
 
 
 class ChatController:
@@ -136,14 +138,31 @@ class ChatController:
     # --- chat --------------------------------------------------------------------------
     def respond(self, question: str, session: ChatSession, user: Principal
                 ) -> Iterator[tuple[list[dict[str, str]], ChatSession]]:
-        """Stream one turn: yields (chat messages, session) after every change."""
+        """One turn: :meth:`begin` then :meth:`answer`; yields (chat messages, session)."""
+        self.begin(question, session)
+        yield session.messages, session
+        yield from self.answer(session, user)
+
+    def begin(self, question: str, session: ChatSession) -> bool:
+        """Show the question at once, with a waiting note (the answer may queue behind others).
+
+        Runs outside the queue, so a user whose question waits for a free model slot sees it.
+        """
         question = (question or "").strip()
-        if not question:
+        if not question or session.pending is not None:
+            return False
+        session.messages.append({"role": "user", "content": R.render_user_message(question)})
+        session.messages.append({"role": "assistant", "content": R.render_streaming(WAITING, "")})
+        session.pending = question
+        return True
+
+    def answer(self, session: ChatSession, user: Principal) -> Iterator[tuple[list[dict[str, str]], ChatSession]]:
+        """Stream the answer to the pending question into its placeholder message."""
+        question, session.pending = session.pending, None
+        if question is None:
             yield session.messages, session
             return
         msgs = session.messages
-        msgs.append({"role": "user", "content": R.render_user_message(question)})
-        msgs.append({"role": "assistant", "content": R.render_streaming("Thinking…", "")})
         idx = len(msgs) - 1
 
         def show(content: str):
@@ -306,6 +325,7 @@ def build_app(services: Any, settings: Settings, *, warmup: WarmUp | None = None
                 chatbot = gr.Chatbot(
                     elem_id="kb-chat", height="66vh", min_height=420, show_label=False, latex_delimiters=[],
                     feedback_options=("Like", "Dislike"), layout="bubble",
+                    buttons=["copy", "copy_all"],  # no "share": nothing leaves the machine
                     placeholder=("<div class='kb-placeholder'><b>Ask about policies, projects and how-tos.</b><br>"
                                  "Answers come from the wiki, Slack and Drive documents you can read, with "
                                  "numbered sources.</div>"),
@@ -353,16 +373,28 @@ def build_app(services: Any, settings: Settings, *, warmup: WarmUp | None = None
         warm_timer.tick(on_warm_tick, None, [banner, warm_timer], queue=False, api_visibility="private",
                         show_progress="hidden")
 
-        def on_submit(text: str, sess: ChatSession, request: gr.Request):
+        def on_submit(text: str, sess: ChatSession):
+            started = ctl.begin(text, sess)
+            lock = gr.update(interactive=not started)
+            return gr.update(value="" if started else text, interactive=not started), lock, list(sess.messages), sess
+
+        def on_answer(sess: ChatSession, request: gr.Request):
             user = ctl.principal(request)
-            for msgs, sess in ctl.respond(text, sess, user):
-                yield gr.update(value="", interactive=False), gr.update(interactive=False), list(msgs), sess
-            yield gr.update(interactive=True), gr.update(interactive=True), list(sess.messages), sess
+            for msgs, sess in ctl.answer(sess, user):
+                yield list(msgs), sess
+
+        def on_done():
+            return gr.update(interactive=True), gr.update(interactive=True)
 
         for trigger in (question.submit, send.click):
-            trigger(on_submit, [question, session], [question, send, chatbot, session],
-                    api_name="ask" if trigger == question.submit else False, show_progress="hidden",
-                    api_visibility="private")
+            # 1) outside the queue: show the question now; 2) queued, at most
+            # server.concurrency at once: stream the answer; 3) unlock the input
+            trigger(on_submit, [question, session], [question, send, chatbot, session], queue=False,
+                    show_progress="hidden", api_visibility="private"
+                    ).then(on_answer, [session], [chatbot, session], show_progress="minimal",
+                           api_visibility="private"
+                    ).then(on_done, None, [question, send], queue=False, show_progress="hidden",
+                           api_visibility="private")
 
         def on_clear():
             msgs, sess = ctl.clear()

@@ -165,7 +165,9 @@ class ReindexJob:
                        + (f"; {failed} file(s) failed" if failed else "")
                        + (f"; sources failed: {', '.join(errors)}" if errors else ""))
             self._update(state="done", summary=summary)
-            log.info("reindex_finished user=%s %s", username, summary.replace(" ", "_"))
+            log.info("reindex_finished user=%s documents=%d chunks=%d generation=%s changed=%s failed_files=%d",
+                     username, report.documents_total, report.chunks_total, report.current_generation,
+                     bool(report.generation), failed)
         except KBError as e:
             self._update(state="failed", error=str(e))
             log.error("reindex_failed user=%s error=%r", username, str(e))

@@ -294,8 +294,8 @@ def test_questions_wait_for_warm_up_with_a_visible_state(kb, users):
     ctl = ChatController(fake, settings, warm, users)
     assert "Warming up" in ctl.banner()
     gen = ctl.respond("How many vacation days do I get?", ChatSession(), users.principal_for("alice"))
-    frames = [next(gen)[0][-1]["content"]]  # shown at once, not after the warm-up
-    assert "Warming up the model" in frames[-1]
+    frames = [next(gen)[0][-1]["content"], next(gen)[0][-1]["content"]]  # at once, not after the warm-up
+    assert "Waiting for a free slot" in frames[0] and "Warming up the model" in frames[1]
     threading.Timer(0.3, gate.set).start()
     frames += [m[-1]["content"] for m, _ in gen]
     assert 'class="kb-card"' in frames[-1]
@@ -383,3 +383,35 @@ def test_app_launches_with_login_and_queue(kb, users):
             assert cfg.status_code == 200 and "kb-chat" in cfg.text
     finally:
         demo.close()
+
+
+def test_header_mode_refuses_requests_without_the_proxy_header(kb, tmp_path):
+    import httpx
+
+    _, services = kb
+    hs = load_settings(write_config(tmp_path, tmp_path / "d", mode="header"))
+    demo = build_app(services, hs)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **launch_options(hs))
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            assert c.get("/config").status_code == 401  # no proxy in front: no page
+            r = c.get("/config", headers={"X-Forwarded-User": "dave", "X-Forwarded-Groups": "security"})
+            assert r.status_code == 200 and "kb-chat" in r.text
+    finally:
+        demo.close()
+
+
+def test_question_shows_at_once_and_waits_for_its_slot(ctl, users):
+    """begin() runs outside the queue: the question and a waiting note appear before the
+    (concurrency-limited) answer step starts; a second question waits for the first."""
+    session = ChatSession()
+    assert not ctl.begin("   ", session) and session.messages == []
+    assert ctl.begin("How many vacation days do I get?", session)
+    assert session.messages[0]["content"] == "How many vacation days do I get?"
+    assert "Waiting for a free slot" in session.messages[1]["content"]
+    assert not ctl.begin("Another one?", session) and len(session.messages) == 2
+    frames = [m[-1]["content"] for m, _ in ctl.answer(session, users.principal_for("alice"))]
+    assert 'class="kb-card"' in frames[-1] and session.pending is None
+    assert [m for m, _ in ctl.answer(session, users.principal_for("alice"))][0] is session.messages  # nothing pending

@@ -215,6 +215,26 @@ def test_member_sees_private_source_non_member_sees_nothing(server, browser):
     ctx.close()
 
 
+def test_two_users_at_once_queue_and_get_their_own_answers(server, browser):
+    """server.concurrency is 1: the second question waits in the queue (its question and a
+    waiting note show at once), then each user gets an answer of their own."""
+    ctx_a, alice = _login(browser, server["url"], "alice")
+    ctx_b, bob = _login(browser, server["url"], "bob")
+    alice.fill("#kb-question textarea", "How many vacation days do I get?")
+    bob.fill("#kb-question textarea", QUESTION)
+    alice.click("#kb-send")
+    bob.click("#kb-send")
+    for page, q in ((alice, "How many vacation days do I get?"), (bob, QUESTION)):
+        page.wait_for_function(f"document.querySelector('#kb-chat').innerText.includes({q!r})", timeout=10_000)
+    for page in (alice, bob):
+        page.wait_for_selector(FINAL, timeout=ANSWER_TIMEOUT_MS)
+    assert QUESTION not in alice.inner_text("#kb-chat")
+    for trace in (SECRET, CHANNEL):
+        assert trace not in bob.content()
+    ctx_a.close()
+    ctx_b.close()
+
+
 def test_admin_tab_only_for_admins(server, browser):
     ctx, page = _login(browser, server["url"], "admin")
     tab = page.get_by_role("tab", name="Admin")
@@ -224,5 +244,9 @@ def test_admin_tab_only_for_admins(server, browser):
     for name in ("acme-wiki", "acme-slack", "acme-drive", "Recent questions", "Re-index now"):
         assert name in text
     assert SECRET not in page.content()  # the admin sees questions, never other users' answers
+    # re-index in the background; the page polls its progress until it finishes
+    page.get_by_role("button", name="Re-index now").click()
+    page.wait_for_selector("#kb-progress .kb-ok, #kb-progress .kb-error", timeout=300_000)
+    assert "Re-index finished" in page.inner_text("#kb-progress"), page.inner_text("#kb-progress")
     page.screenshot(path=str(OUT / "e2e-admin.png"), full_page=True)
     ctx.close()
