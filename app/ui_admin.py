@@ -33,9 +33,9 @@ def require_admin(user: Principal) -> None:
 def index_status(settings: Settings, user: Principal) -> dict[str, Any]:
     """The same dict ``kb status --json`` prints: generation, per-source counts, last run."""
     require_admin(user)
-    from ingest.cli import _status_dict
+    from ingest.report import status_info
 
-    return _status_dict(settings)
+    return status_info(settings)
 
 
 def recent_questions(answer_log, user: Principal, limit: int = 30) -> list[dict[str, Any]]:

@@ -150,61 +150,6 @@ def reindex(ctx: click.Context, names: tuple[str, ...], as_json: bool, no_progre
     ctx.exit(_run_sync(settings, sources, as_json=as_json, progress=not no_progress))
 
 
-def _status_dict(settings: Any) -> dict[str, Any]:
-    from index.generation import DB_NAME, Generations
-    from index.store import Store
-    from ingest.report import recent_runs
-
-    gens = Generations(settings.index_dir)
-    current = gens.current()
-    manifest: dict[str, Any] = gens.manifest(current) if current else {}
-    stats = []
-    if current:
-        store = Store.open_readonly(gens.path(current) / DB_NAME)
-        try:
-            stats = store.source_stats()
-        finally:
-            store.close()
-    runs = recent_runs(settings, limit=50)
-    last_by_source: dict[str, dict[str, Any]] = {}
-    for run in runs:  # newest first
-        for s in run.get("sources", []):
-            last_by_source.setdefault(s["name"], {**s, "finished_at": run.get("finished_at")})
-    configured = {s.name: s for s in settings.sources}
-    names = list(dict.fromkeys([*configured, *(s.name for s in stats)]))
-    by_name = {s.name: s for s in stats}
-    sources = []
-    for n in names:
-        st, cfg, last = by_name.get(n), configured.get(n), last_by_source.get(n, {})
-        sources.append({
-            "name": n, "type": cfg.type if cfg else (st.type if st else "?"),
-            "path": str(cfg.path) if cfg else (st.path if st else ""),
-            "configured": cfg is not None, "enabled": bool(cfg and cfg.enabled),
-            "documents": st.documents if st else 0, "chunks": st.chunks if st else 0,
-            "last_run_at": last.get("finished_at"), "last_status": last.get("status"),
-            "last_failed": last.get("failed", 0),
-        })
-    last = runs[0] if runs else None
-    return {
-        "data_dir": str(settings.data_dir),
-        "generation": current,
-        "generation_created_at": manifest.get("created_at"),
-        "documents": manifest.get("documents", 0), "chunks": manifest.get("chunks", 0),
-        "index_kind": manifest.get("index_kind", settings.index.kind),
-        "index_structure": manifest.get("index_structure"),
-        "embedder": manifest.get("embedder"),
-        "configured_embedding_model": settings.embedding.model,
-        "schedule": settings.schedule.model_dump(),
-        "sources": sources,
-        "last_run": None if last is None else {
-            "started_at": last.get("started_at"), "finished_at": last.get("finished_at"), "ok": last.get("ok"),
-            "totals": last.get("totals"), "generation": last.get("generation"), "report_path": last.get("report_path"),
-            "failures": [{"source": s["name"], **f} for s in last.get("sources", []) for f in s.get("failures", [])],
-            "source_errors": [{"source": s["name"], "error": s["error"]} for s in last.get("sources", []) if s.get("error")],
-        },
-    }
-
-
 @click.command(epilog="""\b
 Examples:
   kb status
@@ -215,7 +160,9 @@ Examples:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Sources with document/chunk counts, the last run and its failures, the index."""
     settings = get_settings(ctx)
-    st = _status_dict(settings)
+    from ingest.report import status_info
+
+    st = status_info(settings)
     if as_json:
         click.echo(json.dumps(st, indent=2, ensure_ascii=False))
         return
