@@ -70,6 +70,44 @@ def raw_run(generator, messages, params) -> dict:
     return {"first_token": first, "total": total, "tokens": n}
 
 
+def plot(res: dict, png: Path) -> None:
+    """One pair of bars per question: the service's stages (adding up to its total) above the
+    raw model on the draft prompt; black ticks mark the first token."""
+    plt = pyplot()
+    runs = res["runs"]
+    fig, ax = plt.subplots(figsize=(9, 1.1 * len(runs) + 1.5))
+    colors = {"retrieve": "tab:blue", "filter": "tab:cyan", "model (draft) + scoring": "tab:orange",
+              "self-correction": "tab:red", "raw model": "tab:gray"}
+    labels, seen = [], set()
+    for i, r in enumerate(runs):
+        t = r["timings"]
+        y_s, y_r = 2 * i, 2 * i + 0.8
+        parts = [("retrieve", t.get("retrieve", 0.0)), ("filter", t.get("filter", 0.0))]
+        parts.append(("model (draft) + scoring", t.get("total", 0.0) - t.get("correction", 0.0) - parts[0][1] - parts[1][1]))
+        parts.append(("self-correction", t.get("correction", 0.0)))
+        left = 0.0
+        for name, v in parts:
+            if v > 0:
+                ax.barh(y_s, v, left=left, height=0.7, color=colors[name], label=None if name in seen else name)
+                seen.add(name)
+                left += v
+        ax.barh(y_r, r["raw"]["total"], height=0.7, color=colors["raw model"],
+                label=None if "raw model" in seen else "raw model, same draft prompt")
+        seen.add("raw model")
+        for y, ft in ((y_s, t.get("first_token")), (y_r, r["raw"]["first_token"])):
+            if ft is not None:
+                ax.plot([ft, ft], [y - 0.35, y + 0.35], color="black", lw=2)
+        labels += [(y_s, f"Q{i + 1} service ({r['route']})"), (y_r, f"Q{i + 1} raw")]
+    ax.set_yticks([y for y, _ in labels], [lab for _, lab in labels], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="seconds (black tick: first token)",
+           title=f"{res['model']}: service {res['total_ratio']:.2f}x the raw model (median totals)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 questions")
@@ -165,25 +203,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({wo / raw_med['total']:.2f}x without the self-correction pass); first token {res['first_token_ratio']:.2f}x")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    left = 0.0
-    for stage, color in (("retrieve", "tab:blue"), ("filter", "tab:cyan"), ("generate", "tab:orange"),
-                         ("score", "tab:purple"), ("correction", "tab:red")):
-        v = service_med.get(stage) or 0.0
-        if v:
-            ax.barh("answer service", v, left=left, color=color, label=stage)
-            left += v
-    ax.barh("raw model", raw_med["total"], color="tab:orange", alpha=0.6)
-    ax.plot([service_med["first_token"]] * 2, [-0.4, 0.4], color="black", lw=2, label="first token")
-    ax.plot([raw_med["first_token"]] * 2, [0.6, 1.4], color="black", lw=2)
-    ax.set(xlabel="seconds (median per question)",
-           title=f"{generator.model_id}: service {res['total_ratio']:.2f}x the raw model")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
     png = args.out / "bench_query.png"
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    plot(res, png)
     path = write_results("bench_query", res, args.out)
     print(f"\nwrote {path} and {png}")
     return 0
