@@ -144,7 +144,9 @@ def answer_records(questions: Sequence[EvalQuestion], service, user: Principal, 
     out = []
     for q in bar(questions, f"answers {label}", progress):
         a = service.answer(q.question, user=user)
-        out.append(answer_record(q, a, unsupported_count(a, settings, embedder, generator)))
+        # an abstention makes no claim: nothing in it can be unsupported
+        n = 0 if a.route in ("abstained", "error") else unsupported_count(a, settings, embedder, generator)
+        out.append(answer_record(q, a, n))
     # semantic similarity in one batch: answers vs references (answerable, not abstained)
     todo = [r for r in out if r["token_f1"] is not None]
     sims = m.embedding_similarity(embedder, [r["answer"] for r in todo], [r["expected_answer"] for r in todo])
