@@ -98,7 +98,8 @@ def words(text: str) -> list[str]:
 
 def content_words(text: str) -> set[str]:
     """Lower-cased words that carry meaning (no stop words, no 1-letter tokens), crudely stemmed."""
-    return {_stem(w) for w in words(text) if len(w) > 1 and w not in STOPWORDS}
+    out = {_stem(w) for w in words(text) if len(w) > 1 and w not in STOPWORDS}
+    return {w for w in out if w not in STOPWORDS}  # "uses" -> "use" is a stop word too
 
 
 def _stem(w: str) -> str:

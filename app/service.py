@@ -153,7 +153,8 @@ class KnowledgeAnswerService:
                           model_id=getattr(self.generator, "model_id", ""))
         context = self._filter(standalone, hits, run)
         yield AnswerEvent("status", STATUS_WRITING)
-        draft = yield from self._attempt(self.generator, build_messages(standalone, context), context, run, first=True)
+        draft = yield from self._attempt(self.generator, standalone, build_messages(standalone, context), context, run,
+                                      first=True)
         best, corrected = draft, False
         threshold = cfg.answer.confidence_threshold
         log.info("answer_draft confidence=%.3f threshold=%.3f sentences=%d invalid_markers=%d",
@@ -175,7 +176,7 @@ class KnowledgeAnswerService:
         if self.escalation is not None:
             yield AnswerEvent("status", STATUS_ESCALATING)
             t = time.perf_counter()
-            esc = yield from self._attempt(self.escalation, build_messages(standalone, best.hits), best.hits, run)
+            esc = yield from self._attempt(self.escalation, standalone, build_messages(standalone, best.hits), best.hits, run)
             run.add("escalation", time.perf_counter() - t)
             scores = dict(esc.features, confidence_draft=round(draft.confidence, 4))
             log.info("answer_escalation model=%s confidence=%.3f", esc.model_id, esc.confidence)
@@ -222,7 +223,8 @@ class KnowledgeAnswerService:
         run.add("filter", res.seconds)
         return res.hits
 
-    def _attempt(self, generator, messages: list[Message], hits: Sequence[Hit], run: _Run, first: bool = False):
+    def _attempt(self, generator, question: str, messages: list[Message], hits: Sequence[Hit], run: _Run,
+                 first: bool = False):
         gcfg = self.settings.generator
         params = GenParams(max_tokens=gcfg.max_tokens, temperature=gcfg.temperature, logprobs=True)
         pieces: list[str] = []
@@ -243,15 +245,16 @@ class KnowledgeAnswerService:
             raise GeneratorError(f"{getattr(generator, 'model_id', 'generator')}: {e}") from e
         run.add("generate", time.perf_counter() - t)
         text = "".join(pieces).strip()
-        return self._score(text, tuple(hits), logprobs, getattr(generator, "model_id", ""), run)
+        return self._score(text, tuple(hits), logprobs, getattr(generator, "model_id", ""), run, question)
 
-    def _score(self, text: str, hits: tuple[Hit, ...], logprobs: list[float], model_id: str, run: _Run) -> _Attempt:
+    def _score(self, text: str, hits: tuple[Hit, ...], logprobs: list[float], model_id: str, run: _Run,
+               question: str) -> _Attempt:
         t = time.perf_counter()
         result = extract_citations(text, hits)
         support = sentence_support(
             result.sentences, hits, mode=self.settings.answer.grounding_check, embedder=self.embedder, generator=self.generator
         )
-        feats = answer_features(result, hits, support, logprobs)
+        feats = answer_features(result, hits, support, logprobs, question=question)
         conf = self.confidence.score(feats)
         run.add("score", time.perf_counter() - t)
         return _Attempt(result.text, hits, result, feats, conf, support, model_id)
@@ -266,7 +269,7 @@ class KnowledgeAnswerService:
         log.info("answer_correction query_changed=%s new_hits=%d unsupported=%d",
                  query != standalone, len(merged) - len(hits), len(unsupported))
         messages = build_correction_messages(standalone, context, unsupported)
-        return (yield from self._attempt(self.generator, messages, context, run))
+        return (yield from self._attempt(self.generator, standalone, messages, context, run))
 
     # --- outcomes ----------------------------------------------------------------------
     def _answer(self, run: _Run, standalone: str, att: _Attempt, route: Route, *, corrected: bool,

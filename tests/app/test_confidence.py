@@ -35,10 +35,13 @@ HITS = [
 ]
 
 
-def features(answer: str, hits=HITS, mode="embedding", logprobs=(-0.1, -0.2)):
+QUESTION = "How many vacation days do employees get?"
+
+
+def features(answer: str, hits=HITS, mode="embedding", logprobs=(-0.1, -0.2), question=QUESTION):
     res = extract_citations(answer, hits)
     sup = sentence_support(res.sentences, hits, mode=mode, embedder=HashEmbedder(), generator=FakeGenerator())
-    return answer_features(res, hits, sup, logprobs)
+    return answer_features(res, hits, sup, logprobs, question=question)
 
 
 def test_features_are_bounded_and_named():
@@ -57,9 +60,13 @@ def test_supported_cited_answer_beats_uncited_and_invented_and_abstention():
     uncited = m.score(features("Employees get 25 days of vacation per year."))
     invalid = m.score(features("Employees get 25 days of vacation per year [7]."))
     abstained = m.score(features(ABSTAIN_TEXT))
-    assert good > 0.8
+    vacuous = m.score(features("Employees get vacation days [1]."))
+    assert features("Employees get vacation days [1].")["novelty"] == 0.0
+    assert features(ABSTAIN_TEXT)["novelty"] == 0.0
+    assert features("Full-time employees get 25 days of vacation per year [1].")["novelty"] == 0.5
+    assert good > 0.8 and good > vacuous
     assert good > invented and good > uncited and good > invalid
-    assert uncited < 0.5 and invalid < 0.5 and abstained < 0.1
+    assert uncited < 0.5 and invalid < 0.5 and invented < 0.5 and abstained < 0.1
 
 
 @pytest.mark.parametrize("mode", ["embedding", "slm", "off"])
