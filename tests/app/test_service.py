@@ -278,3 +278,15 @@ def test_kb_ask_history_file(tmp_path):
     hist.write_text('{"role": "user"}')
     r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "x", "--history-file", str(hist)])
     assert r.exit_code != 0 and "h.json" in r.output
+
+
+def test_slm_grounding_check_asks_the_generator(tmp_path):
+    confidences = []
+    for i, p_yes in enumerate((0.02, 0.98)):
+        gen = FakeGenerator(yes=[p_yes])  # the SLM's verdict on "does the source state this?"
+        rig = make_rig(tmp_path / str(i), DOCS, generator=gen, answer={"grounding_check": "slm", "self_correction": False})
+        ans = rig.service.answer("How many vacation days do employees get?", user=BOB)
+        assert len(gen.yes_calls) == 1 and "Claim: Full-time employees get 25 days" in gen.yes_calls[0][-1].content
+        assert ans.scores["support_mean"] == pytest.approx(p_yes)
+        confidences.append(ans.confidence)
+    assert confidences[0] < confidences[1]
