@@ -1,6 +1,7 @@
 """Query latency: where the time of one answer goes, vs the raw model on the same prompt.
 
-    .venv/bin/python bench/bench_query.py            # 6 questions, the configured model
+    .venv/bin/python bench/bench_query.py -n 3       # 3 questions, the configured model (docs/BENCH.md)
+    .venv/bin/python bench/bench_query.py            # 6 questions
     .venv/bin/python bench/bench_query.py --quick    # 2 questions
     .venv/bin/python bench/bench_query.py --model smollm2-135m
 
