@@ -210,10 +210,12 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     b = [report["base"]["summary"].get(k) or 0.0 for k in keys]
     t = [report["tuned"]["summary"].get(k) or 0.0 for k in keys]
     x = np.arange(len(keys))
-    fig, ax = plt.subplots(figsize=(9, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=120)
     ax.bar(x - 0.2, b, 0.4, label="base")
     ax.bar(x + 0.2, t, 0.4, label="base + LoRA")
-    ax.set_xticks(x, [METRIC_LABELS[k].replace(" (", "\n(") for k in keys], fontsize=7)
+    import textwrap
+
+    ax.set_xticks(x, ["\n".join(textwrap.wrap(METRIC_LABELS[k], 16)) for k in keys], fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share / score")
     ax.set_title(f"{report['adapter_name']}: held-out n={report['base']['summary']['n']}", fontsize=10)

@@ -58,6 +58,7 @@ def save_adapter(model: Any, out: Path, *, cfg: Any, base: Any, manifest: dict[s
             "train_loss_curve": [[int(s), round(float(v), 5)] for s, v in curve],
             "final_train_loss": round(float(curve[-1][1]), 5) if curve else None,
             "eval_loss": None if eval_loss is None else round(float(eval_loss), 5),
+            "base_eval_loss": facts.get("base_eval_loss"),
         },
         "training": facts,
         "versions": _versions(),
@@ -71,7 +72,8 @@ def save_adapter(model: Any, out: Path, *, cfg: Any, base: Any, manifest: dict[s
         meta["files"]["gguf_lora_error"] = str(e)
     write_metadata(out, meta)
     if curve:
-        plot_loss(curve, out / LOSS_PLOT, eval_loss=eval_loss, title=f"{cfg.name}: LoRA on {base.model_id}")
+        plot_loss(curve, out / LOSS_PLOT, eval_loss=eval_loss, base_eval_loss=facts.get("base_eval_loss"),
+                  title=f"{cfg.name}: LoRA on {base.model_id}")
     log.info("finetune adapter_saved=%s steps=%s eval_loss=%s", out, facts.get("steps"), eval_loss)
     return out
 
@@ -92,7 +94,7 @@ def read_metadata(adapter_dir: Path) -> dict[str, Any]:
 
 
 def plot_loss(curve: Sequence[tuple[int, float]], path: Path, *, eval_loss: float | None = None,
-              title: str = "training loss") -> Path:
+              base_eval_loss: float | None = None, title: str = "training loss") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,8 +103,10 @@ def plot_loss(curve: Sequence[tuple[int, float]], path: Path, *, eval_loss: floa
     steps = [s for s, _ in curve]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot(steps, [v for _, v in curve], marker="." if len(curve) < 60 else None, label="train loss (assistant tokens)")
+    if base_eval_loss is not None:
+        ax.axhline(base_eval_loss, color="tab:gray", linestyle=":", label=f"held-out loss, base {base_eval_loss:.3f}")
     if eval_loss is not None:
-        ax.axhline(eval_loss, color="tab:orange", linestyle="--", label=f"held-out loss {eval_loss:.3f}")
+        ax.axhline(eval_loss, color="tab:orange", linestyle="--", label=f"held-out loss, tuned {eval_loss:.3f}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(title, fontsize=10)

@@ -271,7 +271,10 @@ def train(cfg: TrainConfig, settings: Settings, *, resume: bool = False, callbac
     run = {"config_hash": cfg.config_hash(), "data_hash": manifest["data_hash"], "base_sha256": base.sha256}
     out.mkdir(parents=True, exist_ok=True)
     last = _check_resume(out, run, resume)
-    (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+    run_file = out / RUN_FILE
+    if last and run_file.is_file():  # keep what the interrupted run measured before its first step
+        run["base_eval_loss"] = json.loads(run_file.read_text(encoding="utf-8")).get("base_eval_loss")
+    run_file.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
 
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # harmless CPU-kernel warning
@@ -324,6 +327,11 @@ def train(cfg: TrainConfig, settings: Settings, *, resume: bool = False, callbac
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=Collator(tok.pad_token_id),
                       callbacks=list(callbacks))
+    base_eval_loss = run.get("base_eval_loss")
+    if eval_set and last is None:  # the fresh adapter is a no-op (B = 0): this is the base model's loss
+        base_eval_loss = float(trainer.evaluate(eval_dataset=eval_set)["eval_loss"])
+        run_file.write_text(json.dumps({**run, "base_eval_loss": base_eval_loss}, indent=2) + "\n", encoding="utf-8")
+        log.info("finetune base_eval_loss=%.4f", base_eval_loss)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - t0
@@ -335,7 +343,7 @@ def train(cfg: TrainConfig, settings: Settings, *, resume: bool = False, callbac
     if eval_set:
         eval_loss = float(trainer.evaluate(eval_dataset=eval_set)["eval_loss"])
     steps = int(trainer.state.global_step)
-    facts.update(steps=steps, seconds=round(seconds, 1),
+    facts.update(steps=steps, seconds=round(seconds, 1), base_eval_loss=base_eval_loss,
                  seconds_per_step=round(seconds / max(1, steps - _step_of(last)), 2), resumed_from=last)
 
     from finetune.export import save_adapter

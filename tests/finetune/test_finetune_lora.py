@@ -128,6 +128,7 @@ def test_adapter_folder_and_metadata(trained):
     assert meta["data"]["data_hash"] == manifest["data_hash"]
     assert meta["config"]["lora"]["r"] == 8 and meta["config_hash"]
     assert len(meta["metrics"]["train_loss_curve"]) == 6 and meta["metrics"]["eval_loss"] is not None
+    assert math.isfinite(meta["metrics"]["base_eval_loss"])  # held-out loss before the first step
     assert meta["files"]["gguf_lora"] == "adapter-lora-f32.gguf"
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -284,3 +285,35 @@ def test_finetune_eval_writes_table_plot_json(trained, tmp_path):
     data = json.loads(paths["json"].read_text())
     assert data["base"]["summary"]["n"] == 3 == len(data["examples"])
     assert data["tuned"]["summary"]["latency_total_s"]["p50"] > 0
+
+
+def test_cli_train_export_eval(rig, tmp_path):
+    """`kb finetune train | export | eval` end to end through click (1 step, 1 example)."""
+    import yaml
+    from click.testing import CliRunner
+
+    from kb.cli import main
+
+    settings, root = rig
+    kb_yaml = tmp_path / "kb.yaml"
+    kb_yaml.write_text(yaml.safe_dump({
+        "data_dir": str(settings.data_dir), "embedding": {"model": "hash"}, "generator": {"backend": "fake"},
+        "sources": [{"name": "t", "type": "wiki", "path": str(root)}]}), encoding="utf-8")
+    cfg = _config(tmp_path, name="t-cli", eval_loss=False)
+    cfg_file = tmp_path / "cli.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude={"output_dir"})), encoding="utf-8")
+    run = CliRunner()
+    res = run.invoke(main, ["-c", str(kb_yaml), "finetune", "train", "--config", str(cfg_file), "--max-steps", "1"])
+    assert res.exit_code == 0, res.output
+    adapter = settings.data_dir / "finetune" / "adapters" / "t-cli"
+    assert "steps: 1" in res.output and f"generator.adapter: {adapter}" in res.output
+    (adapter / "adapter-lora-f32.gguf").unlink()
+    res = run.invoke(main, ["-c", str(kb_yaml), "finetune", "export", "--adapter", str(adapter)])
+    assert res.exit_code == 0, res.output
+    assert (adapter / "adapter-lora-f32.gguf").is_file()
+    res = run.invoke(main, ["-c", str(kb_yaml), "finetune", "eval", "--adapter", str(adapter), "--limit", "1",
+                            "--max-tokens", "8"])
+    assert res.exit_code == 0, res.output
+    assert (settings.data_dir / "reports" / "finetune" / "t-cli.md").is_file()
+    res = run.invoke(main, ["-c", str(kb_yaml), "finetune", "train", "--config", str(tmp_path / "nope.yaml")])
+    assert res.exit_code == 2 and "training config not found" in res.output
