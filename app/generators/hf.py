@@ -114,6 +114,10 @@ class HFGenerator(GeneratorBase):
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(model, str(self.adapter))
+                if "quantization_config" not in kwargs:
+                    # Unquantized weights: fold the LoRA deltas in once so every token pays
+                    # for one matmul per layer, not two (first token was ~35% slower unmerged).
+                    model = model.merge_and_unload()
         except (OSError, ValueError, RuntimeError) as e:
             what = f"adapter {self.adapter} on " if self.adapter else ""
             raise GeneratorError(f"cannot load {what}model folder {folder}: {e}") from e

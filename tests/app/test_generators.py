@@ -245,9 +245,8 @@ def test_transformers_loads_a_lora_adapter_and_it_changes_outputs(smol_hf_dir, s
     out_tuned = _text(list(tuned.stream(QUESTION, GREEDY)))
     assert out_tuned != out_base
     assert out_tuned == _text(list(tuned.stream(QUESTION, GREEDY)))  # still deterministic
-    from peft import PeftModel
-
-    assert isinstance(tuned._model, PeftModel)
+    # on CPU the LoRA deltas are merged into the base weights at load: no LoRA layers remain
+    assert not any("lora_" in name for name, _ in tuned._model.named_parameters())
 
 
 @pytest.mark.slow
