@@ -300,12 +300,16 @@ def calibrate(records: Iterable[Any], *, l2: float = 1.0, folds: int = 5, seed: 
             cv[te] = _sigmoid(x[te] @ wf + bf)
     pred = probs >= threshold
     yb = y.astype(bool)
+    sub = x[:, FEATURES.index("abstained")] == 0
     report = {
         "n": n,
         "correct": int(y.sum()),
         "auroc_fitted": auroc(probs, yb),
         "auroc_cross_validated": auroc(cv[~np.isnan(cv)], yb[~np.isnan(cv)]) if not np.isnan(cv).all() else None,
         "auroc_default_weights": auroc(default_probs, yb),
+        # abstentions are all "wrong" by definition and easy to spot: this is the hard part
+        "auroc_substantive_fitted": auroc(probs[sub], yb[sub]) if sub.any() else None,
+        "auroc_substantive_default_weights": auroc(np.asarray(default_probs)[sub], yb[sub]) if sub.any() else None,
         "feature_auroc": {f: auroc(x[:, i], yb) for i, f in enumerate(FEATURES)},
         "threshold": round(threshold, 4),
         "accuracy_at_threshold": float((pred == yb).mean()),
