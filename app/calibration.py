@@ -161,8 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model:
         settings.generator.model = args.model
     report = run(settings, Path(args.facts), limit=args.limit, write=not args.dry_run)
-    summary = {k: report[k] for k in ("model", "n", "correct", "auroc_fitted", "auroc_cross_validated", "auroc_substantive_fitted", "auroc_substantive_default_weights",
-                                      "auroc_default_weights", "threshold", "accuracy_at_threshold")}
+    keys = ("model", "n", "correct", "auroc_fitted", "auroc_cross_validated", "auroc_default_weights",
+            "auroc_substantive_fitted", "auroc_substantive_default_weights", "threshold", "accuracy_at_threshold")
+    summary = {k: report[k] for k in keys}
     print(json.dumps(summary | {"feature_auroc": report["feature_auroc"], "written": report.get("written")}, indent=2))
     return 0
 
