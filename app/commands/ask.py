@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -77,6 +78,9 @@ def ask(ctx: click.Context, question: str, username: str | None, groups: str | N
     from app.services import build_services
     from kb.cli import get_settings
 
+    if logging.getLogger().level > logging.DEBUG:  # no INFO lines inside the streamed answer (-v shows them)
+        for name in ("app", "index", "ingest"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     settings = get_settings(ctx)
     user = resolve_user(settings, username, groups)
     history = read_history(history_file)
