@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from app.citations import cited_numbers
 from app.prompts import ABSTAIN_TEXT, QUESTION_PREFIX, SYSTEM_PROMPT
 from app.sentences import overlap
-from core.types import Answer, Hit, Principal
+from core.types import Answer, Hit
 from finetune import data as data_mod
 from finetune.data import HELDOUT_FILE, MANIFEST, TRAIN_FILE, BuildOptions, build_dataset, dedupe, split_by_document
 from finetune.questions import ExtractiveWriter, ModelWriter, QA, normalise_question

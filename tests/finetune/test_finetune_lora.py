@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from app.prompts import ABSTAIN_TEXT
 from core.types import GenParams, Message
 from finetune.config import load_train_config
 from finetune.data import BuildOptions, build_dataset
