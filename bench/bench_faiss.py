@@ -1,7 +1,7 @@
 """FAISS at 100k and 1M 384-dim vectors: flat vs HNSW vs IVF, through the project's FaissIndex.
 
-    .venv/bin/python bench/bench_faiss.py            # 100k and 1M (HNSW at 100k only: ~6 min)
-    .venv/bin/python bench/bench_faiss.py --hnsw-max 1000000   # + HNSW at 1M (~15 min more)
+    .venv/bin/python bench/bench_faiss.py            # 100k and 1M (HNSW at 100k only)
+    .venv/bin/python bench/bench_faiss.py --hnsw-max 1000000   # + HNSW at 1M (3 min quiet, 15 busy)
     .venv/bin/python bench/bench_faiss.py --quick    # 100k only
     .venv/bin/python bench/bench_faiss.py --real     # + recall on real MiniLM embeddings of the
                                                      #   18F handbook (chunked and embedded first)
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", nargs="*", default=["flat", "hnsw", "ivf"], choices=["flat", "hnsw", "ivf"])
     ap.add_argument("--queries", type=int, default=200, help="single queries timed per index")
     ap.add_argument("--hnsw-max", type=int, default=200_000,
-                    help="skip HNSW above this many vectors (1M takes ~15 min to build on 1 busy thread); "
+                    help="skip HNSW above this many vectors (1M: 3 min to build on a quiet thread, "
+                         "15+ on a busy one); "
                          "pass 1000000 to include it")
     ap.add_argument("--real", action="store_true", help="also measure recall on real handbook embeddings")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in args.kinds:
             if kind == "hnsw" and n > args.hnsw_max:
                 print(f"  hnsw  skipped: {n:,} > --hnsw-max {args.hnsw_max:,} (build time grows ~n log n: "
-                      f"~64 s at 100k here)", flush=True)
+                      f"14-114 s at 100k here)", flush=True)
                 continue
             r = bench_kind(kind, base, queries, truth)
             rows.append(r)
