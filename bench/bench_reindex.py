@@ -20,7 +20,7 @@ from pathlib import Path
 
 import common
 from bench_ingest import bench_settings, ingest, load_warm_embedder
-from common import RESULTS, pyplot, timer, write_results
+from common import RESULTS, pyplot, write_results
 
 
 def main(argv: list[str] | None = None) -> int:

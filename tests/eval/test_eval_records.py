@@ -1,8 +1,6 @@
 """How retrieved chunks are named for matching, and answer records on hand-made answers."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from core.types import Answer, Chunk, Citation, Hit
 from eval.questions import EvalQuestion
 from eval.records import answer_record, hit_ref, ref_names
