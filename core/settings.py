@@ -221,8 +221,9 @@ class Settings(BaseSettings):
         return self.data_dir / "reports"
 
 
-def _format_validation_error(err: ValidationError, origin: str) -> str:
-    lines = [f"invalid settings in {origin}:"]
+def format_validation_error(err: ValidationError, origin: str, what: str = "settings") -> str:
+    """One line per bad field, named by its dotted path: ``retrieval.top_k: ...``."""
+    lines = [f"invalid {what} in {origin}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
@@ -230,6 +231,19 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
             msg = "unknown setting (check spelling)"
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
+
+
+def read_yaml_mapping(p: Path, what: str = "settings") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty file: ``{}``); errors name the file."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of {what}")
+    return dict(loaded or {})
 
 
 def _resolve(base: Path, p: Path | None) -> Path | None:
@@ -244,8 +258,6 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
 
     Raises :class:`ConfigError` naming the file and each bad field.
     """
-    import yaml
-
     if path is None:
         path = os.environ.get("KB_CONFIG")
     if path is None and Path("kb.yaml").is_file():
@@ -257,20 +269,14 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         p = Path(path).expanduser()
         if not p.is_file():
             raise ConfigError(f"config file not found: {p} (pass --config or set KB_CONFIG)")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of settings")
-        data = loaded or {}
+        data = read_yaml_mapping(p)
         origin = str(p)
         base = p.resolve().parent
     data.update(overrides)
     try:
         s = Settings(**data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, origin)) from None
+        raise ConfigError(format_validation_error(e, origin)) from None
     s.config_dir = base
     s.data_dir = _resolve(base, s.data_dir)
     for src in s.sources:

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.errors import ConfigError
+from core.settings import format_validation_error, read_yaml_mapping
 
 #: Where `kb finetune build-data` writes and `train` reads, under settings.data_dir.
 DEFAULT_DATA = Path("finetune/data")
@@ -92,21 +93,13 @@ class TrainConfig(BaseModel):
 
 def load_train_config(path: str | Path | None, **overrides) -> TrainConfig:
     """Read a YAML training config; unknown or invalid fields raise :class:`ConfigError` naming them."""
-    import yaml
-
     data: dict = {}
     origin = "defaults"
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
             raise ConfigError(f"training config not found: {p} (see finetune/configs/*.yaml)")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of training settings")
-        data = dict(loaded or {})
+        data = read_yaml_mapping(p, "training settings")
         origin = str(p)
     for key, value in overrides.items():
         if value is not None:
@@ -114,9 +107,4 @@ def load_train_config(path: str | Path | None, **overrides) -> TrainConfig:
     try:
         return TrainConfig(**data)
     except ValidationError as e:
-        lines = [f"invalid training config in {origin}:"]
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            msg = "unknown setting (check spelling)" if err.get("type") == "extra_forbidden" else err["msg"]
-            lines.append(f"  {loc}: {msg}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(format_validation_error(e, origin, "training config")) from None
