@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.settings import Settings, load_settings
-from core.types import Document, IngestFailure, Section
+from core.types import Document, Section
+from ingest.connectors.memory import MemoryConnector
 
 
 def doc(doc_id: str, text: str, acl: Sequence[str] = ("public",), *, title: str | None = None,
@@ -23,19 +24,6 @@ def doc(doc_id: str, text: str, acl: Sequence[str] = ("public",), *, title: str 
         sections=tuple(sections),
     )
 
-
-class ListConnector:
-    source_type = "wiki"
-
-    def __init__(self, docs: Sequence[Document]):
-        self.docs = list(docs)
-        self.failures: list[IngestFailure] = []
-
-    def documents(self):
-        yield from self.docs
-
-    def expected_count(self) -> int:
-        return len(self.docs)
 
 
 def make_settings(root: Path, **overrides: Any) -> Settings:
@@ -62,7 +50,7 @@ def build_index(settings: Settings, docs: Sequence[Document] | None = None):
     from ingest.sync import sync_sources
 
     embedder = load_embedder(settings.embedding)
-    factory = None if docs is None else (lambda src: ListConnector(docs))
+    factory = None if docs is None else (lambda src: MemoryConnector(docs))
     sync_sources(settings, settings.sources, progress=False, embedder=embedder, connector_factory=factory)
     index = open_index(settings)
     return index, HybridRetriever(index, embedder, settings.retrieval), embedder

@@ -9,7 +9,8 @@ from typing import Any, Sequence
 import pytest
 
 from core.settings import Settings, load_settings
-from core.types import Document, IngestFailure, Section
+from core.types import Document, Section
+from ingest.connectors.memory import MemoryConnector
 
 SECRET = "ZEBRA-SECRET-4417"
 
@@ -77,19 +78,6 @@ def sample_docs() -> list[Document]:
     return docs
 
 
-class ListConnector:
-    source_type = "wiki"
-
-    def __init__(self, docs: Sequence[Document]):
-        self.docs = list(docs)
-        self.failures: list[IngestFailure] = []
-
-    def documents(self):
-        yield from self.docs
-
-    def expected_count(self) -> int:
-        return len(self.docs)
-
 
 def make_settings(root: Path, **overrides: Any) -> Settings:
     data: dict[str, Any] = {
@@ -108,7 +96,7 @@ def build_index(settings: Settings, docs: Sequence[Document]) -> None:
     from ingest.sync import sync_sources
 
     sync_sources(settings, settings.sources, progress=False, embedder=load_embedder(settings.embedding),
-                 connector_factory=lambda src: ListConnector(docs))
+                 connector_factory=lambda src: MemoryConnector(docs))
 
 
 @pytest.fixture

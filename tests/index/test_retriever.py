@@ -14,24 +14,11 @@ from core.types import Document, Principal, Section
 from index.embedder import HashEmbedder
 from index.generation import open_index
 from index.retriever import HybridRetriever, fts_query
+from ingest.connectors.memory import MemoryConnector
 from ingest.sync import sync_sources
 
 EMB = HashEmbedder()
 
-
-class MemoryConnector:
-    """An in-test connector: yields the given documents."""
-
-    source_type = "wiki"
-
-    def __init__(self, docs):
-        self.docs, self.failures = list(docs), []
-
-    def documents(self):
-        yield from self.docs
-
-    def expected_count(self):
-        return len(self.docs)
 
 
 def _doc(n: int, text: str, acl, title: str | None = None, source: str = "kb") -> Document:

@@ -17,6 +17,7 @@ from index.generation import DB_NAME, Generations, IngestBusyError, ingest_lock,
 from index.retriever import HybridRetriever
 from ingest.chunking import make_chunker
 from ingest.connectors.wiki import WikiConnector
+from ingest.connectors.memory import MemoryConnector
 from ingest.sync import sync_sources
 
 ALICE = Principal("alice", email="alice@acme.example", groups=("engineering",))
@@ -205,20 +206,18 @@ def test_failed_source_keeps_its_documents_and_others_still_run(tmp_path, wiki):
     assert _q(conn, "SELECT count(*) FROM documents WHERE source='wiki'") == 4
 
 
-class MemoryConnector:
-    source_type = "slack"
+class ExplodingConnector(MemoryConnector):
+    """Yields the documents, but raises (a connector bug) before the ``explode_after``-th."""
 
     def __init__(self, docs, failures=(), explode_after: int | None = None):
-        self.docs, self.failures, self.explode_after = list(docs), list(failures), explode_after
+        super().__init__(docs, failures, source_type="slack")
+        self.explode_after = explode_after
 
     def documents(self):
         for i, d in enumerate(self.docs):
             if self.explode_after is not None and i == self.explode_after:
                 raise RuntimeError("connector bug")
             yield d
-
-    def expected_count(self):
-        return None
 
 
 def _sdoc(doc_id: str, text: str) -> Document:
@@ -236,10 +235,10 @@ def test_failure_naming_a_channel_keeps_that_channel_only(tmp_path):
     s = _settings(tmp_path)
     docs = [_sdoc("chat:C1:100.1", "general thread one"), _sdoc("chat:C1:200.2", "general thread two"),
             _sdoc("chat:C2:300.3", "random thread"), _sdoc("chat:C3:400.4", "dm thread")]
-    _sync_mem(s, MemoryConnector(docs))
+    _sync_mem(s, ExplodingConnector(docs))
     fail = IngestFailure(path="general/2024-01-02.json",
                          reason="unreadable day file (bad json); channel_id=C1: its threads may span other days")
-    rep = _sync_mem(s, MemoryConnector([docs[3]], failures=[fail]))
+    rep = _sync_mem(s, ExplodingConnector([docs[3]], failures=[fail]))
     [sr] = rep.sources
     assert sr.deleted == 1 and sr.pruned and sr.status == "partial"  # C2 went, C1 kept
     conn = _current_db(s)
@@ -248,7 +247,7 @@ def test_failure_naming_a_channel_keeps_that_channel_only(tmp_path):
 
     # a failure that names nothing we can tie to documents: no pruning at all this run
     vague = IngestFailure(path="mystery-folder", reason="day files of an unlisted conversation")
-    rep = _sync_mem(s, MemoryConnector([], failures=[vague]))
+    rep = _sync_mem(s, ExplodingConnector([], failures=[vague]))
     [sr] = rep.sources
     assert sr.deleted == 0 and not sr.pruned and any("mystery-folder" in n for n in sr.notes)
     assert _q(_current_db(s), "SELECT count(*) FROM documents") == 3
@@ -257,9 +256,9 @@ def test_failure_naming_a_channel_keeps_that_channel_only(tmp_path):
 def test_connector_crash_mid_run_keeps_documents(tmp_path):
     s = _settings(tmp_path)
     docs = [_sdoc(f"chat:C1:{i}.0", f"message number {i} about topic{i}") for i in range(4)]
-    _sync_mem(s, MemoryConnector(docs))
+    _sync_mem(s, ExplodingConnector(docs))
     changed = [_sdoc("chat:C1:0.0", "message zero was edited")] + docs[1:]
-    rep = _sync_mem(s, MemoryConnector(changed, explode_after=1))
+    rep = _sync_mem(s, ExplodingConnector(changed, explode_after=1))
     [sr] = rep.sources
     assert sr.status == "failed" and "RuntimeError: connector bug" in sr.error
     assert sr.updated == 1 and sr.deleted == 0  # what was read is indexed; nothing pruned
