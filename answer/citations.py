@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from app.prompts import location_label
-from app.sentences import overlap, sentence_spans
+from answer.prompts import location_label
+from core.text import overlap, sentence_spans
 from core.types import Citation, Hit
 
 #: One bracketed group of numbers, commas and ranges: [2], [1, 3], [2-4], [1,3-5]. En/em dashes

@@ -12,8 +12,9 @@ import logging
 import re
 from typing import Sequence
 
-from app.citations import strip_markers
-from app.sentences import content_words, words
+from answer.citations import strip_markers
+from core.text import content_words, words
+from core.protocols import Generator
 from core.types import GenParams, Message
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,8 @@ def _guard(original: str, rewrite: str, *, extra_words: set[str] = frozenset()) 
     return text
 
 
-def _generate(generator, messages: list[Message], max_tokens: int) -> str:
-    params = GenParams(max_tokens=max_tokens, temperature=0.0, stop=("\n",))
-    return "".join(t.text for t in generator.stream(messages, params))
+def _generate(generator: Generator, messages: list[Message], max_tokens: int, task: str) -> str:
+    return generator.complete(messages, GenParams(max_tokens=max_tokens, temperature=0.0, stop=("\n",), task=task))
 
 
 def condense_question(generator, question: str, history: Sequence[Message], *, turns: int, max_tokens: int = 64) -> str:
@@ -77,7 +77,7 @@ def condense_question(generator, question: str, history: Sequence[Message], *, t
         Message("user", "Chat:\n" + "\n".join(lines) + f"\n\n{CONDENSE_PREFIX}{_one_line(question)}\nStandalone question:"),
     ]
     try:
-        out = _generate(generator, messages, max_tokens)
+        out = _generate(generator, messages, max_tokens, "condense")
     except Exception as e:  # a failing rewrite must not fail the answer
         log.warning("condense failed error=%r; keeping the question", e)
         return question
@@ -97,7 +97,7 @@ def rewrite_query(generator, question: str, *, max_tokens: int = 48) -> str:
         Message("user", f"{REWRITE_PREFIX}{_one_line(question)}\nSearch query:"),
     ]
     try:
-        out = _generate(generator, messages, max_tokens)
+        out = _generate(generator, messages, max_tokens, "rewrite")
     except Exception as e:
         log.warning("query rewrite failed error=%r", e)
         return question

@@ -38,9 +38,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from app.citations import AnswerSentence, CitationResult, strip_markers
-from app.prompts import build_support_messages, is_abstention
-from app.sentences import content_words, split_sentences
+from answer.citations import AnswerSentence, CitationResult, strip_markers
+from answer.prompts import build_support_messages, is_abstention
+from core.text import content_words, split_sentences
 from core.types import Hit
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def sentence_support(
     generator=None,
 ) -> list[float]:
     """How well each sentence is supported by the sources it cites (0 for an uncited sentence)."""
-    if mode == "slm" and generator is not None and hasattr(generator, "yes_probability"):
+    if mode == "slm" and generator is not None:
         out = []
         for s in sentences:
             if not s.cited:

@@ -28,8 +28,8 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from app.prompts import build_relevance_messages
-from app.sentences import Span, sentence_spans
+from answer.prompts import build_relevance_messages
+from core.text import Span, sentence_spans
 from core.protocols import Embedder
 from core.types import Hit
 

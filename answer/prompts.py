@@ -16,10 +16,7 @@ import re
 from datetime import datetime, timezone
 from typing import Sequence
 
-from core.types import Hit, Message
-
-#: The one sentence the model says when the sources do not answer; used to detect abstention.
-ABSTAIN_TEXT = "The knowledge base does not contain an answer to this question."
+from core.types import ABSTAIN_TEXT, Hit, Message
 
 SYSTEM_PROMPT = f"""You answer employees' questions using only the numbered sources you are given.
 Rules:
@@ -101,7 +98,7 @@ def _user_message(question: str, hits: Sequence[Hit], extra: str = "") -> str:
         f"{QUESTION_PREFIX}{q}",
         # The abstention rule lives in the system prompt only: repeated here, right before the
         # answer, it made the 1.5B model abstain on 18 of 37 answerable sample questions
-        # (measured with app.calibration); without it the same model answers them.
+        # (measured with eval.calibration); without it the same model answers them.
         "Answer from the sources only, citing them like [1].",
     ]
     return "\n".join(parts)
@@ -149,6 +146,28 @@ def build_support_messages(claim: str, evidence: str) -> list[Message]:
             f"<source>\n{neutralise(evidence.strip())}\n</source>\n"
             f"Claim: {neutralise(' '.join(claim.split()))}\n"
             "Does the source state this claim? Answer yes or no.",
+        ),
+    ]
+
+
+def build_check_messages(answer_messages: Sequence[Message], answer_text: str, claim: str,
+                         sources: Sequence[int]) -> list[Message]:
+    """'Does source [n] state this claim?' as the next turn of the answer conversation.
+
+    The prompt that produced the answer is repeated unchanged, so a backend that keeps its
+    KV cache (llama.cpp reuses the longest common token prefix) reads only the answer and the
+    claim, not the sources again.
+    """
+    which = " and ".join(f"[{n}]" for n in sources) if sources else "the sources"
+    noun = "source" if len(sources) == 1 else "sources"
+    return [
+        *answer_messages,
+        Message("assistant", answer_text),
+        Message(
+            "user",
+            f"Claim: {neutralise(' '.join(claim.split()))}\n"
+            f"{'Does' if len(sources) == 1 else 'Do'} {noun} {which} state this claim, with the same facts? "
+            "Reply with one word: yes or no.",
         ),
     ]
 

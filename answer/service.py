@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
-from app.citations import CitationResult, extract_citations, source_citations
-from app.condense import condense_question, rewrite_query
-from app.confidence import ConfidenceModel, answer_features, sentence_support
-from app.context_filter import ContextFilter
-from app.prompts import ABSTAIN_TEXT, build_correction_messages, build_messages, is_abstention
+from answer.citations import CitationResult, extract_citations, source_citations
+from answer.condense import condense_question, rewrite_query
+from answer.confidence import ConfidenceModel, answer_features, sentence_support
+from answer.context_filter import ContextFilter
+from answer.prompts import ABSTAIN_TEXT, build_correction_messages, build_messages, is_abstention
 from core.errors import GeneratorError
 from core.types import Answer, AnswerEvent, GenParams, Hit, Message, Principal, Route
 

@@ -49,7 +49,7 @@ def prompt_tokens(generator, messages) -> int:
 
 
 def run_naive(generator, retriever, user, question: str, settings) -> dict:
-    from app.prompts import build_messages
+    from answer.prompts import build_messages
     from core.types import GenParams
 
     t0 = time.perf_counter()
@@ -69,7 +69,7 @@ def run_naive(generator, retriever, user, question: str, settings) -> dict:
 
 
 def run_service(service, generator, user, question: str) -> dict:
-    from app.prompts import build_messages
+    from answer.prompts import build_messages
 
     ans = service.answer(question, user=user)
     messages = build_messages(ans.standalone_question, ans.sources)
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--facts", default=str(common.REPO / "data" / "sample" / "facts.jsonl"))
     args = ap.parse_args(argv)
 
-    from app.generators.base import make_generator
-    from app.service import KnowledgeAnswerService
+    from generators import make_generator
+    from answer.service import KnowledgeAnswerService
     from core.settings import load_settings
     from core.types import Principal
     from index.embedder import load_embedder
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     embedder.embed_documents(["warm up"])
     if open_index(settings, missing_ok=True).generation is None:
         t = time.perf_counter()
-        sync_sources(settings, settings.sources, progress=False, embedder=embedder)
+        sync_sources(settings, settings.sources, embedder=embedder)
         print(f"indexed the sample knowledge base in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     index = open_index(settings)
     retriever = HybridRetriever(index, embedder, settings.retrieval)

@@ -43,7 +43,7 @@ def ingest(settings, embedder) -> tuple[object, float]:
     from ingest.sync import sync_sources
 
     with timer() as t:
-        report = sync_sources(settings, settings.sources, progress=False, embedder=embedder)
+        report = sync_sources(settings, settings.sources, embedder=embedder)
     return report, t["s"]
 
 

@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     n = args.n or (2 if args.quick else len(QUESTIONS))
     questions = (QUESTIONS * (n // len(QUESTIONS) + 1))[:n]
 
-    from app.generators.base import make_generator
-    from app.prompts import build_messages
-    from app.services import build_services
+    from generators import make_generator
+    from answer.prompts import build_messages
+    from kb.services import build_services
     from core.settings import load_settings
     from core.types import GenParams
     from eval.runner import eval_principal

@@ -31,9 +31,31 @@ class Retriever(Protocol):
 
 @runtime_checkable
 class Generator(Protocol):
+    """A chat model. Every backend implements all of it (tests/contracts/test_generator_contract.py)."""
+
     model_id: str
 
-    def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[Token]: ...
+    def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[Token]:
+        """The reply, token by token; honours ``params.max_tokens`` and ``params.stop`` (stop
+        strings end the reply and are not returned); the last token carries ``finish_reason``."""
+        ...
+
+    def complete(self, messages: Sequence[Message], params: GenParams | None = None) -> str:
+        """The whole reply as one string."""
+        ...
+
+    def yes_probability(self, messages: Sequence[Message]) -> float:
+        """P("yes") / (P("yes") + P("no")) for the first token of the reply: the judge used by
+        the grounding check and the reranker. In [0, 1]."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in this model's tokenizer (prompt budgets)."""
+        ...
+
+    def warm_up(self) -> None:
+        """Load the model now, so the first question is not slow."""
+        ...
 
 
 @runtime_checkable

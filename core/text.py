@@ -9,17 +9,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-#: Words that carry no topic: ignored when comparing a question with a source.
-STOPWORDS = frozenset(
-    """a about above after again all also am an and any are as at be been before being below
-    between both but by can could did do does doing done down during each either else ever
-    every few for from further get gets got had has have having he her here hers him his how i
-    if in into is it its itself just let like may me might more most much must my no nor not
-    of off on once one only or other our ours out over own per please same shall she should
-    so some such than that the their theirs them then there these they this those through to
-    too under until up upon us very was we were what when where which while who whom whose
-    why will with within without would yes you your yours tell know need want find say said
-    anyone someone something thing things many way use used using""".split()
+#: Function words (the classic English list): the keyword search drops them from queries.
+STOPWORDS = frozenset("""
+a about above after again all am an and any are as at be because been before being below between both
+but by can could did do does doing down during each few for from further had has have having he her here
+hers herself him himself his how i if in into is it its itself just me more most my myself no nor not
+now of off on once only or other our ours ourselves out over own same she should so some such than that
+the their theirs them themselves then there these they this those through to too under until up very was
+we were what when where which while who whom why will with would you your yours yourself yourselves
+""".split())
+#: Words that carry no topic in a question or an answer, on top of the function words:
+#: ignored when comparing a question with a source.
+FILLER_WORDS = STOPWORDS | frozenset(
+    """also done either else ever every get gets got let like may might much must one per please
+    shall upon us whose within without yes tell know need want find say said anyone someone
+    something thing things many way use used using""".split()
 )
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'_-]*")
@@ -98,8 +102,8 @@ def words(text: str) -> list[str]:
 
 def content_words(text: str) -> set[str]:
     """Lower-cased words that carry meaning (no stop words, no 1-letter tokens), crudely stemmed."""
-    out = {_stem(w) for w in words(text) if len(w) > 1 and w not in STOPWORDS}
-    return {w for w in out if w not in STOPWORDS}  # "uses" -> "use" is a stop word too
+    out = {_stem(w) for w in words(text) if len(w) > 1 and w not in FILLER_WORDS}
+    return {w for w in out if w not in FILLER_WORDS}  # "uses" -> "use" is a stop word too
 
 
 def _stem(w: str) -> str:

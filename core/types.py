@@ -185,6 +185,10 @@ class IngestFailure:
 
 # --- generation -----------------------------------------------------------------------
 
+#: The one sentence said when the sources do not answer; the pipeline and the generators
+#: (the fake, fine-tuning data) share it, so it lives in the shared vocabulary.
+ABSTAIN_TEXT = "The knowledge base does not contain an answer to this question."
+
 Role = Literal["system", "user", "assistant"]
 
 
@@ -196,12 +200,17 @@ class Message:
 
 @dataclass(frozen=True)
 class GenParams:
+    """How to generate. ``stop``: generation ends before the first stop string, which is not
+    returned. ``task`` says what the call is for ("answer", "condense", "rewrite", "correct",
+    "check"): backends ignore it, the fake generator answers by it, logs and benches group by it."""
+
     max_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int = 0
     logprobs: bool = False
+    task: str = "answer"
 
 
 @dataclass(frozen=True)
@@ -282,8 +291,11 @@ class Answer:
 
 @dataclass(frozen=True)
 class AnswerEvent:
-    """What the answer service streams to a UI: status notes, tokens, then the final answer."""
+    """What the answer service streams to a UI: status notes, tokens, then the final answer.
 
-    kind: Literal["status", "token", "answer"]
+    ``discard``: the tokens streamed so far were a draft that is being replaced (a correction
+    or an escalation follows); clear them. ``answer`` is always last and authoritative."""
+
+    kind: Literal["status", "token", "discard", "answer"]
     text: str = ""
     answer: Answer | None = None

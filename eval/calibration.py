@@ -10,8 +10,8 @@ the asker may read. An abstention is never a correct *answer* (routing turns low
 into an abstention anyway), and any substantive answer to an unanswerable or unreadable
 question is wrong.
 
-    .venv/bin/python -m app.calibration                     # kb.yaml, data/sample/facts.jsonl
-    .venv/bin/python -m app.calibration --limit 10 --model smollm2-135m
+    .venv/bin/python -m eval.calibration                     # kb.yaml, data/sample/facts.jsonl
+    .venv/bin/python -m eval.calibration --limit 10 --model smollm2-135m
 
 Writes ``<data_dir>/confidence_weights.json`` (loaded by build_services), and under
 ``<data_dir>/reports/``: ``calibration-records.jsonl``, ``calibration-report.json`` and
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from app.confidence import FEATURES, WEIGHTS_FILE, calibrate, plot_reliability
-from app.prompts import is_abstention
+from answer.confidence import FEATURES, WEIGHTS_FILE, calibrate, plot_reliability
+from answer.prompts import is_abstention
 from core.types import Answer, Principal
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,8 @@ def collect_records(service, facts: Iterable[Fact], principal_for, *, progress: 
 
 def run(settings, facts_path: Path, *, limit: int | None = None, write: bool = True, progress: bool = True) -> dict[str, Any]:
     """Collect draft answers with the real pipeline, fit the weights, write the artefacts."""
-    from app.auth import UserDirectory
-    from app.services import build_services
+    from web.auth import UserDirectory
+    from kb.services import build_services
 
     draft_settings = settings.model_copy(deep=True)
     draft_settings.answer.self_correction = False

@@ -65,10 +65,10 @@ def eval_cmd(ctx: click.Context, questions: Path, corpus_name: str, corpus_path:
     from eval.questions import load_questions
     from eval.report import markdown, write_report
     from eval.runner import EvalOptions, run_evaluation
-    from kb.cli import get_settings
+    from kb.settings import get_settings
 
     if logging.getLogger().level > logging.DEBUG:  # per-answer INFO lines would bury the progress bars
-        for name in ("app.service", "app.context_filter", "ingest.sync", "index"):
+        for name in ("answer.service", "answer.context_filter", "ingest.sync", "index"):
             logging.getLogger(name).setLevel(logging.WARNING)
     if config_a is not None:
         settings_a, path_a = load_settings(config_a), str(config_a)

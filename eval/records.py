@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 from typing import Any, Sequence
 
-from app.sentences import STOPWORDS
+from core.text import STOPWORDS
 from core.settings import Settings
 from core.types import Answer, Hit, Principal
 from eval import metrics as m
@@ -97,9 +97,9 @@ def summarize_retrieval(records: Sequence[dict], questions: Sequence[EvalQuestio
 
 def unsupported_count(answer: Answer, settings: Settings, embedder, generator) -> int:
     """Sentences of ``answer`` not supported by the sources they cite (the service's own check)."""
-    from app.citations import extract_citations
-    from app.confidence import sentence_support
-    from app.service import UNSUPPORTED_BELOW
+    from answer.citations import extract_citations
+    from answer.confidence import sentence_support
+    from answer.service import UNSUPPORTED_BELOW
 
     if not answer.sources:
         return 0

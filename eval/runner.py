@@ -13,7 +13,7 @@ Definitions (also written into every report):
 - correct answer: on an answerable question, not an abstention and semantic similarity to the
   reference >= ``SIM_CORRECT``; on an unanswerable one, an abstention.
 - hallucination: an answer (not an abstention) with a sentence whose support by the sources it
-  cites, per ``app.confidence.sentence_support`` with the config's grounding check, is below
+  cites, per ``answer.confidence.sentence_support`` with the config's grounding check, is below
   the service's own ``UNSUPPORTED_BELOW`` (an uncited sentence counts as unsupported).
 - calibration: AUROC and reliability of the final confidence against correctness, over answers
   that are not abstentions.
@@ -99,7 +99,10 @@ def ensure_indexed(csettings: Settings, *, embedder=None, progress: bool = True)
     """Sync the corpus into its eval folder (a no-op when nothing changed); a summary dict."""
     from ingest.sync import sync_sources
 
-    rep = sync_sources(csettings, csettings.sources, progress=progress, embedder=embedder)
+    from kb.progress import TqdmProgress
+
+    with TqdmProgress(enabled=progress) as bars:
+        rep = sync_sources(csettings, csettings.sources, progress=bars, embedder=embedder)
     failed = [f"{s.name}/{f.path}: {f.reason}" for s in rep.sources for f in s.failures]
     failed += [f"{s.name}: {s.error}" for s in rep.sources if s.error]
     return {
@@ -205,7 +208,7 @@ class _Parts:
     def generator(self, original: Settings):
         key = _generator_key(original)
         if key not in self.generators:
-            from app.generators.base import make_generator
+            from generators import make_generator
 
             # the models folder of the real config: the default model is assembled there once
             self.generators[key] = self._generator or make_generator(
@@ -233,8 +236,8 @@ def run_evaluation(questions: Sequence[EvalQuestion], configs: Sequence[tuple[st
     and the A/B comparison when two configs are given. ``on_partial`` gets the result so far
     after every run (the CLI saves it, so an interrupted long run keeps what it measured).
     """
-    from app.confidence import WEIGHTS_FILE, ConfidenceModel
-    from app.services import build_services
+    from answer.confidence import WEIGHTS_FILE, ConfidenceModel
+    from kb.services import build_services
     from index.generation import open_index
     from index.retriever import HybridRetriever
 
@@ -263,7 +266,7 @@ def run_evaluation(questions: Sequence[EvalQuestion], configs: Sequence[tuple[st
             key = name if len(cfgs) == 1 else f"{cfg.label}: {name}"
             cf = None
             if filt:
-                from app.context_filter import ContextFilter
+                from answer.context_filter import ContextFilter
 
                 cf = ContextFilter.from_settings(emb, cfg.corpus.retrieval)
             records = rec.retrieval_records(questions, retriever, cfg.principal, mode=mode, context_filter=cf,

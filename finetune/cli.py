@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from kb.cli import get_settings
+from kb.settings import get_settings
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 

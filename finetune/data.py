@@ -1,7 +1,7 @@
 """Training data from the indexed knowledge base and from users' feedback.
 
 Every example is a chat in exactly the answering service's prompt format
-(:func:`app.prompts.build_messages`: system prompt, numbered ``<source>`` blocks, the question)
+(:func:`answer.prompts.build_messages`: system prompt, numbered ``<source>`` blocks, the question)
 plus the assistant reply the model should learn:
 
 - ``answerable``: a question written from one chunk (:mod:`finetune.questions`); the sources
@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
 
-from app.prompts import ABSTAIN_TEXT, build_messages
-from app.sentences import overlap
+from answer.prompts import ABSTAIN_TEXT, build_messages
+from core.text import overlap
 from core.errors import KBError
 from core.settings import OpenAIEndpoint, Settings
 from core.types import PUBLIC, Hit, Message, Principal
@@ -146,7 +146,7 @@ class DatasetBuilder:
         self.retriever = retriever or HybridRetriever(self.index, self.embedder, settings.retrieval)
         self.context_filter = None
         if settings.retrieval.context_filter:
-            from app.context_filter import ContextFilter
+            from answer.context_filter import ContextFilter
 
             self.context_filter = ContextFilter.from_settings(self.embedder, settings.retrieval)
         self._generator = generator
@@ -266,12 +266,12 @@ class DatasetBuilder:
         if mode == "teacher":
             if self.opts.teacher is None:
                 raise KBError("--questions teacher needs --teacher-url and --teacher-model")
-            from app.generators.base import make_escalation_generator
+            from generators import make_escalation_generator
 
             return ModelWriter(make_escalation_generator(self.opts.teacher), extractive, origin="teacher"), "teacher"
         gen = self._generator
         if gen is None:
-            from app.generators.base import make_generator
+            from generators import make_generator
 
             s = self.settings
             gen = make_generator(s.generator, s.models_dir, base_dir=s.config_dir)
@@ -280,13 +280,13 @@ class DatasetBuilder:
     # --- feedback -------------------------------------------------------------------------
     def feedback_rows(self, all_hits: dict[str, Hit]) -> list[dict]:
         """Thumbs-up answers and corrected thumbs-down ones whose sources are all usable here."""
-        from app.citations import cited_numbers
+        from answer.citations import cited_numbers
 
         log_ = self.answer_log
         if log_ is None:
             if not self.settings.app_db.is_file():
                 return []
-            from app.logstore import AnswerLog
+            from answer.log import AnswerLog
 
             log_ = AnswerLog(self.settings.app_db)
         rows = []

@@ -9,7 +9,7 @@ Metrics come from :mod:`eval.metrics` (the evaluation issue's definitions):
 - citation accuracy: precision/recall of the cited source numbers against the gold source(s)
   (chunk level), and the share of answers that cite the gold source;
 - refusal: share of unanswerable examples answered with the abstention sentence
-  (:func:`app.prompts.is_abstention`), and share of answerable ones refused (false refusals);
+  (:func:`answer.prompts.is_abstention`), and share of answerable ones refused (false refusals);
 - latency: first-token and total seconds per answer (p50/p95), tokens per second.
 
 The paired per-example F1 differences get a sign test and a bootstrap interval, so a small
@@ -55,8 +55,8 @@ class Scored:
 
 def score_answer(row: dict[str, Any], text: str) -> dict[str, Any]:
     """The metrics of one answer to one held-out example (pure: no model)."""
-    from app.citations import cited_numbers, strip_markers
-    from app.prompts import is_abstention
+    from answer.citations import cited_numbers, strip_markers
+    from answer.prompts import is_abstention
     from eval.metrics import citation_precision_recall, token_f1
 
     n_sources = len(row.get("source_chunk_ids") or [])
@@ -229,7 +229,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 
 def make_generators(adapter_dir: Path, settings: Any, *, backend: str = "transformers", threads: int = 1):
     """(base, tuned) generators for the adapter's base model, from its ``kb_adapter.json``."""
-    from app.models import resolve_model
+    from generators.model_files import resolve_model
     from core.settings import GeneratorConfig
     from finetune.export import read_metadata
 
@@ -237,12 +237,12 @@ def make_generators(adapter_dir: Path, settings: Any, *, backend: str = "transfo
     name = meta["base_model"]["name"]
     ref = resolve_model(GeneratorConfig(model=name), settings.models_dir, base_dir=settings.config_dir)
     if backend == "transformers":
-        from app.generators.hf import HFGenerator
+        from generators.hf import HFGenerator
 
         mk = lambda ad: HFGenerator(ref, models_dir=settings.models_dir, threads=threads, adapter=ad,  # noqa: E731
                                     context_tokens=settings.generator.context_tokens, device="cpu" if threads else None)
     elif backend == "llamacpp":
-        from app.generators.llamacpp import LlamaCppGenerator
+        from generators.llamacpp import LlamaCppGenerator
 
         if ref.gguf_path is None:
             raise KBError(f"backend llamacpp needs a GGUF base model; {name} is an HF folder")

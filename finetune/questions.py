@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from app.sentences import STOPWORDS, content_words, overlap, sentence_spans, words
+from core.text import STOPWORDS, content_words, overlap, sentence_spans, words
 from core.types import Chunk, GenParams, Message
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class ExtractiveWriter:
 
 
 def question_prompt(chunk: Chunk, title: str) -> list[Message]:
-    from app.prompts import neutralise
+    from answer.prompts import neutralise
 
     section = " > ".join(chunk.heading_path)
     head = f"Document: {title}" + (f"\nSection: {section}" if section else "")

@@ -42,7 +42,7 @@ def encode_example(tokenizer: Any, messages: Sequence[dict[str, str]]) -> dict[s
     """``input_ids``/``labels`` for one chat example; only the last assistant turn is labelled.
 
     The prompt is rendered exactly as at inference (chat template with the generation prompt,
-    no extra special tokens: :class:`app.generators.hf.HFGenerator` does the same), the reply
+    no extra special tokens: :class:`generators.hf.HFGenerator` does the same), the reply
     is the rest of the fully rendered conversation up to and including the end-of-turn token.
     Prompt and reply are tokenized separately, so the boundary is exact.
     """
@@ -126,7 +126,7 @@ class BaseModelInfo:
 
 def base_model_info(cfg: TrainConfig, settings: Settings) -> BaseModelInfo:
     """Resolve ``base_model`` like ``generator.model`` and convert a GGUF once into an HF folder."""
-    from app.models import hf_folder_for, resolve_model
+    from generators.model_files import hf_folder_for, resolve_model
 
     ref = resolve_model(GeneratorConfig(model=cfg.base_model), settings.models_dir, base_dir=settings.config_dir)
     hf_dir = hf_folder_for(ref, settings.models_dir)
@@ -143,7 +143,7 @@ def _weights_file(folder: Path) -> Path:
 
 def weights_sha256(path: Path) -> str:
     """sha256 of a weights file; reuses a ``<file>.sha256`` sidecar newer than the file."""
-    from app.models import sha256_file
+    from generators.model_files import sha256_file
 
     side = path.with_name(path.name + ".sha256")
     try:

@@ -1,33 +1,80 @@
-"""Generator backends behind :class:`core.protocols.Generator`; pick one with :func:`make_generator`.
+"""Generator backends behind :class:`core.protocols.Generator`, and the factory that picks one.
 
-Backend classes are exported lazily so importing this package stays cheap (no llama_cpp,
-torch or openai import until a backend is used).
+One module per backend (``llamacpp``, ``hf`` for transformers, ``openai_compat``, ``fake``),
+each imported only when chosen, so importing this package stays cheap (no llama_cpp, torch or
+openai import until a backend is used). Model files live in :mod:`generators.model_files`.
 """
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
-from app.generators.base import GeneratorBase, make_escalation_generator, make_generator
+from core.errors import ConfigError
+from core.protocols import Generator
+from core.settings import GeneratorConfig, OpenAIEndpoint
+from generators.base import configure_threads
 
-__all__ = [
-    "GeneratorBase",
-    "HFGenerator",
-    "LlamaCppGenerator",
-    "OpenAIGenerator",
-    "make_escalation_generator",
-    "make_generator",
-]
-
-_LAZY = {
-    "HFGenerator": "app.generators.hf",
-    "LlamaCppGenerator": "app.generators.llamacpp",
-    "OpenAIGenerator": "app.generators.openai_compat",
-}
+__all__ = ["make_escalation_generator", "make_generator"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+def make_generator(cfg: GeneratorConfig, models_dir: Path, *, base_dir: Path | None = None) -> Generator:
+    """The backend named by ``generator.backend``. Models load lazily, on first use or ``warm_up()``.
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'app.generators' has no attribute {name!r}")
+    ``base_dir`` resolves a relative ``generator.model`` path (pass ``settings.config_dir``).
+    """
+    configure_threads(cfg.threads)
+    if cfg.backend == "fake":
+        from generators.fake import FakeGenerator
+
+        return FakeGenerator()
+    if cfg.backend == "openai":
+        if cfg.openai is None:  # the settings validator already refuses this
+            raise ConfigError("generator.openai: backend 'openai' needs base_url and model")
+        if cfg.adapter is not None:
+            raise ConfigError(
+                "generator.adapter: the openai backend cannot load a local adapter; serve the "
+                "merged model on the server (e.g. vLLM --enable-lora) or use backend transformers"
+            )
+        return make_escalation_generator(cfg.openai)
+
+    from generators.model_files import resolve_model
+
+    ref = resolve_model(cfg, Path(models_dir), base_dir=base_dir)
+    if cfg.backend == "llamacpp":
+        from generators.llamacpp import LlamaCppGenerator
+
+        if ref.gguf_path is None:
+            raise ConfigError(
+                f"generator.model: {ref.path} is a Hugging Face folder; the llamacpp backend needs a "
+                "GGUF file (set generator.backend: transformers, or point generator.model at a .gguf)"
+            )
+        return LlamaCppGenerator(
+            ref.gguf_path,
+            n_threads=cfg.threads,
+            n_ctx=cfg.context_tokens,
+            lora_path=cfg.adapter,
+            model_id=ref.model_id,
+        )
+    if cfg.backend == "transformers":
+        from generators.hf import HFGenerator
+
+        return HFGenerator(
+            ref,
+            models_dir=Path(models_dir),
+            threads=cfg.threads,
+            adapter=cfg.adapter,
+            load_in_4bit=cfg.load_in_4bit,
+            context_tokens=cfg.context_tokens,
+        )
+    raise ConfigError(f"generator.backend: unknown backend {cfg.backend!r}")  # pragma: no cover
+
+
+def make_escalation_generator(endpoint: OpenAIEndpoint) -> Generator:
+    """A generator for an OpenAI-compatible server (the escalation model, or backend openai)."""
+    from generators.openai_compat import OpenAIGenerator
+
+    return OpenAIGenerator(
+        base_url=endpoint.base_url,
+        model=endpoint.model,
+        api_key=endpoint.api_key,
+        timeout=endpoint.timeout_s,
+    )

@@ -1,9 +1,9 @@
-"""What every generator backend shares, and the factory that picks one from the settings.
+"""What every generator backend shares (the factory is :func:`generators.make_generator`).
 
-Backends (``llamacpp``, ``transformers``, ``openai``, ``fake``) implement
-:class:`core.protocols.Generator` (``model_id`` + ``stream``) plus two helpers the answer
-pipeline uses: ``yes_probability(messages)`` (P("yes") / (P("yes") + P("no")) for the first
-token of the assistant's reply; the grounding check and the reranker) and ``count_tokens``.
+Backends (``llamacpp``, ``transformers``, ``openai``, ``fake``) implement the whole
+:class:`core.protocols.Generator`: ``stream`` (stop strings honoured), ``complete``,
+``yes_probability(messages)`` (P("yes") / (P("yes") + P("no")) for the first token of the
+assistant's reply: the grounding check and the reranker), ``count_tokens`` and ``warm_up``.
 Only core types cross this boundary: backend objects are converted inside each module.
 """
 from __future__ import annotations
@@ -15,9 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
-from core.errors import ConfigError
-from core.protocols import Generator
-from core.settings import GeneratorConfig, OpenAIEndpoint
 from core.types import GenParams, Message, Token
 
 #: First-token spellings counted as "yes" / "no" (only those that are one token are used).
@@ -171,67 +168,3 @@ def configure_threads(threads: int) -> None:
     """
     if threads > 1:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def make_generator(cfg: GeneratorConfig, models_dir: Path, *, base_dir: Path | None = None) -> Generator:
-    """The backend named by ``generator.backend``. Models load lazily, on first use or ``warm_up()``.
-
-    ``base_dir`` resolves a relative ``generator.model`` path (pass ``settings.config_dir``).
-    """
-    configure_threads(cfg.threads)
-    if cfg.backend == "fake":
-        from app.generators.fake import FakeGenerator
-
-        return FakeGenerator()
-    if cfg.backend == "openai":
-        if cfg.openai is None:  # the settings validator already refuses this
-            raise ConfigError("generator.openai: backend 'openai' needs base_url and model")
-        if cfg.adapter is not None:
-            raise ConfigError(
-                "generator.adapter: the openai backend cannot load a local adapter; serve the "
-                "merged model on the server (e.g. vLLM --enable-lora) or use backend transformers"
-            )
-        return make_escalation_generator(cfg.openai)
-
-    from app.models import resolve_model
-
-    ref = resolve_model(cfg, Path(models_dir), base_dir=base_dir)
-    if cfg.backend == "llamacpp":
-        from app.generators.llamacpp import LlamaCppGenerator
-
-        if ref.gguf_path is None:
-            raise ConfigError(
-                f"generator.model: {ref.path} is a Hugging Face folder; the llamacpp backend needs a "
-                "GGUF file (set generator.backend: transformers, or point generator.model at a .gguf)"
-            )
-        return LlamaCppGenerator(
-            ref.gguf_path,
-            n_threads=cfg.threads,
-            n_ctx=cfg.context_tokens,
-            lora_path=cfg.adapter,
-            model_id=ref.model_id,
-        )
-    if cfg.backend == "transformers":
-        from app.generators.hf import HFGenerator
-
-        return HFGenerator(
-            ref,
-            models_dir=Path(models_dir),
-            threads=cfg.threads,
-            adapter=cfg.adapter,
-            load_in_4bit=cfg.load_in_4bit,
-            context_tokens=cfg.context_tokens,
-        )
-    raise ConfigError(f"generator.backend: unknown backend {cfg.backend!r}")  # pragma: no cover
-
-
-def make_escalation_generator(endpoint: OpenAIEndpoint) -> Generator:
-    """A generator for an OpenAI-compatible server (the escalation model, or backend openai)."""
-    from app.generators.openai_compat import OpenAIGenerator
-
-    return OpenAIGenerator(
-        base_url=endpoint.base_url,
-        model=endpoint.model,
-        api_key=endpoint.api_key,
-        timeout=endpoint.timeout_s,
-    )

@@ -1,10 +1,10 @@
-"""A deterministic generator for tests: it reads the real prompt format and answers from it.
+"""A deterministic generator for tests: it reads the numbered sources and answers from them.
 
-It answers with the sentence of the numbered sources that shares the most content words
-with the question, followed by that source's ``[n]`` marker, or with ``ABSTAIN_TEXT`` when no
-source shares a content word with the question. It understands the other prompts of the
-answer flow too (follow-up condensing, query rewrite, yes/no checks), so logic tests
-exercise the real prompt code. ``replies`` scripts answer turns for routing tests.
+It answers with the sentence of the ``<source id="n">`` blocks that shares the most content
+words with the last ``Question:`` line, followed by that source's ``[n]`` marker, or with
+``ABSTAIN_TEXT`` when no source shares a content word with the question. ``GenParams.task``
+tells it what else is asked (follow-up condensing, query rewrite), so it depends on no prompt
+text of the answer pipeline. ``replies`` scripts answer turns for routing tests.
 """
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ import re
 from collections import deque
 from typing import Iterable, Iterator, Sequence
 
-from app.condense import CONDENSE_PREFIX, CONDENSE_SYSTEM, REWRITE_PREFIX, REWRITE_SYSTEM
-from app.prompts import ABSTAIN_TEXT, QUESTION_PREFIX, SYSTEM_PROMPT, YES_NO_SYSTEM
-from app.sentences import content_words, overlap, split_sentences, words
-from core.types import GenParams, Message, Token
+from core.text import content_words, overlap, split_sentences, words
+from core.types import ABSTAIN_TEXT, GenParams, Message, Token
+from generators.base import GeneratorBase
 
 _SOURCE = re.compile(r'<source id="(\d+)"[^>]*>\n(.*?)\n</source>', re.DOTALL)
 _BARE_SOURCE = re.compile(r"<source>\n(.*?)\n</source>", re.DOTALL)
+_QUESTION = re.compile(r"^(?:Question|Follow-up question): (.*)$", re.MULTILINE)
 _UNSUPPORTED = re.compile(r"which the sources do not support:\n((?:- .*\n)+)")
 
 
-class FakeGenerator:
+class FakeGenerator(GeneratorBase):
     """No-arg constructible, deterministic. ``calls`` records every ``stream`` call's messages."""
 
     def __init__(self, replies: Iterable[str] = (), *, model_id: str = "fake", yes: Iterable[float] = ()):
@@ -36,7 +36,10 @@ class FakeGenerator:
     # --- the Generator protocol --------------------------------------------------------
     def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[Token]:
         self.calls.append(list(messages))
-        text, confidence = self._reply(messages)
+        text, confidence = self._reply(messages, params.task)
+        for stop in params.stop:  # like a real backend: end before the stop string
+            if stop and stop in text:
+                text = text[: text.index(stop)]
         words_all = re.findall(r"\s*\S+", text)
         pieces = words_all[: params.max_tokens]
         logprob = math.log(max(confidence, 1e-3))
@@ -52,8 +55,13 @@ class FakeGenerator:
             return self.yes.popleft()
         user = messages[-1].content
         m = _BARE_SOURCE.search(user)
-        evidence = m.group(1) if m else ""
-        rest = user[m.end():] if m else user
+        if m:  # a standalone check: the evidence is in this message
+            evidence, rest = m.group(1), user[m.end():]
+        else:  # a check continuing the answer conversation: "source [n]" names the evidence
+            wanted = {int(n) for n in re.findall(r"\[(\d+)\]", user.split("\n", 1)[-1])}
+            blocks = [(int(i), body) for msg in messages[:-1] for i, body in _SOURCE.findall(msg.content)]
+            evidence = "\n".join(body for i, body in blocks if not wanted or i in wanted)
+            rest = user
         claim = re.search(r"^(?:Claim|Question): (.*)$", rest, re.MULTILINE)
         return round(0.05 + 0.9 * overlap(claim.group(1) if claim else rest, evidence), 4)
 
@@ -64,22 +72,22 @@ class FakeGenerator:
         return None
 
     # --- replies ----------------------------------------------------------------------
-    def _reply(self, messages: Sequence[Message]) -> tuple[str, float]:
-        system = messages[0].content if messages and messages[0].role == "system" else ""
+    def _reply(self, messages: Sequence[Message], task: str) -> tuple[str, float]:
         user = messages[-1].content
-        if system == CONDENSE_SYSTEM:
+        if task == "condense":
             return self._condense(user), 0.9
-        if system == REWRITE_SYSTEM:
-            q = _line_after(user, REWRITE_PREFIX)
+        if task == "rewrite":
+            q = _first(_QUESTION, user)
             return " ".join(w for w in words(q) if content_words(w)), 0.9
-        if system == YES_NO_SYSTEM:
+        if task == "check":
             return ("yes" if self.yes_probability(messages) >= 0.5 else "no"), 0.9
-        if system == SYSTEM_PROMPT and self.replies:
+        if task == "answer" and self.replies:
             return self.replies.popleft(), 0.5
         return self._answer(user)
 
     def _answer(self, user: str) -> tuple[str, float]:
-        question = _line_after(user, QUESTION_PREFIX, last=True)
+        found = _QUESTION.findall(user)
+        question = found[-1] if found else ""
         avoid = set()
         m = _UNSUPPORTED.search(user)
         if m:
@@ -101,7 +109,7 @@ class FakeGenerator:
         return f"{sent[:-1]} [{sid}]{sent[-1]}", 0.3 + 0.7 * score
 
     def _condense(self, user: str) -> str:
-        follow = _line_after(user, CONDENSE_PREFIX)
+        follow = _first(_QUESTION, user)
         if len(content_words(follow)) >= 3:
             return follow
         asked = [line[len("User: "):] for line in user.splitlines() if line.startswith("User: ")]
@@ -109,8 +117,6 @@ class FakeGenerator:
         return f"{follow.rstrip('?').strip()} regarding {topic}?" if topic else follow
 
 
-def _line_after(text: str, prefix: str, *, last: bool = False) -> str:
-    lines = [line[len(prefix):] for line in text.splitlines() if line.startswith(prefix)]
-    if not lines:
-        return ""
-    return lines[-1] if last else lines[0]
+def _first(pattern: re.Pattern[str], text: str) -> str:
+    m = pattern.search(text)
+    return m.group(1) if m else ""

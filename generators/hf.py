@@ -1,7 +1,7 @@
 """The transformers backend: CPU bf16 (AMX makes it fast here), CUDA 4-bit nf4 via bitsandbytes,
 optional PEFT LoRA adapter. Streams with ``TextIteratorStreamer`` fed by ``generate`` in a thread.
 
-A GGUF model is converted once into a cached HF folder (:func:`app.models.hf_folder_for`).
+A GGUF model is converted once into a cached HF folder (:func:`generators.model_files.hf_folder_for`).
 torch/transformers/peft are imported only when the model loads.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from app.generators.base import (
+from generators.base import (
     NO_WORDS,
     YES_WORDS,
     GeneratorBase,
@@ -22,7 +22,7 @@ from app.generators.base import (
     to_dicts,
     yes_share_from_logprobs,
 )
-from app.models import ModelRef, hf_folder_for
+from generators.model_files import ModelRef, hf_folder_for
 from core.errors import ConfigError, GeneratorError
 from core.types import GenParams, Message, Token
 

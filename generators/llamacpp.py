@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from app.generators.base import (
+from generators.base import (
     NO_WORDS,
     YES_WORDS,
     GeneratorBase,

@@ -10,7 +10,7 @@ import math
 import threading
 from typing import Any, Iterator, Sequence
 
-from app.generators.base import (
+from generators.base import (
     GeneratorBase,
     merge_finish,
     to_dicts,

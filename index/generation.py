@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -74,21 +74,6 @@ def write_atomic(path: Path, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def crash_point(stage: str) -> None:
-    """Crash-test hooks, inert unless set (tests/ingest/test_crash.py uses them).
-
-    ``KB_TEST_PAUSE_AT=<stage>``: print ``KB_TEST_STAGE <stage>`` to stderr and sleep, so a
-    test can kill -9 the process at exactly that moment. Stages: ``embedding`` (after the
-    first embedded batch was cached), ``faiss_written``, ``manifest_written``.
-    """
-    want = os.environ.get("KB_TEST_PAUSE_AT")
-    if want and want == stage:
-        import sys
-
-        print(f"KB_TEST_STAGE {stage}", file=sys.stderr, flush=True)
-        time.sleep(float(os.environ.get("KB_TEST_PAUSE_S", "120")))
 
 
 # --- the lock ---------------------------------------------------------------------------
@@ -212,8 +197,11 @@ class GenerationWriter:
     ``store``/``vectors`` create the copy on first use. Call with the ingest lock held.
     """
 
-    def __init__(self, settings: Settings, *, model_id: str, dim: int):
+    def __init__(self, settings: Settings, *, model_id: str, dim: int,
+                 on_stage: Callable[[str], None] | None = None):
         self.settings = settings
+        #: called at "faiss_written" and "manifest_written" while publishing (crash tests)
+        self.on_stage: Callable[[str], None] = on_stage or (lambda _stage: None)
         self.gens = Generations(settings.index_dir)
         self.model_id = model_id
         self.dim = dim
@@ -323,7 +311,7 @@ class GenerationWriter:
         store.set_meta("embedder", self.model_id)
         store.finalize()
         vectors.save(path / VECTORS_NAME)
-        crash_point("faiss_written")
+        self.on_stage("faiss_written")
         manifest = {
             "generation": self.gen, "parent": self.base,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -334,7 +322,7 @@ class GenerationWriter:
             **(extra or {}),
         }
         write_atomic(path / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
-        crash_point("manifest_written")
+        self.on_stage("manifest_written")
         self.gens.publish(self.gen)
         log.info("generation published gen=%s documents=%d chunks=%d", self.gen, counts["documents"], counts["chunks"])
         self.gens.prune()

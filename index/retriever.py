@@ -14,6 +14,7 @@ import numpy as np
 
 from core.protocols import Embedder
 from core.settings import RetrievalConfig
+from core.text import STOPWORDS
 from core.types import Hit, Principal
 from index.generation import IndexReader, IndexSnapshot
 from index.store import ChunkRow
@@ -23,15 +24,6 @@ log = logging.getLogger(__name__)
 MODES = ("hybrid", "dense", "bm25")
 #: Most terms an FTS query gets (long pasted questions would otherwise match everything).
 MAX_TERMS = 32
-
-STOPWORDS = frozenset("""
-a about above after again all am an and any are as at be because been before being below between both
-but by can could did do does doing down during each few for from further had has have having he her here
-hers herself him himself his how i if in into is it its itself just me more most my myself no nor not
-now of off on once only or other our ours ourselves out over own same she should so some such than that
-the their theirs them themselves then there these they this those through to too under until up very was
-we were what when where which while who whom why will with would you your yours yourself yourselves
-""".split())
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 

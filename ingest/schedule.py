@@ -90,7 +90,7 @@ def build_trigger(cfg: ScheduleConfig, timezone: Any = None) -> Any:
                       "schedule.interval_minutes in the settings file")
 
 
-def run_reindex_once(settings: Settings, *, lock_timeout: float = 0.0, progress: bool = False) -> Any:
+def run_reindex_once(settings: Settings, *, lock_timeout: float = 0.0, progress: Any = None) -> Any:
     """One scheduled reindex of every enabled source. Returns the IngestReport, or None when
     it was skipped (another ingest holds the lock) or failed; never raises (the scheduler
     must survive a bad night)."""

@@ -13,9 +13,7 @@ run, even one that was killed), so only new chunk texts reach the model.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -27,7 +25,7 @@ from core.protocols import Connector, Embedder
 from core.settings import Settings, SourceConfig
 from core.types import Chunk, Document, IngestFailure
 from index.cache import EmbeddingCache
-from index.generation import GenerationWriter, Generations, crash_point, ingest_lock
+from index.generation import GenerationWriter, Generations, ingest_lock
 from index.store import text_sha
 from index.vectors import FaissIndex
 from ingest.report import IngestReport, SourceReport, utc_now
@@ -61,6 +59,7 @@ class _Sink:
     pending_chunks: int = 0
     removed: list[int] = field(default_factory=list)
     embedded: int = 0
+    on_stage: Callable[[str], None] = lambda _stage: None
 
     def put(self, item: _Pending) -> None:
         self.pending.append(item)
@@ -96,7 +95,6 @@ class _Sink:
         model = self.embedder.model_id
         found = self.cache.get_many(model, shas, self.embedder.dim)
         missing = [s for s in dict.fromkeys(shas) if s not in found]
-        slow_ms = float(os.environ.get("KB_TEST_SLOW_EMBED_MS", "0") or 0)  # crash tests only
         for i in range(0, len(missing), EMBED_BATCH):
             part = missing[i:i + EMBED_BATCH]
             vecs = self.embedder.embed_documents([texts[s] for s in part])
@@ -104,9 +102,7 @@ class _Sink:
             found.update(zip(part, vecs))
             self.embedded += len(part)
             log.debug("embedded batch texts=%d total=%d", len(part), self.embedded)
-            if slow_ms:
-                time.sleep(slow_ms / 1000.0)
-            crash_point("embedding")
+            self.on_stage("embedding")
         return np.stack([found[s] for s in shas]).astype(np.float32)
 
 
@@ -127,15 +123,13 @@ def _failure_prefixes(src: SourceConfig, failures: Sequence[IngestFailure]) -> t
     return keep_ids, keep_prefixes, blocking
 
 
-def _make_bar(progress: bool, total: int | None, desc: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="doc", disable=not progress, file=sys.stderr, leave=True,
-                dynamic_ncols=True)
+#: ``progress(source, documents_read, expected_or_None)``: called with 0 when a source starts
+#: and after every document read. The CLI turns it into a tqdm bar; the web job into a dict.
+ProgressFn = Callable[[str, int, "int | None"], None]
 
 
 def _sync_source(src: SourceConfig, *, writer: GenerationWriter, sink: _Sink, chunker: Any,
-                 factory: ConnectorFactory, progress: bool) -> SourceReport:
+                 factory: ConnectorFactory, progress: ProgressFn | None) -> SourceReport:
     rep = SourceReport(name=src.name, type=src.type, path=str(src.path))
     t0 = time.monotonic()
     try:
@@ -156,10 +150,11 @@ def _sync_source(src: SourceConfig, *, writer: GenerationWriter, sink: _Sink, ch
         total = None
     seen: set[str] = set()
     embedded_before = sink.embedded
-    bar = _make_bar(progress, total, src.name)
+    report_progress = progress or (lambda _s, _n, _t: None)
+    report_progress(src.name, 0, total)
     try:
-        for doc in connector.documents():
-            bar.update(1)
+        for n, doc in enumerate(connector.documents(), start=1):
+            report_progress(src.name, n, total)
             if doc.id in seen:
                 rep.fail_file(IngestFailure(path=str(doc.metadata.get("path", doc.uri)),
                                             reason=f"duplicate document id {doc.id!r}: second one skipped", doc_id=doc.id))
@@ -183,8 +178,6 @@ def _sync_source(src: SourceConfig, *, writer: GenerationWriter, sink: _Sink, ch
     except Exception as e:  # a connector bug: keep the source's documents, go on with the others
         rep.status, rep.error, rep.pruned = "failed", f"{type(e).__name__}: {e}", False
         log.exception("source failed source=%s", src.name)
-    finally:
-        bar.close()
     sink.flush()  # a source's documents are all written before the next source starts
     rep.chunks_embedded = sink.embedded - embedded_before
     for f in getattr(connector, "failures", []):
@@ -241,16 +234,19 @@ def _reembed_all(writer: GenerationWriter, sink: _Sink, settings: Settings, repo
     log.info("embedder changed old=%s new=%s chunks=%d", old, sink.embedder.model_id, n)
 
 
-def sync_sources(settings: Settings, sources: Sequence[SourceConfig], *, progress: bool = True,
+def sync_sources(settings: Settings, sources: Sequence[SourceConfig], *, progress: ProgressFn | None = None,
                  embedder: Embedder | None = None, chunker: Any = None,
                  connector_factory: ConnectorFactory | None = None,
-                 lock_timeout: float | None = None) -> IngestReport:
+                 lock_timeout: float | None = None,
+                 on_stage: Callable[[str], None] | None = None) -> IngestReport:
     """Sync ``sources`` into a new index generation and publish it atomically.
 
     Holds ``data_dir/ingest.lock`` for the whole run: if another ingest holds it, waits
     ``lock_timeout`` s (default ``index.generation.LOCK_WAIT_S``), then raises IngestBusyError.
     When nothing changed, nothing is published. The report is saved as JSON under ``reports_dir`` and recorded in ``app_db``.
-    ``progress`` shows one tqdm bar per source on stderr (for the CLI).
+    ``progress`` is told of every document read (see :data:`ProgressFn`). ``on_stage(name)``
+    is called at "embedding" (after each embedded batch was cached), "faiss_written" and
+    "manifest_written": crash tests pause or slow the run there.
     """
     from index.embedder import load_embedder
     from ingest.chunking import make_chunker
@@ -266,8 +262,8 @@ def sync_sources(settings: Settings, sources: Sequence[SourceConfig], *, progres
         factory = connector_factory or make_connector
         report.embedder, report.index_kind = embedder.model_id, settings.index.kind
         cache = EmbeddingCache(settings.data_dir / CACHE_FILE)
-        writer = GenerationWriter(settings, model_id=embedder.model_id, dim=embedder.dim)
-        sink = _Sink(writer, cache, embedder)
+        writer = GenerationWriter(settings, model_id=embedder.model_id, dim=embedder.dim, on_stage=on_stage)
+        sink = _Sink(writer, cache, embedder, on_stage=on_stage or (lambda _stage: None))
         try:
             if writer.reembed_needed:
                 _reembed_all(writer, sink, settings, report)

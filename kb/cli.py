@@ -1,4 +1,4 @@
-"""The ``kb`` command: the composition root that wires every package's subcommands.
+"""The ``kb`` command: kb's own subcommands plus those other packages plug in (entry points).
 
 Subcommands load lazily (click's documented LazyGroup pattern) so ``kb --help`` and
 ``kb status`` start in well under a second: torch and sentence-transformers are imported
@@ -16,26 +16,33 @@ from core.errors import KBError
 
 #: name -> "module:attribute" of a click command or group.
 SUBCOMMANDS = {
-    "ingest": "ingest.cli:ingest",
-    "reindex": "ingest.cli:reindex",
-    "status": "ingest.cli:status",
-    "schedule": "ingest.cli:schedule",
-    "ask": "app.commands.ask:ask",
-    "serve": "app.commands.serve:serve",
-    "users": "app.commands.users:users",
-    "models": "app.commands.models:models",
-    "finetune": "finetune.cli:finetune",
-    "eval": "eval.cli:eval_cmd",
+    "ingest": "kb.commands.ingest:ingest",
+    "reindex": "kb.commands.ingest:reindex",
+    "status": "kb.commands.ingest:status",
+    "schedule": "kb.commands.ingest:schedule",
+    "ask": "kb.commands.ask:ask",
+    "serve": "kb.commands.serve:serve",
+    "users": "kb.commands.users:users",
+    "models": "kb.commands.models:models",
 }
+#: Entry-point group through which packages layered above kb (eval, finetune) add commands.
+PLUGIN_GROUP = "kb.commands"
+
+
+def _plugins() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=PLUGIN_GROUP)}
 
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(SUBCOMMANDS))
+        return sorted(set(super().list_commands(ctx)) | set(SUBCOMMANDS) | set(_plugins()))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in SUBCOMMANDS:
-            module, attr = SUBCOMMANDS[name].split(":")
+        target = SUBCOMMANDS.get(name) or _plugins().get(name)
+        if target:
+            module, attr = target.split(":")
             try:
                 return getattr(importlib.import_module(module), attr)
             except (ImportError, AttributeError) as e:  # an optional dependency missing
@@ -89,16 +96,6 @@ def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
     # pypdf warns about every malformed cross-reference of real-world PDFs; the text is fine.
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     ctx.obj = {"config": config}
-
-
-def get_settings(ctx: click.Context):
-    """Load settings once per invocation (subcommands call this)."""
-    from core.settings import load_settings
-
-    root = ctx.find_root()
-    if "settings" not in root.obj:
-        root.obj["settings"] = load_settings(root.obj.get("config"))
-    return root.obj["settings"]
 
 
 if __name__ == "__main__":

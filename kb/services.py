@@ -15,7 +15,8 @@ from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_PARTS = ("embedder", "index", "retriever", "generator", "escalation", "answer_log", "confidence", "answer_service")
+_PARTS = ("embedder", "index", "retriever", "generator", "escalation", "answer_log", "confidence", "answer_service",
+          "index_admin")
 
 
 class Services:
@@ -63,7 +64,7 @@ class Services:
 
     @property
     def generator(self):
-        from app.generators.base import make_generator
+        from generators import make_generator
 
         s = self.settings
         return self._once("generator", lambda: make_generator(s.generator, s.models_dir, base_dir=s.config_dir))
@@ -74,7 +75,7 @@ class Services:
             endpoint = self.settings.answer.escalation
             if endpoint is None:
                 return None
-            from app.generators.base import make_escalation_generator
+            from generators import make_escalation_generator
 
             return make_escalation_generator(endpoint)
 
@@ -82,19 +83,19 @@ class Services:
 
     @property
     def answer_log(self):
-        from app.logstore import AnswerLog
+        from answer.log import AnswerLog
 
         return self._once("answer_log", lambda: AnswerLog(self.settings.app_db))
 
     @property
     def confidence(self):
-        from app.confidence import WEIGHTS_FILE, ConfidenceModel
+        from answer.confidence import WEIGHTS_FILE, ConfidenceModel
 
         return self._once("confidence", lambda: ConfidenceModel.load(self.settings.data_dir / WEIGHTS_FILE))
 
     @property
     def answer_service(self):
-        from app.service import KnowledgeAnswerService
+        from answer.service import KnowledgeAnswerService
 
         def build():
             index = self.index
@@ -108,6 +109,13 @@ class Services:
             )
 
         return self._once("answer_service", build)
+
+    @property
+    def index_admin(self):
+        """Index status and the background re-index for the admin tab."""
+        from kb.jobs import IndexAdmin
+
+        return self._once("index_admin", lambda: IndexAdmin(self.settings, embedder_provider=lambda: self.embedder))
 
     def warm_up(self) -> None:
         """Load the embedder, the index and the model now (servers call this at start)."""

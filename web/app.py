@@ -21,9 +21,9 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from app import ui_render as R
-from app.auth import UserDirectory, header_user, principal_from_headers
-from app.ui_admin import NotAdminError, ReindexJob, feedback_summary, index_status, recent_questions
+from web import render as R
+from web.auth import UserDirectory, header_user, principal_from_headers
+from web.admin import IndexAdmin, NotAdminError, feedback_summary, recent_questions
 from core.errors import ConfigError, IndexError_, KBError, ModelNotFoundError
 from core.settings import Settings
 from core.types import Message, Principal
@@ -98,12 +98,13 @@ class ChatController:
     """Everything the page does, as plain methods taking the caller's Principal."""
 
     def __init__(self, services: Any, settings: Settings, warmup: WarmUp,
-                 directory: UserDirectory | None = None, reindex: ReindexJob | None = None):
+                 directory: UserDirectory | None = None, admin: IndexAdmin | None = None):
         self.services = services
         self.settings = settings
         self.warmup = warmup
         self.directory = directory
-        self.reindex = reindex or ReindexJob(settings, embedder_provider=lambda: services.embedder)
+        #: index status and re-index for the admin tab (``services.index_admin`` unless given)
+        self.reindex: IndexAdmin = admin if admin is not None else services.index_admin
         self.threshold = settings.answer.confidence_threshold
 
     # --- who ---------------------------------------------------------------------------
@@ -192,16 +193,14 @@ class ChatController:
                                       "Please try again; the details are in the server log."))
 
     def _stream(self, question: str, session: ChatSession, user: Principal, idx: int, show):
-        from app.service import RESTART_STATUSES
-
         status, draft = "Thinking…", ""
         history = list(session.history)
         for ev in self.services.answer_service.stream(question, user=user, history=history):
             if ev.kind == "status":
                 status = ev.text
-                if ev.text in RESTART_STATUSES:
-                    draft = ""  # the draft is being replaced
                 yield show(R.render_streaming(status, draft))
+            elif ev.kind == "discard":
+                draft = ""  # the draft is being replaced
             elif ev.kind == "token":
                 draft += ev.text
                 yield show(R.render_streaming(status, draft))
@@ -248,7 +247,7 @@ class ChatController:
     def admin_panels(self, user: Principal) -> tuple[str, str, str, str, str]:
         """(index status, failed files, re-index progress, recent questions, feedback summary)."""
         try:
-            st = index_status(self.settings, user)
+            st = self.reindex.status(user)
             return (R.render_index_status(st), R.render_failures(st), R.render_progress(self.reindex.snapshot()),
                     R.render_recent(recent_questions(self.services.answer_log, user)),
                     R.render_feedback_summary(feedback_summary(self.services.answer_log, user)))

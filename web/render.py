@@ -206,7 +206,7 @@ def other_sources(answer: Answer) -> list[Citation]:
     """The sources the model was given but did not cite, numbered as in its prompt (the
     service numbers ``answer.sources`` from 1), each quoted with its sentence closest to the
     question. Already ACL-filtered for the asking user, like everything in the Answer."""
-    from app.citations import best_quote, to_citation
+    from answer.citations import best_quote, to_citation
 
     cited = {c.n for c in answer.citations}
     q = answer.standalone_question or answer.question
@@ -321,7 +321,7 @@ def render_feedback_summary(s: Mapping[str, Any]) -> str:
 
 
 def render_progress(p: Mapping[str, Any]) -> str:
-    """The re-index job's state for the admin tab (see ``app.ui_admin.ReindexJob.snapshot``)."""
+    """The re-index job's state for the admin tab (see ``kb.jobs.IndexAdmin.snapshot``)."""
     state = p.get("state", "idle")
     if state == "idle":
         return '<div class="kb-muted">No re-index has run since the server started.</div>'

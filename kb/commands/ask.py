@@ -20,7 +20,7 @@ def resolve_user(settings, username: str | None, groups: str | None) -> Principa
     auth = settings.server.auth
     users_file = auth.users_file
     if users_file is not None and Path(users_file).is_file():
-        from app.auth import UserDirectory
+        from web.auth import UserDirectory
 
         principal = UserDirectory.from_config(auth).principal_for(username)
         if principal.is_anonymous:
@@ -74,12 +74,11 @@ Examples:
 def ask(ctx: click.Context, question: str, username: str | None, groups: str | None, history_file: str | None,
         as_json: bool) -> None:
     """Answer QUESTION from the knowledge base, with citations, as --user would see it."""
-    from app.service import RESTART_STATUSES
-    from app.services import build_services
-    from kb.cli import get_settings
+    from kb.services import build_services
+    from kb.settings import get_settings
 
     if logging.getLogger().level > logging.DEBUG:  # no INFO lines inside the streamed answer (-v shows them)
-        for name in ("app", "index", "ingest"):
+        for name in ("answer", "generators", "index", "ingest"):
             logging.getLogger(name).setLevel(logging.WARNING)
     settings = get_settings(ctx)
     user = resolve_user(settings, username, groups)
@@ -97,11 +96,11 @@ def ask(ctx: click.Context, question: str, username: str | None, groups: str | N
             answer = ev.answer
         elif as_json:
             continue
+        elif ev.kind == "discard":
+            if streamed:
+                click.echo("")
+            streamed = ""
         elif ev.kind == "status":
-            if ev.text in RESTART_STATUSES:
-                if streamed:
-                    click.echo("")
-                streamed = ""
             click.secho(f"[{ev.text}]", fg="bright_black", err=True)
         elif ev.kind == "token":
             streamed += ev.text

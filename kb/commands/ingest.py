@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from kb.cli import get_settings
+from kb.progress import TqdmProgress
+from kb.settings import get_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 
@@ -63,7 +64,8 @@ def _run_sync(settings: Any, sources: list[Any], *, as_json: bool, progress: boo
     from ingest.sync import sync_sources
 
     try:
-        report = sync_sources(settings, sources, progress=progress and not as_json)
+        with TqdmProgress(enabled=progress and not as_json) as bars:
+            report = sync_sources(settings, sources, progress=bars)
     except IngestBusyError as e:
         click.secho(f"error: {e}", fg="red", err=True)
         return EXIT_BUSY
@@ -228,7 +230,7 @@ def schedule(ctx: click.Context, once: bool) -> None:
         if not sources:
             raise click.UsageError("no enabled sources in the settings")
         try:
-            report = sync_sources(settings, sources, progress=False)
+            report = sync_sources(settings, sources)
         except IngestBusyError as e:
             click.secho(f"skipped: {e}", fg="yellow", err=True)
             ctx.exit(EXIT_BUSY)

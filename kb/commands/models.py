@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from kb.cli import get_settings
+from kb.settings import get_settings
 
 
 @click.group(
@@ -33,7 +33,7 @@ def status(ctx: click.Context) -> None:
     Example:
       kb models status
     """
-    from app.models import model_statuses
+    from generators.model_files import model_statuses
 
     settings = get_settings(ctx)
     models_dir = settings.models_dir
@@ -88,7 +88,7 @@ def prepare(ctx: click.Context, verify: bool, to_hf: bool, model_name: str | Non
       kb models prepare --hf                       # for the transformers backend / fine-tuning
       kb models prepare --hf --model smollm2-135m
     """
-    from app.models import DEFAULT_MODEL, assemble_default_model, hf_folder_for, resolve_model
+    from generators.model_files import DEFAULT_MODEL, assemble_default_model, hf_folder_for, resolve_model
 
     settings = get_settings(ctx)
     cfg = settings.generator
@@ -139,7 +139,7 @@ def try_(ctx: click.Context, prompt: str, model_name: str | None, backend: str |
       kb models try "What is 2+2?" --backend transformers --model smollm2-135m
       kb models try "Summarise our PTO policy" --max-tokens 64
     """
-    from app.generators.base import make_generator
+    from generators import make_generator
     from core.types import GenParams, Message
 
     settings = get_settings(ctx)

@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from kb.cli import get_settings
+from kb.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_ingest: boo
 
     directory = None
     if auth.mode == "users_file":  # fail now, before any slow step, if the users file is bad
-        from app.auth import UserDirectory
+        from web.auth import UserDirectory
 
         directory = UserDirectory.from_config(auth)
         log.info("users_file=%s users=%d", auth.users_file, len(directory.users))
@@ -63,14 +63,16 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_ingest: boo
     sources = [s for s in settings.sources if s.enabled]
     if index_is_empty(settings) and sources and not no_ingest:
         from ingest.sync import sync_sources
+        from kb.progress import TqdmProgress
 
         click.echo(f"The index is empty: ingesting {len(sources)} source(s) first "
                    "(skip with --no-ingest)…", err=True)
-        report = sync_sources(settings, sources, progress=True)
+        with TqdmProgress() as bars:
+            report = sync_sources(settings, sources, progress=bars)
         click.echo(f"Ingest done: {report.documents_total} documents, {report.chunks_total} chunks.", err=True)
 
-    from app.services import build_services
-    from app.ui import WarmUp, build_app, launch_options
+    from kb.services import build_services
+    from web.app import WarmUp, build_app, launch_options
 
     services = build_services(settings)
     warmup = WarmUp(services).start()  # models load now, in the background; the page says so

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from core.errors import ConfigError
-from kb.cli import get_settings
+from kb.settings import get_settings
 
 
 def _users_file(ctx: click.Context, override: str | None) -> Path:
@@ -49,7 +49,7 @@ def add(ctx: click.Context, name: str, email: str | None, groups: str, display_n
 
     Prompts for the password twice and stores only its bcrypt hash.
     """
-    from app.auth import USERNAME_RE, UserRecord, hash_password, load_users, save_users
+    from web.auth import USERNAME_RE, UserRecord, hash_password, load_users, save_users
 
     if not USERNAME_RE.match(name):
         raise click.BadParameter("use letters, digits, '_', '.', '@', '-' (max 64)", param_hint="NAME")
@@ -82,7 +82,7 @@ def add(ctx: click.Context, name: str, email: str | None, groups: str, display_n
 @click.pass_context
 def list_users(ctx: click.Context, users_file: str | None) -> None:
     """List users with their email and groups (never the hashes)."""
-    from app.auth import ADMIN_GROUP, load_users
+    from web.auth import ADMIN_GROUP, load_users
 
     path = _users_file(ctx, users_file)
     records = load_users(path)

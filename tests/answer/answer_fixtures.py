@@ -51,7 +51,7 @@ def build_index(settings: Settings, docs: Sequence[Document] | None = None):
 
     embedder = load_embedder(settings.embedding)
     factory = None if docs is None else (lambda src: MemoryConnector(docs))
-    sync_sources(settings, settings.sources, progress=False, embedder=embedder, connector_factory=factory)
+    sync_sources(settings, settings.sources, embedder=embedder, connector_factory=factory)
     index = open_index(settings)
     return index, HybridRetriever(index, embedder, settings.retrieval), embedder
 
@@ -69,9 +69,9 @@ class Rig:
 
 def make_rig(root: Path, docs: Sequence[Document], *, generator=None, escalation=None, retriever=None,
              **overrides: Any) -> Rig:
-    from app.generators.fake import FakeGenerator
-    from app.logstore import AnswerLog
-    from app.service import KnowledgeAnswerService
+    from generators.fake import FakeGenerator
+    from answer.log import AnswerLog
+    from answer.service import KnowledgeAnswerService
 
     settings = make_settings(root, **overrides)
     index, real_retriever, embedder = build_index(settings, docs)

@@ -18,7 +18,7 @@ from answer_fixtures import collect, doc, make_rig
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.generators.fake import FakeGenerator
+from generators.fake import FakeGenerator
 from core.types import Principal
 
 TOPICS = ["vacation", "expense", "laptop", "parking", "salary", "launch"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.citations import (
+from answer.citations import (
     answer_sentences,
     best_quote,
     clean_markers,
@@ -130,7 +130,7 @@ def test_source_citations_list_every_source():
 
 
 def test_sentences_join_soft_wraps_and_split_blocks():
-    from app.sentences import sentence_spans
+    from core.text import sentence_spans
 
     text = ("## Canary\nA canary runs for **72 hours**\nbefore the rollout continues. Then waves.\n"
             "| Tier | Days |\n- item one\nalice (2026-10-14 07:55): Done.\ndave (2026-10-14 08:00): ok")

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from app.citations import extract_citations
-from app.confidence import (
+from answer.citations import extract_citations
+from answer.confidence import (
     FEATURES,
     ConfidenceModel,
     answer_features,
@@ -17,8 +17,8 @@ from app.confidence import (
     plot_reliability,
     sentence_support,
 )
-from app.generators.fake import FakeGenerator
-from app.prompts import ABSTAIN_TEXT
+from generators.fake import FakeGenerator
+from answer.prompts import ABSTAIN_TEXT
 from core.errors import ConfigError
 from core.types import Chunk, Hit
 from index.embedder import HashEmbedder
@@ -148,7 +148,7 @@ def test_reliability_plot_is_written(tmp_path):
 # --- calibration on facts (the pipeline part) --------------------------------------------
 
 def test_facts_labels_and_askers(tmp_path, sample_dir):
-    from app.calibration import Fact, askers, label, load_facts
+    from eval.calibration import Fact, askers, label, load_facts
     from core.types import Principal
 
     facts = load_facts(sample_dir / "facts.jsonl")
@@ -173,7 +173,7 @@ def test_facts_labels_and_askers(tmp_path, sample_dir):
 def test_collect_records_runs_the_service(tmp_path):
     from answer_fixtures import doc, make_rig
 
-    from app.calibration import Fact, collect_records
+    from eval.calibration import Fact, collect_records
     from core.types import Principal
 
     rig = make_rig(tmp_path, [doc("pto", "Full-time employees can carry over 6 days of unused vacation.")],

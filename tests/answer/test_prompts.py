@@ -6,7 +6,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.prompts import (
+from answer.prompts import (
     ABSTAIN_TEXT,
     SYSTEM_PROMPT,
     build_correction_messages,

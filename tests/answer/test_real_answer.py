@@ -31,7 +31,7 @@ def test_real_pipeline_answers_with_structure(tmp_path, sample_dir):
         generator={"backend": backend, "model": "smollm2-135m", "threads": 1, "max_tokens": 48},
     )
     index, retriever, embedder = build_index(settings)
-    from app.services import build_services
+    from kb.services import build_services
 
     services = build_services(settings, index=index, retriever=retriever, embedder=embedder)
     events = list(services.answer_service.stream(

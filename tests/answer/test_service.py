@@ -8,12 +8,12 @@ import pytest
 from answer_fixtures import collect, doc, make_rig, make_settings, build_index
 from click.testing import CliRunner
 
-from app.condense import condense_question, rewrite_query
-from app.context_filter import ContextFilter
-from app.generators.fake import FakeGenerator
-from app.logstore import AnswerLog
-from app.prompts import ABSTAIN_TEXT, SYSTEM_PROMPT
-from app.service import RESTART_STATUSES, STATUS_DOUBLE_CHECKING, STATUS_ESCALATING, STATUS_SEARCHING
+from answer.condense import condense_question, rewrite_query
+from answer.context_filter import ContextFilter
+from generators.fake import FakeGenerator
+from answer.log import AnswerLog
+from answer.prompts import ABSTAIN_TEXT, SYSTEM_PROMPT
+from answer.service import RESTART_STATUSES, STATUS_DOUBLE_CHECKING, STATUS_ESCALATING, STATUS_SEARCHING
 from core.errors import KBError
 from core.types import Chunk, Hit, Message, Principal
 
@@ -151,7 +151,7 @@ def test_condense_guard_keeps_the_question():
             super().__init__()
             self.text = text
 
-        def _reply(self, messages):
+        def _reply(self, messages, task):
             return self.text, 0.5
 
     q = "What about contractors?"
@@ -216,7 +216,7 @@ def test_answer_log_feedback(tmp_path, rig):
 
 
 def test_build_services_end_to_end(tmp_path):
-    from app.services import build_services
+    from kb.services import build_services
 
     settings = make_settings(tmp_path)
     build_index(settings, DOCS)
@@ -231,7 +231,7 @@ def test_build_services_end_to_end(tmp_path):
 
 
 def _cli_config(tmp_path):
-    from app.auth import hash_password
+    from web.auth import hash_password
 
     h = hash_password("acme-demo", rounds=4)
     users = tmp_path / "users.yaml"

@@ -95,7 +95,7 @@ def build_index(settings: Settings, docs: Sequence[Document]) -> None:
     from index.embedder import load_embedder
     from ingest.sync import sync_sources
 
-    sync_sources(settings, settings.sources, progress=False, embedder=load_embedder(settings.embedding),
+    sync_sources(settings, settings.sources, embedder=load_embedder(settings.embedding),
                  connector_factory=lambda src: MemoryConnector(docs))
 
 
@@ -109,7 +109,7 @@ def kb_settings(tmp_path) -> Settings:
 @pytest.fixture(scope="session")
 def smol_hf(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct as a transformers folder (converted from its GGUF once per session)."""
-    from app.models import hf_folder_for, resolve_model
+    from generators.model_files import hf_folder_for, resolve_model
     from core.errors import ModelNotFoundError
     from core.settings import GeneratorConfig
 

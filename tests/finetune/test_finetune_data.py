@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from app.citations import cited_numbers
-from app.prompts import ABSTAIN_TEXT, QUESTION_PREFIX, SYSTEM_PROMPT
-from app.sentences import overlap
+from answer.citations import cited_numbers
+from answer.prompts import ABSTAIN_TEXT, QUESTION_PREFIX, SYSTEM_PROMPT
+from core.text import overlap
 from core.types import Answer, Hit
 from finetune import data as data_mod
 from finetune.data import HELDOUT_FILE, MANIFEST, TRAIN_FILE, BuildOptions, build_dataset, dedupe, split_by_document
@@ -46,7 +46,7 @@ def test_examples_use_the_service_prompt_exactly(kb_settings, tmp_path, monkeypa
     assert len(rows) >= 15
     for r in rows:
         prompt = r["messages"][:-1]
-        assert prompt in built  # byte-for-byte what app.prompts.build_messages returned
+        assert prompt in built  # byte-for-byte what answer.prompts.build_messages returned
         assert prompt[0] == {"role": "system", "content": SYSTEM_PROMPT}
         assert f"{QUESTION_PREFIX}{r['question']}" in prompt[1]["content"]
         assert prompt[1]["content"].count("<source id=") == len(r["source_chunk_ids"]) <= 3
@@ -168,7 +168,7 @@ def _hit(settings, doc_id: str) -> Hit:
 
 
 def test_feedback_thumbs_up_and_corrections(kb_settings, tmp_path):
-    from app.logstore import AnswerLog
+    from answer.log import AnswerLog
 
     log = AnswerLog(kb_settings.app_db)
     vpn, secret = _hit(kb_settings, "t:vpn"), _hit(kb_settings, "t:calibration")

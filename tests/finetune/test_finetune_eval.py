@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from app.prompts import ABSTAIN_TEXT
+from answer.prompts import ABSTAIN_TEXT
 from core.errors import ConfigError
 from finetune.config import load_train_config
 

@@ -113,7 +113,7 @@ def test_base_frozen_adapter_moves_loss_finite(trained):
 
 
 def test_adapter_folder_and_metadata(trained):
-    from app.models import sha256_file, smollm2_gguf_path
+    from generators.model_files import sha256_file, smollm2_gguf_path
 
     settings, _, result, _ = trained
     out = result.output_dir
@@ -139,8 +139,8 @@ def _heldout_prompt(settings) -> list[Message]:
 
 
 def test_hf_generator_loads_adapter_by_config_and_output_changes(trained):
-    from app.generators.base import make_generator
-    from app.generators.hf import HFGenerator
+    from generators import make_generator
+    from generators.hf import HFGenerator
 
     settings, _, result, _ = trained
     msgs = _heldout_prompt(settings)
@@ -195,7 +195,7 @@ def test_resume_continues_where_interrupted(rig):
 def _llama(lora: Path | None):
     import llama_cpp
 
-    from app.models import smollm2_gguf_path
+    from generators.model_files import smollm2_gguf_path
 
     return llama_cpp.Llama(model_path=str(smollm2_gguf_path()), n_ctx=1024, n_threads=1, verbose=False,
                            logits_all=True, lora_path=str(lora) if lora else None)
@@ -203,7 +203,7 @@ def _llama(lora: Path | None):
 
 def test_llamacpp_loads_gguf_lora_and_output_changes(trained):
     pytest.importorskip("llama_cpp")
-    from app.generators.base import make_generator
+    from generators import make_generator
 
     settings, _, result, _ = trained
     msgs = _heldout_prompt(settings)
@@ -262,7 +262,7 @@ def test_gguf_lora_layout_matches_peft(trained, smol_hf, tmp_path, module, min_c
 def test_llamacpp_refuses_a_peft_only_folder(trained, tmp_path):
     import shutil
 
-    from app.generators.base import make_generator
+    from generators import make_generator
     from core.errors import ConfigError
 
     settings, _, result, _ = trained

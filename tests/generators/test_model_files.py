@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import app.models as models
-from app.models import (
+import generators.model_files as models
+from generators.model_files import (
     DEFAULT_MODEL,
     SMOLLM2_ID,
     ModelPart,
@@ -180,7 +180,7 @@ def test_models_status_command(tmp_path):
 
 def test_models_try_streams_with_the_fake_backend(tmp_path, monkeypatch):
     """The fake generator belongs to the answering helper; skip until it exists."""
-    pytest.importorskip("app.generators.fake")
+    pytest.importorskip("generators.fake")
     from kb.cli import main
 
     (tmp_path / "kb.yaml").write_text(f"data_dir: {tmp_path / 'data'}\n")

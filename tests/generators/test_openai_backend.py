@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from app.generators.base import make_escalation_generator
-from app.generators.openai_compat import OpenAIGenerator
+from generators import make_escalation_generator
+from generators.openai_compat import OpenAIGenerator
 from core.errors import GeneratorError
 from core.settings import OpenAIEndpoint
 from core.types import GenParams, Message

@@ -35,7 +35,7 @@ def _settings(data_dir: Path, **kw) -> Settings:
 
 def _ingest(settings: Settings, docs, source: str = "kb"):
     src = SourceConfig(name=source, type="wiki", path=settings.data_dir)
-    return sync_sources(settings, [src], progress=False, embedder=EMB,
+    return sync_sources(settings, [src], embedder=EMB,
                         connector_factory=lambda _s: MemoryConnector(docs))
 
 

@@ -5,9 +5,10 @@ every kill: CURRENT still names generation 1, ``open_index`` opens it and answer
 content. A final clean run publishes v2, removes the debris, and embeds nothing: the killed
 runs had already cached every new chunk's vector.
 
-Hooks (index/generation.py ``crash_point``, ingest/sync.py): ``KB_TEST_PAUSE_AT=<stage>``
-prints ``KB_TEST_STAGE <stage>`` and sleeps so the kill lands exactly there;
-``KB_TEST_SLOW_EMBED_MS`` sleeps after each embedded batch to widen the embedding window.
+The process is ``crash_driver.py``, which runs the real ``kb`` command with an ``on_stage``
+hook injected into ``sync_sources``: ``CRASH_PAUSE_AT=<stage>`` prints ``CRASH_STAGE <stage>``
+and sleeps so the kill lands exactly there; ``CRASH_SLOW_EMBED_MS`` sleeps after each embedded
+batch to widen the embedding window.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _cmd(cfg: Path, wiki: Path) -> list[str]:
-    return [sys.executable, "-m", "kb.cli", "-c", str(cfg), "ingest", "wiki", str(wiki), "--source-name", "wiki",
+    return [sys.executable, str(Path(__file__).with_name("crash_driver.py")), "-c", str(cfg), "ingest", "wiki", str(wiki), "--source-name", "wiki",
             "--no-progress"]
 
 
@@ -149,7 +150,7 @@ def test_kill_9_at_every_stage_then_a_clean_run_finishes(setup):
     cache_before = _cache_rows(s)
 
     # 1. in the middle of embedding (timed kill while batches are being cached)
-    proc = Proc(cfg, wiki, cwd, KB_TEST_SLOW_EMBED_MS="300")
+    proc = Proc(cfg, wiki, cwd, CRASH_SLOW_EMBED_MS="300")
     deadline = time.monotonic() + 120
     while _cache_rows(s) < cache_before + 64 and time.monotonic() < deadline and proc.p.poll() is None:
         time.sleep(0.05)
@@ -161,8 +162,8 @@ def test_kill_9_at_every_stage_then_a_clean_run_finishes(setup):
 
     # 2.-4. exactly at a stage: after a batch was cached, after the FAISS write, after the manifest
     for stage in ("embedding", "faiss_written", "manifest_written"):
-        proc = Proc(cfg, wiki, cwd, KB_TEST_PAUSE_AT=stage)
-        proc.wait_for(f"KB_TEST_STAGE {stage}")
+        proc = Proc(cfg, wiki, cwd, CRASH_PAUSE_AT=stage)
+        proc.wait_for(f"CRASH_STAGE {stage}")
         proc.kill()
         _assert_still_generation_1(s, gen1)
         leftovers = [g for g in Generations(s.index_dir).listing() if g != gen1]
@@ -196,9 +197,9 @@ def test_kill_9_at_every_stage_then_a_clean_run_finishes(setup):
 
 def test_two_ingests_never_overlap(setup):
     s, cfg, wiki, gen1 = setup
-    holder = Proc(cfg, wiki, cfg.parent, KB_TEST_PAUSE_AT="embedding")
+    holder = Proc(cfg, wiki, cfg.parent, CRASH_PAUSE_AT="embedding")
     try:
-        holder.wait_for("KB_TEST_STAGE embedding")
+        holder.wait_for("CRASH_STAGE embedding")
         t0 = time.monotonic()
         second = subprocess.run(_cmd(cfg, wiki), cwd=cfg.parent, env=_env(), capture_output=True, text=True,
                                 timeout=120)

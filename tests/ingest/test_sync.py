@@ -88,14 +88,14 @@ def wiki(tmp_path):
 
 def test_first_run_then_nothing_changed(tmp_path, wiki):
     s, emb = _settings(tmp_path), CountingEmbedder()
-    r1 = sync_sources(s, [_src(tmp_path)], progress=False, embedder=emb)
+    r1 = sync_sources(s, [_src(tmp_path)], embedder=emb)
     [src] = r1.sources
     assert (src.added, src.updated, src.deleted, src.unchanged, src.failed, src.status) == (4, 0, 0, 0, 0, "ok")
     assert r1.ok and r1.exit_code == 0 and r1.generation and r1.chunks_embedded == r1.chunks_total > 4
     assert len(emb.seen) == r1.chunks_embedded
 
     emb.seen.clear()
-    r2 = sync_sources(s, [_src(tmp_path)], progress=False, embedder=emb)
+    r2 = sync_sources(s, [_src(tmp_path)], embedder=emb)
     [src] = r2.sources
     assert (src.added, src.updated, src.deleted, src.unchanged) == (0, 0, 0, 4)
     assert r2.chunks_embedded == 0 and emb.seen == []
@@ -105,7 +105,7 @@ def test_first_run_then_nothing_changed(tmp_path, wiki):
 
 def test_modified_file_updates_only_that_document_and_embeds_only_changed_chunks(tmp_path, wiki):
     s, emb = _settings(tmp_path), CountingEmbedder()
-    sync_sources(s, [_src(tmp_path)], progress=False, embedder=emb)
+    sync_sources(s, [_src(tmp_path)], embedder=emb)
     chunker = make_chunker(s)
     old_docs = {d.id: d for d in WikiConnector(wiki, source="wiki").documents()}
     old_texts = {c.text for d in old_docs.values() for c in chunker.chunk(d)}
@@ -118,7 +118,7 @@ def test_modified_file_updates_only_that_document_and_embeds_only_changed_chunks
     assert 1 <= len(expected) < len(new_chunks)  # the test only means something if some chunks stay
 
     emb.seen.clear()
-    r = sync_sources(s, [_src(tmp_path)], progress=False, embedder=emb)
+    r = sync_sources(s, [_src(tmp_path)], embedder=emb)
     [src] = r.sources
     assert (src.added, src.updated, src.deleted, src.unchanged) == (0, 1, 0, 3)
     assert sorted(emb.seen) == sorted(expected) and r.chunks_embedded == len(expected)
@@ -133,7 +133,7 @@ def test_modified_file_updates_only_that_document_and_embeds_only_changed_chunks
 
 def test_deleted_file_leaves_no_trace(tmp_path, wiki):
     s = _settings(tmp_path)
-    sync_sources(s, [_src(tmp_path)], progress=False, embedder=HashEmbedder())
+    sync_sources(s, [_src(tmp_path)], embedder=HashEmbedder())
     conn = _current_db(s)
     gone_ids = [r[0] for r in conn.execute("SELECT id FROM chunks WHERE doc_id='wiki:falcon.md'")]
     assert gone_ids and _q(conn, "SELECT count(*) FROM doc_acl WHERE doc_id='wiki:falcon.md'") == 1
@@ -141,7 +141,7 @@ def test_deleted_file_leaves_no_trace(tmp_path, wiki):
     assert r.retrieve("Falcon launches", user=ALICE, top_k=1)[0].chunk.doc_id == "wiki:falcon.md"
 
     (wiki / "falcon.md").unlink()
-    rep = sync_sources(s, [_src(tmp_path)], progress=False, embedder=HashEmbedder())
+    rep = sync_sources(s, [_src(tmp_path)], embedder=HashEmbedder())
     assert rep.sources[0].deleted == 1 and rep.sources[0].unchanged == 3 and rep.chunks_embedded == 0
     conn = _current_db(s)
     assert _q(conn, "SELECT count(*) FROM documents WHERE doc_id='wiki:falcon.md'") == 0
@@ -170,10 +170,10 @@ def test_broken_file_keeps_previous_version_and_is_reported(tmp_path):
     (drive / "notes.txt").write_text("Parking spots are on level minus two.")
     s = _settings(tmp_path)
     src = _src(tmp_path, name="drive", type_="drive", path=drive)
-    sync_sources(s, [src], progress=False, embedder=HashEmbedder())
+    sync_sources(s, [src], embedder=HashEmbedder())
 
     (drive / "expenses.docx").write_bytes(b"PK\x03\x04 this is not really a docx")
-    rep = sync_sources(s, [src], progress=False, embedder=HashEmbedder())
+    rep = sync_sources(s, [src], embedder=HashEmbedder())
     [sr] = rep.sources
     assert sr.status == "partial" and sr.failed == 1 and sr.deleted == 0 and sr.unchanged == 1
     assert sr.failures[0].path == "expenses.docx" and sr.failures[0].reason
@@ -191,12 +191,12 @@ def test_failed_source_keeps_its_documents_and_others_still_run(tmp_path, wiki):
     other = tmp_path / "wiki2"
     other.mkdir()
     (other / "a.md").write_text("# A\n\nAardvarks are the first animal in the list.\n")
-    sync_sources(s, [_src(tmp_path), _src(tmp_path, "wiki2", path=other)], progress=False, embedder=HashEmbedder())
+    sync_sources(s, [_src(tmp_path), _src(tmp_path, "wiki2", path=other)], embedder=HashEmbedder())
 
     (other / "b.md").write_text("# B\n\nBadgers come second.\n")
     moved = tmp_path / "wiki-moved"
     wiki.rename(moved)  # the first source's folder is gone
-    rep = sync_sources(s, [_src(tmp_path), _src(tmp_path, "wiki2", path=other)], progress=False,
+    rep = sync_sources(s, [_src(tmp_path), _src(tmp_path, "wiki2", path=other)],
                        embedder=HashEmbedder())
     bad, good = rep.sources
     assert bad.status == "failed" and "not found" in bad.error and bad.deleted == 0 and not bad.pruned
@@ -228,7 +228,7 @@ def _sdoc(doc_id: str, text: str) -> Document:
 
 def _sync_mem(s, connector):
     src = SourceConfig(name="chat", type="slack", path=Path("."))
-    return sync_sources(s, [src], progress=False, embedder=HashEmbedder(), connector_factory=lambda _c: connector)
+    return sync_sources(s, [src], embedder=HashEmbedder(), connector_factory=lambda _c: connector)
 
 
 def test_failure_naming_a_channel_keeps_that_channel_only(tmp_path):
@@ -269,9 +269,9 @@ def test_connector_crash_mid_run_keeps_documents(tmp_path):
 
 def test_embedder_change_reembeds_everything(tmp_path, wiki):
     s = _settings(tmp_path)
-    r1 = sync_sources(s, [_src(tmp_path)], progress=False, embedder=HashEmbedder())
+    r1 = sync_sources(s, [_src(tmp_path)], embedder=HashEmbedder())
     emb2 = CountingEmbedder(dim=64, model_id="hash-embedder-64")
-    r2 = sync_sources(s, [_src(tmp_path)], progress=False, embedder=emb2)
+    r2 = sync_sources(s, [_src(tmp_path)], embedder=emb2)
     assert r2.sources[0].unchanged == 4 and r2.chunks_embedded == r1.chunks_total
     assert any("embedder changed" in n for n in r2.notes)
     reader = open_index(s)
@@ -282,15 +282,15 @@ def test_embedder_change_reembeds_everything(tmp_path, wiki):
 
 def test_chunking_change_rechunks_and_kind_change_rebuilds(tmp_path, wiki):
     s = _settings(tmp_path)
-    r1 = sync_sources(s, [_src(tmp_path)], progress=False, embedder=HashEmbedder())
+    r1 = sync_sources(s, [_src(tmp_path)], embedder=HashEmbedder())
     s2 = _settings(tmp_path, chunking={"chunk_tokens": 200, "overlap_tokens": 0}, index={"kind": "hnsw"})
-    r2 = sync_sources(s2, [_src(tmp_path)], progress=False, embedder=HashEmbedder())
+    r2 = sync_sources(s2, [_src(tmp_path)], embedder=HashEmbedder())
     [sr] = r2.sources
     assert sr.updated == 4 and sr.unchanged == 0 and any("re-chunked" in n for n in sr.notes)
     assert r2.chunks_total < r1.chunks_total
     reader = open_index(s2)
     assert reader.manifest["index_structure"] == "hnsw" and reader.vectors.ntotal == r2.chunks_total
-    r3 = sync_sources(s2, [_src(tmp_path)], progress=False, embedder=HashEmbedder())
+    r3 = sync_sources(s2, [_src(tmp_path)], embedder=HashEmbedder())
     assert r3.sources[0].unchanged == 4 and r3.generation is None
 
 
@@ -300,15 +300,15 @@ def test_second_ingest_waits_then_gives_up_naming_the_pid(tmp_path, wiki):
     s = _settings(tmp_path)
     with ingest_lock(s):
         with pytest.raises(IngestBusyError, match=rf"another ingest is running \(pid {os.getpid()}\)"):
-            sync_sources(s, [_src(tmp_path)], progress=False, embedder=HashEmbedder(), lock_timeout=0.2)
-    assert sync_sources(s, [_src(tmp_path)], progress=False, embedder=HashEmbedder()).ok  # free again
+            sync_sources(s, [_src(tmp_path)], embedder=HashEmbedder(), lock_timeout=0.2)
+    assert sync_sources(s, [_src(tmp_path)], embedder=HashEmbedder()).ok  # free again
 
 
 def test_report_is_saved_and_recorded(tmp_path, wiki):
     from ingest.report import recent_runs
 
     s = _settings(tmp_path)
-    rep = sync_sources(s, [_src(tmp_path)], progress=False, embedder=HashEmbedder())
+    rep = sync_sources(s, [_src(tmp_path)], embedder=HashEmbedder())
     path = Path(rep.report_path)
     assert path.parent == s.reports_dir and path.name.startswith("ingest-") and path.suffix == ".json"
     data = json.loads(path.read_text())
@@ -320,12 +320,12 @@ def test_report_is_saved_and_recorded(tmp_path, wiki):
 
 def test_incomplete_generation_is_cleaned_up(tmp_path, wiki):
     s = _settings(tmp_path)
-    r1 = sync_sources(s, [_src(tmp_path)], progress=False, embedder=HashEmbedder())
+    r1 = sync_sources(s, [_src(tmp_path)], embedder=HashEmbedder())
     junk = s.index_dir / "generations" / "99990101T000000000000Z"
     junk.mkdir()
     (junk / DB_NAME).write_bytes(b"half written")
     (wiki / "new.md").write_text("# New\n\nA brand new page.\n")
-    r2 = sync_sources(s, [_src(tmp_path)], progress=False, embedder=HashEmbedder())
+    r2 = sync_sources(s, [_src(tmp_path)], embedder=HashEmbedder())
     assert not junk.exists()
     assert sorted(Generations(s.index_dir).listing()) == sorted([r1.generation, r2.generation])
 
@@ -343,7 +343,7 @@ def test_end_to_end_with_real_minilm(tmp_path):
     (wiki / "lunch.md").write_text("# Canteen\n\nThe canteen serves soup and sandwiches between noon and two.\n")
     (wiki / "vpn.md").write_text("# Remote access\n\nConnect to the office network with the WireGuard VPN client.\n")
     s = Settings(data_dir=tmp_path / "data")  # embedding.model: packaged (all-MiniLM-L6-v2)
-    rep = sync_sources(s, [_src(tmp_path)], progress=False)
+    rep = sync_sources(s, [_src(tmp_path)])
     assert rep.ok and rep.sources[0].added == 4 and rep.embedder == "all-MiniLM-L6-v2"
     reader = open_index(s)
     assert reader.vectors.dim == 384 and reader.manifest["embedder"] == "all-MiniLM-L6-v2"
@@ -352,20 +352,20 @@ def test_end_to_end_with_real_minilm(tmp_path):
     hits = r.retrieve("How much time off do staff get annually?", user=ALICE, top_k=2, mode="dense")
     assert hits[0].chunk.doc_id == "wiki:pto.md" and hits[0].dense_score > 0.3
     assert r.retrieve("where do the robots recharge", user=ALICE, top_k=1)[0].chunk.doc_id == "wiki:robots.md"
-    again = sync_sources(s, [_src(tmp_path)], progress=False)
+    again = sync_sources(s, [_src(tmp_path)])
     assert again.chunks_embedded == 0 and again.sources[0].unchanged == 4
 
 
 @pytest.mark.parametrize("damage", ["vectors.faiss", "kb.sqlite3"])
 def test_unreadable_published_generation_is_rebuilt(tmp_path, wiki, damage):
     s = _settings(tmp_path)
-    r1 = sync_sources(s, [_src(tmp_path)], progress=False, embedder=HashEmbedder())
+    r1 = sync_sources(s, [_src(tmp_path)], embedder=HashEmbedder())
     (Generations(s.index_dir).path(r1.generation) / damage).write_bytes(b"garbage, not an index")
     from core.errors import IndexError_
 
     with pytest.raises((IndexError_, sqlite3.DatabaseError)):
         open_index(s).store.counts()
-    r2 = sync_sources(s, [_src(tmp_path)], progress=False, embedder=HashEmbedder())
+    r2 = sync_sources(s, [_src(tmp_path)], embedder=HashEmbedder())
     assert r2.generation and any("unreadable" in n for n in r2.notes)
     assert r2.sources[0].added == 4 and r2.documents_total == 4
     assert open_index(s).store.counts()["documents"] == 4

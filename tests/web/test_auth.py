@@ -5,7 +5,7 @@ import bcrypt
 import pytest
 from click.testing import CliRunner
 
-from app.auth import (
+from web.auth import (
     UserDirectory,
     hash_password,
     load_users,
@@ -141,7 +141,7 @@ def test_kb_users_add_and_list(tmp_path, monkeypatch):
     path = tmp_path / "users.yaml"
     cfg = tmp_path / "kb.yaml"
     cfg.write_text(f"server:\n  auth:\n    users_file: {path}\n    admins: [zed]\n", encoding="utf-8")
-    monkeypatch.setattr("app.auth.hash_password", lambda pw, rounds=4: _hash(pw))
+    monkeypatch.setattr("web.auth.hash_password", lambda pw, rounds=4: _hash(pw))
     runner = CliRunner()
     r = runner.invoke(main, ["-c", str(cfg), "users", "add", "zed", "--email", "zed@acme.example",
                              "--groups", "engineering, security"], input="s3cret\ns3cret\n")

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from app.auth import UserDirectory
-from app.services import build_services
-from app.ui import EMPTY_INDEX, ChatController, ChatSession, WarmUp, build_app, launch_options
-from app.ui_admin import NotAdminError, ReindexJob, index_status
+from web.auth import UserDirectory
+from kb.services import build_services
+from web.app import EMPTY_INDEX, ChatController, ChatSession, WarmUp, build_app, launch_options
+from kb.jobs import IndexAdmin
+from web.admin import NotAdminError
 from core.errors import KBError, ModelNotFoundError
 from core.settings import load_settings
 from core.types import Answer, AnswerEvent, Principal
@@ -51,7 +52,7 @@ def kb(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("kb")
     settings = load_settings(write_config(root, root / "data"))
-    report = sync_sources(settings, settings.sources, progress=False)
+    report = sync_sources(settings, settings.sources)
     assert report.documents_total > 20
     services = build_services(settings)
     return settings, services
@@ -130,6 +131,7 @@ class FakeServices:
     answer_log: object
     has_index: bool = True
     embedder: object = None
+    index_admin: object = None
 
     def warm_up(self):
         pass
@@ -179,7 +181,7 @@ def test_admin_functions_refuse_non_admins(ctl, users, kb):
     settings, _ = kb
     bob = users.principal_for("bob")
     with pytest.raises(NotAdminError):
-        index_status(settings, bob)
+        IndexAdmin(settings).status(bob)
     with pytest.raises(NotAdminError):
         ctl.reindex.start(bob)
     panels = ctl.admin_panels(bob)
@@ -213,7 +215,7 @@ def test_reindex_runs_in_background_once_at_a_time(kb, users):
         gate.wait(10)
         return sync_sources(*args, **kwargs)
 
-    job = ReindexJob(settings, embedder_provider=lambda: services.embedder, sync=slow_sync)
+    job = IndexAdmin(settings, embedder_provider=lambda: services.embedder, sync=slow_sync)
     assert job.start(admin) == "Re-index started."
     assert job.running and job.snapshot()["state"] == "running"
     assert job.start(admin) == "A re-index is already running."
@@ -229,7 +231,7 @@ def test_reindex_is_busy_while_another_ingest_holds_the_lock(kb, users):
     from index.generation import ingest_lock
 
     settings, services = kb
-    job = ReindexJob(settings, embedder_provider=lambda: services.embedder)
+    job = IndexAdmin(settings, embedder_provider=lambda: services.embedder)
     with ingest_lock(settings, timeout=1):  # as a CLI `kb reindex` would
         msg = job.start(users.principal_for("admin"))
     assert "another ingest is running" in msg and not job.running

@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from app import ui_render as R
+from web import render as R
 from core.types import Answer, Chunk, Citation, Hit
 
 

@@ -1,0 +1,122 @@
+"""Jobs the composition root runs for the web page: index status and a background re-index
+that is never run twice at once.
+
+The re-index holds an in-process flag and the ingest file lock (``sync_sources`` takes it), so
+a CLI ``kb reindex`` running at the same time makes the button report "busy" instead of
+queueing a second ingest.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from core.errors import KBError
+from core.settings import Settings
+from core.types import Principal
+from web.admin import require_admin
+
+log = logging.getLogger(__name__)
+
+
+class IndexAdmin:
+    """Index status, and one background re-index at a time with progress the page polls
+    (implements :class:`web.admin.IndexAdmin`)."""
+
+    def __init__(self, settings: Settings, *, embedder_provider: Callable[[], Any] | None = None,
+                 sync: Callable[..., Any] | None = None):
+        self.settings = settings
+        self._embedder_provider = embedder_provider
+        self._sync = sync
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._progress: dict[str, Any] = {"state": "idle"}
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def status(self, user: Principal) -> dict[str, Any]:
+        """The same dict ``kb status --json`` prints: generation, per-source counts, last run."""
+        require_admin(user)
+        from ingest.report import status_info
+
+        return status_info(self.settings)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            p = dict(self._progress)
+        if p.get("state") == "running":
+            p["elapsed"] = time.monotonic() - p.get("t0", time.monotonic())
+        return p
+
+    def _update(self, **kw: Any) -> None:
+        with self._lock:
+            self._progress.update(kw)
+
+    def start(self, user: Principal) -> str:
+        """Start a re-index of every enabled source; returns a message for the page."""
+        require_admin(user)
+        from index.generation import IngestBusyError, ingest_lock
+
+        sources = [s for s in self.settings.sources if s.enabled]
+        if not sources:
+            return "No enabled sources are configured in the settings file."
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return "A re-index is already running."
+            # fail fast if a CLI ingest holds the file lock (the job itself takes it again)
+            try:
+                with ingest_lock(self.settings, timeout=0.1):
+                    pass
+            except IngestBusyError as e:
+                self._progress = {"state": "failed", "error": str(e)}
+                return str(e)
+            self._progress = {"state": "running", "t0": time.monotonic(), "sources": len(sources),
+                              "source_index": 0, "source": None, "documents": 0, "expected": None,
+                              "user": user.username}
+            self._thread = threading.Thread(target=self._run, args=(sources, user.username),
+                                            name="kb-reindex", daemon=True)
+            self._thread.start()
+        log.info("reindex_started user=%s sources=%d", user.username, len(sources))
+        return "Re-index started."
+
+    def wait(self, timeout: float | None = None) -> bool:
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+        return not self.running
+
+    def _progress_of(self, source: str, documents: int, expected: int | None) -> None:
+        with self._lock:
+            if self._progress.get("source") != source:
+                self._progress["source_index"] = self._progress.get("source_index", 0) + 1
+                self._progress["source"] = source
+            self._progress["documents"] = documents
+            self._progress["expected"] = expected
+
+    def _run(self, sources: list, username: str) -> None:
+        from ingest.sync import sync_sources
+
+        sync = self._sync or sync_sources
+        try:
+            embedder = self._embedder_provider() if self._embedder_provider else None
+            report = sync(self.settings, sources, progress=self._progress_of, embedder=embedder, lock_timeout=0.5)
+            failed = sum(getattr(s, "failed", 0) for s in report.sources)
+            errors = [s.name for s in report.sources if getattr(s, "error", None)]
+            summary = (f"{report.documents_total} documents, {report.chunks_total} chunks; "
+                       f"generation {report.current_generation or 'none'}"
+                       + ("" if report.generation else " (nothing changed)")
+                       + (f"; {failed} file(s) failed" if failed else "")
+                       + (f"; sources failed: {', '.join(errors)}" if errors else ""))
+            self._update(state="done", summary=summary)
+            log.info("reindex_finished user=%s documents=%d chunks=%d generation=%s changed=%s failed_files=%d",
+                     username, report.documents_total, report.chunks_total, report.current_generation,
+                     bool(report.generation), failed)
+        except KBError as e:
+            self._update(state="failed", error=str(e))
+            log.error("reindex_failed user=%s error=%r", username, str(e))
+        except Exception as e:  # the traceback goes to the log, the page gets one line
+            log.exception("reindex_failed user=%s", username)
+            self._update(state="failed", error=f"{type(e).__name__}: {e} (details in the server log)")
