@@ -19,6 +19,7 @@ novelty        share of the answer's content words that are NOT in the question 
                ("The champion for X is [2].") that cites and "matches" its source but says
                nothing, 0 for invented content, 0 for an abstention
 abstained      1 when the answer is the abstention sentence
+dropped_share  share of the draft's sentences that verification removed (the rest is shown)
 ============== ==================================================================
 
 ``confidence = sigmoid(bias + sum(w_i * x_i))``. :data:`DEFAULT_WEIGHTS` are hand-set (see the
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 FEATURES = (
     "top_dense", "margin", "bm25_agree", "rerank_top", "cited_fraction", "invalid_share",
-    "support_mean", "support_min", "token_prob", "novelty", "abstained",
+    "support_mean", "support_min", "token_prob", "novelty", "abstained", "dropped_share",
 )
 
 #: Hand-set weights, chosen so that: an on-topic (cosine ~0.6), fully cited, well supported
@@ -66,6 +67,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "token_prob": 1.0,
     "novelty": 4.0,
     "abstained": -6.0,
+    "dropped_share": -2.0,
 }
 #: novelty (4.0, bias -1.0 for it) was added after vacuous cited answers of the 1.5B model
 #: passed at 0.8+ on the sample facts; support then outweighs citing (an invented but cited
@@ -198,6 +200,7 @@ def answer_features(
     evidence = " ".join(hits[n - 1].prompt_text for n in sorted(cited))
     feats["novelty"] = 0.0 if abstained else novelty(question, result.text, evidence)
     feats["abstained"] = 1.0 if abstained else 0.0
+    feats.setdefault("dropped_share", 0.0)  # set by the service from the verification
     return {k: round(float(feats[k]), 6) for k in FEATURES}
 
 

@@ -118,10 +118,14 @@ def build_messages(question: str, hits: Sequence[Hit], history: Sequence[Message
 
 
 def build_correction_messages(
-    question: str, hits: Sequence[Hit], unsupported: Sequence[str]
+    question: str, hits: Sequence[Hit], unsupported: Sequence[str], *, vacuous: bool = False
 ) -> list[Message]:
-    """The self-correction prompt: same sources and question, the draft's weak sentences named."""
-    if unsupported:
+    """The self-correction prompt: same sources and question, the draft's weak sentences named
+    (or, for a draft that only pointed at a source, a request for the facts themselves)."""
+    if vacuous:
+        extra = ("A previous draft only pointed at a source without stating the answer. State the facts "
+                 "that answer the question, as the source says them, and cite the source.")
+    elif unsupported:
         named = "\n".join(f"- {neutralise(' '.join(s.split()))}" for s in unsupported)
         extra = (
             "A previous draft contained these sentences, which the sources do not support:\n"
@@ -150,24 +154,29 @@ def build_support_messages(claim: str, evidence: str) -> list[Message]:
     ]
 
 
-def build_check_messages(answer_messages: Sequence[Message], answer_text: str, claim: str,
-                         sources: Sequence[int]) -> list[Message]:
-    """'Does source [n] state this claim?' as the next turn of the answer conversation.
+def build_check_messages(answer_messages: Sequence[Message], claim: str, sources: Sequence[int]) -> list[Message]:
+    """'Does source [n] state this claim?' over the very sources block of the answer prompt.
 
-    The prompt that produced the answer is repeated unchanged, so a backend that keeps its
-    KV cache (llama.cpp reuses the longest common token prefix) reads only the answer and the
-    claim, not the sources again.
+    The system prompt and the user message up to the end of the sources are the answer
+    prompt's own, token for token, so a backend that keeps its KV cache (llama.cpp reuses the
+    longest common token prefix) reads only the claim, not the sources again. The model's own
+    answer is deliberately not in the prompt: continuing its own turn, the 1.5B model says
+    "yes" to its inventions (P(yes) 0.71-0.79 for true and invented claims alike); asked
+    fresh, it separates them (0.95-0.97 vs 0.03-0.42, measured on the sample company).
     """
     which = " and ".join(f"[{n}]" for n in sources) if sources else "the sources"
     noun = "source" if len(sources) == 1 else "sources"
+    system, user = answer_messages[0], answer_messages[-1].content
+    head = user.split(f"\n\n{QUESTION_PREFIX}", 1)[0] if f"\n\n{QUESTION_PREFIX}" in user else user
+    # Wording measured on 6 claims (3 true, 3 invented): phrased as the prompt's own
+    # "Question:" line, true claims got 0.64-0.98 and invented ones 0.02-0.43; "Claim: ...
+    # Does source [1] state this?" gave true claims 0.40-0.75 (below 0.5 twice).
     return [
-        *answer_messages,
-        Message("assistant", answer_text),
+        system,
         Message(
             "user",
-            f"Claim: {neutralise(' '.join(claim.split()))}\n"
-            f"{'Does' if len(sources) == 1 else 'Do'} {noun} {which} state this claim, with the same facts? "
-            "Reply with one word: yes or no.",
+            f"{head}\n\n{QUESTION_PREFIX}Is the following claim stated in {noun} {which}? "
+            f"Reply with one word: yes or no.\nClaim: {neutralise(' '.join(claim.split()))}",
         ),
     ]
 
@@ -189,6 +198,8 @@ def is_abstention(text: str) -> bool:
     """True when the answer says the knowledge base does not answer (exact sentence or close)."""
     norm = " ".join(re.sub(r"\[[^\]]*\]", " ", text).lower().split())
     if ABSTAIN_TEXT.lower().rstrip(".") in norm:
+        return True
+    if norm.startswith("the knowledge base has nothing about"):
         return True
     return bool(re.search(r"\b(knowledge base|sources?) (does|do) not (contain|answer|say|mention)", norm)) and len(
         norm.split()

@@ -2,18 +2,21 @@
 
 Flow (DESIGN.md "Flow of one question"): condense the follow-up with the chat history ->
 retrieve (ACL-filtered inside the retriever, re-checked here against the document ACL) ->
-rerank and trim (context filter) -> numbered sources in the prompt -> stream the answer ->
-check citations -> confidence -> below ``answer.confidence_threshold``: one self-correction
-pass (rewrite the query, retrieve again, regenerate with the unsupported sentences named) ->
-still low: the escalation model if configured, else the abstention sentence with the closest
-sources. Every answer is written to the answer log with its route, scores and timings.
+premise check (a name, number or identifier of the question that no readable source contains:
+say so, generate nothing) -> rerank and trim (context filter) -> numbered sources in the prompt
+-> stream the draft -> verify every sentence against its source (:mod:`answer.verify`: facts,
+then the model's own yes/no check on its KV cache) -> hard gates: failed sentences removed ->
+confidence of what is left -> below ``answer.confidence_threshold`` (nothing left is 0): one
+targeted correction (the removed sentences named, a vacuous draft asked for the facts, or a
+rewritten query) -> still low: the escalation model if configured, else the abstention
+sentence with the closest sources. Every answer is written to the answer log with its route,
+scores and timings.
 
 How a UI consumes :meth:`KnowledgeAnswerService.stream`:
 
 - ``AnswerEvent("status", text)``: show as a transient note ("Searching the knowledge base…").
-  A status whose text is in :data:`RESTART_STATUSES` ("Double-checking the answer…",
-  "Asking a larger model…") means the tokens streamed so far were a draft that is being
-  replaced: clear the draft; the tokens that follow belong to the new answer.
+- ``AnswerEvent("discard")``: the tokens streamed so far were a draft that is being replaced
+  (a correction or an escalation follows): clear it; the tokens that follow are the new draft.
 - ``AnswerEvent("token", text)``: append to the visible answer.
 - ``AnswerEvent("answer", answer=Answer)``: always last. ``answer.text`` is authoritative:
   replace whatever was streamed with it (an abstention or an answer with invalid citation
@@ -31,7 +34,9 @@ from answer.citations import CitationResult, extract_citations, source_citations
 from answer.condense import condense_question, rewrite_query
 from answer.confidence import ConfidenceModel, answer_features, sentence_support
 from answer.context_filter import ContextFilter
+from answer.premise import missing_terms, nothing_about
 from answer.prompts import ABSTAIN_TEXT, build_correction_messages, build_messages, is_abstention
+from answer.verify import Verification, Verifier, unsupported_claims
 from core.errors import GeneratorError
 from core.types import Answer, AnswerEvent, GenParams, Hit, Message, Principal, Route
 
@@ -41,19 +46,20 @@ STATUS_SEARCHING = "Searching the knowledge base…"
 STATUS_WRITING = "Writing the answer…"
 STATUS_DOUBLE_CHECKING = "Double-checking the answer…"
 STATUS_ESCALATING = "Asking a larger model…"
-#: After one of these, the tokens streamed so far are a discarded draft (see the module doc).
-RESTART_STATUSES = frozenset({STATUS_DOUBLE_CHECKING, STATUS_ESCALATING})
 
 NO_SOURCES_NOTE = "No document you can read matches the question."
 CLOSEST_NOTE = "The closest sources are listed below."
 ERROR_TEXT = "The answer model failed; please try again later."
 
-#: A sentence whose support is below this is named as unsupported in the correction prompt.
-UNSUPPORTED_BELOW = 0.5
 #: Retrieval candidates per prompt source when the context filter is on (it reranks them).
 CANDIDATE_FACTOR = 3
 
 AclLookup = Callable[[str], frozenset[str]]
+
+
+def _verify_mode(grounding_check: str) -> str:
+    """answer.grounding_check -> the verifier's mode ("embedding" is the old name of "facts")."""
+    return {"embedding": "facts"}.get(grounding_check, grounding_check)
 
 
 @dataclass
@@ -65,10 +71,7 @@ class _Attempt:
     confidence: float
     support: list[float]
     model_id: str
-
-    @property
-    def unsupported(self) -> list[str]:
-        return [s.claim for s, sup in zip(self.result.sentences, self.support) if not s.cited or sup < UNSUPPORTED_BELOW]
+    verification: Verification
 
 
 @dataclass
@@ -147,19 +150,33 @@ class KnowledgeAnswerService:
             standalone = condense_question(self.generator, run.question, history, turns=cfg.answer.history_turns)
             run.add("condense", time.perf_counter() - t)
         hits = self._retrieve(standalone, run)
+        model_id = getattr(self.generator, "model_id", "")
         if not hits:
             log.info("answer route=abstained reason=no_readable_hits user=%s", run.user.username)
             return Answer(run.question, standalone, f"{ABSTAIN_TEXT} {NO_SOURCES_NOTE}", (), 0.0, "abstained",
-                          model_id=getattr(self.generator, "model_id", ""))
+                          model_id=model_id)
+        if cfg.answer.premise_check:
+            t = time.perf_counter()
+            missing = missing_terms(standalone, hits)
+            run.add("premise", time.perf_counter() - t)
+            if missing:  # nothing to generate from: say so, with the closest sources
+                log.info("answer route=abstained reason=premise_missing terms=%d", len(missing))
+                context = tuple(hits[: cfg.retrieval.top_k])
+                cites = source_citations(context, standalone)
+                text = nothing_about(missing) + (f" {CLOSEST_NOTE}" if cites else "")
+                return Answer(run.question, standalone, text, cites, 0.0, "abstained", sources=context,
+                              scores={"premise_missing": float(len(missing))}, model_id=model_id)
         context = self._filter(standalone, hits, run)
         yield AnswerEvent("status", STATUS_WRITING)
-        draft = yield from self._attempt(self.generator, standalone, build_messages(standalone, context), context, run,
-                                      first=True)
+        messages = build_messages(standalone, context)
+        draft = yield from self._attempt(self.generator, standalone, messages, context, run, first=True)
         best, corrected = draft, False
         threshold = cfg.answer.confidence_threshold
-        log.info("answer_draft confidence=%.3f threshold=%.3f sentences=%d invalid_markers=%d",
-                 draft.confidence, threshold, len(draft.result.sentences), draft.result.markers_invalid)
+        log.info("answer_draft confidence=%.3f threshold=%.3f verification=%s kept=%d/%d",
+                 draft.confidence, threshold, draft.verification.status, len(draft.verification.passed),
+                 len(draft.verification.checks))
         if draft.confidence < threshold and cfg.answer.self_correction:
+            yield AnswerEvent("discard")
             yield AnswerEvent("status", STATUS_DOUBLE_CHECKING)
             t = time.perf_counter()
             second = yield from self._correct(standalone, hits, draft, run)
@@ -174,13 +191,14 @@ class KnowledgeAnswerService:
             route: Route = "corrected" if corrected and best is not draft else "answered"
             return self._answer(run, standalone, best, route, corrected=corrected, scores=scores)
         if self.escalation is not None:
+            yield AnswerEvent("discard")
             yield AnswerEvent("status", STATUS_ESCALATING)
             t = time.perf_counter()
             esc = yield from self._attempt(self.escalation, standalone, build_messages(standalone, best.hits), best.hits, run)
             run.add("escalation", time.perf_counter() - t)
             scores = dict(esc.features, confidence_draft=round(draft.confidence, 4))
             log.info("answer_escalation model=%s confidence=%.3f", esc.model_id, esc.confidence)
-            if not is_abstention(esc.text) and esc.result.citations:
+            if esc.confidence >= threshold and esc.result.citations:
                 return self._answer(run, standalone, esc, "escalated", corrected=corrected, escalated=True, scores=scores)
             return self._abstain(run, standalone, esc, corrected=corrected, escalated=True, scores=scores)
         return self._abstain(run, standalone, best, corrected=corrected, scores=scores)
@@ -245,36 +263,60 @@ class KnowledgeAnswerService:
             raise GeneratorError(f"{getattr(generator, 'model_id', 'generator')}: {e}") from e
         run.add("generate", time.perf_counter() - t)
         text = "".join(pieces).strip()
-        return self._score(text, tuple(hits), logprobs, getattr(generator, "model_id", ""), run, question)
+        return self._score(text, tuple(hits), logprobs, getattr(generator, "model_id", ""), run, question,
+                           messages, generator)
 
     def _score(self, text: str, hits: tuple[Hit, ...], logprobs: list[float], model_id: str, run: _Run,
-               question: str) -> _Attempt:
+               question: str, messages: Sequence[Message] = (), generator=None) -> _Attempt:
+        """Verify the draft, keep what passed, and score the confidence of what is left."""
         t = time.perf_counter()
-        result = extract_citations(text, hits)
-        support = sentence_support(
-            result.sentences, hits, mode=self.settings.answer.grounding_check, embedder=self.embedder, generator=self.generator
-        )
+        mode = self.settings.answer.grounding_check
+        # the model that wrote the answer checks it (its KV cache holds the prompt); the
+        # escalation model is checked by the local one, on the sources alone
+        judge = generator if generator is self.generator else self.generator
+        verifier = Verifier(judge, mode=_verify_mode(mode))
+        v = verifier.verify(text, hits, question=question, messages=messages if judge is generator else ())
+        run.add("verify", time.perf_counter() - t)
+        t = time.perf_counter()
+        kept = v.text if v.status not in ("abstained", "empty") else text
+        draft_markers = extract_citations(text, hits)
+        result = extract_citations(kept, hits)
+        if mode == "slm":
+            support = v.support if v.passed else [0.0] * len(result.sentences)
+        else:
+            support = sentence_support(result.sentences, hits, mode="embedding", embedder=self.embedder)
         feats = answer_features(result, hits, support, logprobs, question=question)
-        conf = self.confidence.score(feats)
+        feats["dropped_share"] = round(len(v.failed) / len(v.checks), 6) if v.checks else 0.0
+        if draft_markers.markers_total:  # markers naming no source are judged on the draft as written
+            feats["invalid_share"] = round(draft_markers.markers_invalid / draft_markers.markers_total, 6)
+        # hard gate: nothing verified, nothing to be confident about
+        conf = self.confidence.score(feats) if v.passed or mode == "off" else 0.0
         run.add("score", time.perf_counter() - t)
-        return _Attempt(result.text, hits, result, feats, conf, support, model_id)
+        return _Attempt(result.text, hits, result, feats, conf, list(support), model_id, v)
 
     def _correct(self, standalone: str, hits: Sequence[Hit], draft: _Attempt, run: _Run):
-        query = rewrite_query(self.generator, standalone)
-        more = self._retrieve(query, run) if query != standalone else []
+        """One targeted second try: a vacuous draft is asked for the facts; a draft with
+        unsupported sentences gets them named; an abstention or an empty check retrieves again
+        with a rewritten query."""
+        v = draft.verification
+        unsupported = unsupported_claims(v)
+        if v.status in ("abstained", "empty") or (not v.passed and not unsupported and v.status != "vacuous"):
+            query = rewrite_query(self.generator, standalone)
+            more = self._retrieve(query, run) if query != standalone else []
+        else:
+            query, more = standalone, []
         seen = {h.chunk.id for h in hits}
         merged = list(hits) + [h for h in more if h.chunk.id not in seen]
-        context = self._filter(standalone, merged, run)
-        unsupported = [] if is_abstention(draft.text) else draft.unsupported
-        log.info("answer_correction query_changed=%s new_hits=%d unsupported=%d",
+        context = self._filter(standalone, merged, run) if more else draft.hits
+        log.info("answer_correction kind=%s query_changed=%s new_hits=%d unsupported=%d", v.status,
                  query != standalone, len(merged) - len(hits), len(unsupported))
-        messages = build_correction_messages(standalone, context, unsupported)
+        messages = build_correction_messages(standalone, context, unsupported, vacuous=v.status == "vacuous")
         return (yield from self._attempt(self.generator, standalone, messages, context, run))
 
     # --- outcomes ----------------------------------------------------------------------
     def _answer(self, run: _Run, standalone: str, att: _Attempt, route: Route, *, corrected: bool,
                 escalated: bool = False, scores: dict[str, float]) -> Answer:
-        if is_abstention(att.text):  # the model said the sources do not answer: list them
+        if is_abstention(att.text) or not att.result.sentences:  # nothing stated: list the sources
             return self._abstain(run, standalone, att, corrected=corrected, escalated=escalated, scores=scores)
         return Answer(run.question, standalone, att.text, att.result.citations, att.confidence, route,
                       corrected=corrected, escalated=escalated, sources=att.hits, scores=scores, model_id=att.model_id)

@@ -113,8 +113,13 @@ class AnswerConfig(_Section):
     #: Below this confidence the self-correction pass runs.
     confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     self_correction: bool = True
-    #: Use the SLM's yes/no probability to check each sentence against its source.
-    grounding_check: Literal["slm", "embedding", "off"] = "embedding"
+    #: How each answer sentence is verified before it is shown (failed sentences are removed):
+    #: "slm": its facts must be in the cited source, then the answer model's yes/no check;
+    #: "facts" (old name "embedding"): the facts only; "off": nothing is removed.
+    grounding_check: Literal["slm", "facts", "embedding", "off"] = "slm"
+    #: Abstain without generating when a name, number or identifier of the question is in
+    #: no readable source ("The knowledge base has nothing about 'Gold plan'").
+    premise_check: bool = True
     history_turns: int = Field(default=3, ge=0)
     #: Larger OpenAI-compatible model used when confidence stays low after correction.
     escalation: OpenAIEndpoint | None = None

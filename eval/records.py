@@ -96,17 +96,14 @@ def summarize_retrieval(records: Sequence[dict], questions: Sequence[EvalQuestio
 
 
 def unsupported_count(answer: Answer, settings: Settings, embedder, generator) -> int:
-    """Sentences of ``answer`` not supported by the sources they cite (the service's own check)."""
-    from answer.citations import extract_citations
-    from answer.confidence import sentence_support
-    from answer.service import UNSUPPORTED_BELOW
+    """Sentences of the shown answer whose facts are not in the sources they cite (an
+    independent re-check with plain code: the service already removed what it caught)."""
+    from answer.verify import Verifier
 
     if not answer.sources:
         return 0
-    result = extract_citations(answer.text, answer.sources)
-    support = sentence_support(result.sentences, answer.sources, mode=settings.answer.grounding_check,
-                               embedder=embedder, generator=generator)
-    return sum(1 for s, sup in zip(result.sentences, support) if not s.cited or sup < UNSUPPORTED_BELOW)
+    v = Verifier(None, mode="facts").verify(answer.text, answer.sources, question=answer.standalone_question)
+    return len(v.failed)
 
 
 def answer_record(q: EvalQuestion, a: Answer, unsupported: int) -> dict[str, Any]:

@@ -57,12 +57,12 @@ class FakeGenerator(GeneratorBase):
         m = _BARE_SOURCE.search(user)
         if m:  # a standalone check: the evidence is in this message
             evidence, rest = m.group(1), user[m.end():]
-        else:  # a check continuing the answer conversation: "source [n]" names the evidence
-            wanted = {int(n) for n in re.findall(r"\[(\d+)\]", user.split("\n", 1)[-1])}
-            blocks = [(int(i), body) for msg in messages[:-1] for i, body in _SOURCE.findall(msg.content)]
+        else:  # a check over the numbered sources: "source [n]" after them names the evidence
+            wanted = {int(n) for n in re.findall(r"\[(\d+)\]", user.rsplit("</source>", 1)[-1].split("Claim:")[0])}
+            blocks = [(int(i), body) for msg in messages for i, body in _SOURCE.findall(msg.content)]
             evidence = "\n".join(body for i, body in blocks if not wanted or i in wanted)
             rest = user
-        claim = re.search(r"^(?:Claim|Question): (.*)$", rest, re.MULTILINE)
+        claim = re.search(r"^Claim: (.*)$", rest, re.MULTILINE) or re.search(r"^Question: (.*)$", rest, re.MULTILINE)
         return round(0.05 + 0.9 * overlap(claim.group(1) if claim else rest, evidence), 4)
 
     def count_tokens(self, text: str) -> int:

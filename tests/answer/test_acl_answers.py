@@ -9,6 +9,7 @@ outright (an attacker who knows what to ask for), which BM25 would match exactly
 from __future__ import annotations
 
 import json
+import re
 import logging
 import shutil
 import tempfile
@@ -87,6 +88,9 @@ def check_no_leak(rig, specs, user, question, caplog, replies=()):
     }
     for where, text in visible.items():
         text = text.replace(question, "")  # the asker's own words may name a secret
+        for quoted in re.findall(r"'([^']+)'", text):  # ... and be quoted back ("nothing about 'X'")
+            if quoted in question:
+                text = text.replace(f"'{quoted}'", "")
         for s in forbidden:
             assert s not in text, f"secret {s} of an unreadable document leaked into {where}"
     for h in ans.sources:

@@ -13,7 +13,7 @@ from answer.context_filter import ContextFilter
 from generators.fake import FakeGenerator
 from answer.log import AnswerLog
 from answer.prompts import ABSTAIN_TEXT, SYSTEM_PROMPT
-from answer.service import RESTART_STATUSES, STATUS_DOUBLE_CHECKING, STATUS_ESCALATING, STATUS_SEARCHING
+from answer.service import STATUS_DOUBLE_CHECKING, STATUS_ESCALATING, STATUS_SEARCHING
 from core.errors import KBError
 from core.types import Chunk, Hit, Message, Principal
 
@@ -86,7 +86,9 @@ def test_low_confidence_runs_one_correction_and_replaces_the_draft(tmp_path):
     rig = make_rig(tmp_path, DOCS, generator=gen)
     events, ans = collect(rig.service, "How many vacation days do employees get?", BOB)
     statuses = [e.text for e in events if e.kind == "status"]
-    assert STATUS_DOUBLE_CHECKING in statuses and STATUS_DOUBLE_CHECKING in RESTART_STATUSES
+    assert STATUS_DOUBLE_CHECKING in statuses
+    kinds = [e.kind for e in events]
+    assert kinds[kinds.index("discard") + 1:].count("status") >= 1  # the draft is discarded first
     after = events[[e.text for e in events].index(STATUS_DOUBLE_CHECKING):]
     assert "".join(e.text for e in after if e.kind == "token").strip() == ans.text
     assert ans.corrected and ans.route == "corrected" and "[1]" in ans.text
@@ -258,7 +260,8 @@ def test_kb_ask_json_and_text(tmp_path):
     assert {"retrieve", "first_token", "total"} <= set(d["timings"]) and 0 <= d["confidence"] <= 1
     r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "When is the Falcon robot launch date?", "--user", "bob"])
     assert r.exit_code == 0, r.output
-    assert "March 3" not in r.stdout and ABSTAIN_TEXT in r.stdout and "route abstained" in r.stdout
+    # bob reads no document about Falcon: the premise check says so, and nothing about it leaks
+    assert "March 3" not in r.stdout and "nothing about 'Falcon robot'" in r.stdout and "route abstained" in r.stdout
     r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "How many vacation days do employees get?"])
     assert "25 days" in r.stdout and "Sources:" in r.stdout and "[1] PTO policy" in r.stdout
     r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "vacation", "--user", "mallory"])
@@ -287,6 +290,13 @@ def test_slm_grounding_check_asks_the_generator(tmp_path):
         rig = make_rig(tmp_path / str(i), DOCS, generator=gen, answer={"grounding_check": "slm", "self_correction": False})
         ans = rig.service.answer("How many vacation days do employees get?", user=BOB)
         assert len(gen.yes_calls) == 1 and "Claim: Full-time employees get 25 days" in gen.yes_calls[0][-1].content
-        assert ans.scores["support_mean"] == pytest.approx(p_yes)
+        # the check reuses the answer prompt's system message and sources block (KV cache)
+        answer_prompt = next(c for c in gen.calls if c[0].content == SYSTEM_PROMPT)
+        head = answer_prompt[1].content.split("Question: ")[0]
+        assert gen.yes_calls[0][0] == answer_prompt[0] and gen.yes_calls[0][1].content.startswith(head)
+        if p_yes < 0.5:  # a hard gate: the unsupported sentence is removed, nothing is left
+            assert ans.route == "abstained" and ans.confidence == 0.0 and "25 days" not in ans.text
+        else:
+            assert ans.route == "answered" and ans.scores["support_mean"] == pytest.approx(p_yes)
         confidences.append(ans.confidence)
-    assert confidences[0] < confidences[1]
+    assert confidences[0] < 0.5 <= confidences[1]
