@@ -23,9 +23,8 @@ dropped_share  share of the draft's sentences that verification removed (the res
 ============== ==================================================================
 
 ``confidence = sigmoid(bias + sum(w_i * x_i))``. :data:`DEFAULT_WEIGHTS` are hand-set (see the
-comments there); :func:`calibrate` fits them by L2-regularised logistic regression (numpy,
-Newton steps) on labelled records and picks the threshold that maximises Youden's J, reporting
-AUROC. Calibrated weights live in a small JSON (``<data_dir>/confidence_weights.json``),
+comments there); ``eval.calibration.calibrate`` fits them on labelled answers (offline, with
+its plots). Calibrated weights live in a small JSON (``<data_dir>/confidence_weights.json``),
 loaded by :meth:`ConfidenceModel.load` when present.
 """
 from __future__ import annotations
@@ -35,7 +34,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -76,7 +75,7 @@ DEFAULT_BIAS = -5.0
 WEIGHTS_FILE = "confidence_weights.json"
 
 
-def _sigmoid(z: np.ndarray | float) -> Any:
+def sigmoid(z: np.ndarray | float) -> Any:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
 
@@ -89,7 +88,7 @@ class ConfidenceModel:
 
     def score(self, features: Mapping[str, float]) -> float:
         z = self.bias + sum(w * float(features.get(k, 0.0)) for k, w in self.weights.items())
-        return float(_sigmoid(z))
+        return float(sigmoid(z))
 
     def to_json(self) -> dict[str, Any]:
         return {"bias": self.bias, "weights": dict(self.weights), "threshold": self.threshold, "origin": self.origin}
@@ -210,155 +209,3 @@ def novelty(question: str, answer: str, evidence: str) -> float:
     if not words:
         return 0.0
     return len((words - content_words(question)) & content_words(evidence)) / len(words)
-
-
-# --- calibration ------------------------------------------------------------------------
-
-
-def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
-    """Area under the ROC curve (Mann-Whitney, ties count half); None if one class is missing."""
-    s = np.asarray(scores, dtype=float)
-    y = np.asarray(labels, dtype=bool)
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
-
-
-def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, iters: int = 50) -> tuple[np.ndarray, float]:
-    """L2-regularised logistic regression by Newton's method; returns (weights, bias)."""
-    n, d = x.shape
-    xb = np.hstack([x, np.ones((n, 1))])
-    w = np.zeros(d + 1)
-    reg = np.full(d + 1, l2)
-    reg[-1] = 1e-6  # the bias is (almost) not regularised
-    for _ in range(iters):
-        p = _sigmoid(xb @ w)
-        grad = xb.T @ (p - y) + reg * w
-        hess = (xb * (p * (1 - p))[:, None]).T @ xb + np.diag(reg)
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.max(np.abs(step)) < 1e-8:
-            break
-    return w[:-1], float(w[-1])
-
-
-def _records(records: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = [], []
-    for r in records:
-        feats, correct = (r["features"], r["correct"]) if isinstance(r, Mapping) else r
-        xs.append([float(feats.get(k, 0.0)) for k in FEATURES])
-        ys.append(1.0 if correct else 0.0)
-    return np.asarray(xs, dtype=float).reshape(-1, len(FEATURES)), np.asarray(ys, dtype=float)
-
-
-def best_threshold(probs: Sequence[float], labels: Sequence[bool]) -> float:
-    """The threshold maximising Youden's J (TPR - FPR); ties go to the lower threshold."""
-    p = np.asarray(probs, dtype=float)
-    y = np.asarray(labels, dtype=bool)
-    if y.all() or (~y).all():
-        return 0.5
-    cands = np.unique(p)
-    best, best_j = 0.5, -2.0
-    for t in cands:
-        pred = p >= t
-        j = pred[y].mean() - pred[~y].mean()
-        if j > best_j + 1e-12:
-            best, best_j = float(t), j
-    return best
-
-
-def calibrate(records: Iterable[Any], *, l2: float = 1.0, folds: int = 5, seed: int = 0) -> tuple[ConfidenceModel, float, dict[str, Any]]:
-    """Fit weights on labelled ``records`` (``{"features": {...}, "correct": bool}`` or pairs).
-
-    Returns ``(model, threshold, report)``; the report holds AUROC in-sample, cross-validated
-    (k-fold, the honest figure on a small set) and of the hand-set defaults, per-feature AUROC,
-    the metrics at the threshold, the Brier score and reliability bins.
-    """
-    x, y = _records(records)
-    n = len(y)
-    if n < 4 or y.min() == y.max():
-        raise ValueError(f"calibration needs both right and wrong answers (got {int(y.sum())} right of {n})")
-    w, b = _fit_logistic(x, y, l2)
-    probs = _sigmoid(x @ w + b)
-    threshold = best_threshold(probs, y.astype(bool))
-    model = ConfidenceModel({k: round(float(v), 4) for k, v in zip(FEATURES, w)}, round(b, 4), round(threshold, 4), f"calibrated on {n} answers")
-    default = ConfidenceModel()
-    default_probs = [default.score(dict(zip(FEATURES, row))) for row in x]
-    cv = np.full(n, np.nan)
-    k = min(folds, int(min(y.sum(), n - y.sum())))
-    if k >= 2:
-        rng = np.random.default_rng(seed)
-        fold_of = np.empty(n, dtype=int)
-        for cls in (0.0, 1.0):  # stratified
-            idx = rng.permutation(np.flatnonzero(y == cls))
-            fold_of[idx] = np.arange(len(idx)) % k
-        for f in range(k):
-            tr, te = fold_of != f, fold_of == f
-            if y[tr].min() == y[tr].max():
-                continue
-            wf, bf = _fit_logistic(x[tr], y[tr], l2)
-            cv[te] = _sigmoid(x[te] @ wf + bf)
-    pred = probs >= threshold
-    yb = y.astype(bool)
-    sub = x[:, FEATURES.index("abstained")] == 0
-    report = {
-        "n": n,
-        "correct": int(y.sum()),
-        "auroc_fitted": auroc(probs, yb),
-        "auroc_cross_validated": auroc(cv[~np.isnan(cv)], yb[~np.isnan(cv)]) if not np.isnan(cv).all() else None,
-        "auroc_default_weights": auroc(default_probs, yb),
-        # abstentions are all "wrong" by definition and easy to spot: this is the hard part
-        "auroc_substantive_fitted": auroc(probs[sub], yb[sub]) if sub.any() else None,
-        "auroc_substantive_default_weights": auroc(np.asarray(default_probs)[sub], yb[sub]) if sub.any() else None,
-        "feature_auroc": {f: auroc(x[:, i], yb) for i, f in enumerate(FEATURES)},
-        "threshold": round(threshold, 4),
-        "accuracy_at_threshold": float((pred == yb).mean()),
-        "true_positive_rate": float(pred[yb].mean()),
-        "false_positive_rate": float(pred[~yb].mean()),
-        "brier": float(np.mean((probs - y) ** 2)),
-        "reliability": reliability_bins(probs, yb),
-    }
-    return model, threshold, report
-
-
-def reliability_bins(probs: Sequence[float], labels: Sequence[bool], bins: int = 5) -> list[dict[str, float]]:
-    p = np.asarray(probs, dtype=float)
-    y = np.asarray(labels, dtype=float)
-    edges = np.linspace(0, 1, bins + 1)
-    out = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (p >= lo) & ((p < hi) | (hi == 1.0))
-        if m.any():
-            out.append({"lo": float(lo), "hi": float(hi), "n": int(m.sum()), "mean_confidence": float(p[m].mean()), "accuracy": float(y[m].mean())})
-    return out
-
-
-def plot_reliability(probs: Sequence[float], labels: Sequence[bool], path: str | Path, title: str = "Confidence reliability") -> Path:
-    """A reliability diagram (accuracy per confidence bin vs the diagonal) and the score histogram."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    bins = reliability_bins(probs, labels, bins=10)
-    p = np.asarray(probs, dtype=float)
-    y = np.asarray(labels, dtype=bool)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    ax1.plot([b["mean_confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label="answers")
-    for b in bins:
-        ax1.annotate(str(b["n"]), (b["mean_confidence"], b["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax1.set(xlabel="confidence", ylabel="share correct", xlim=(0, 1), ylim=(0, 1.05), title=title)
-    ax1.legend(loc="upper left")
-    ax2.hist([p[y], p[~y]], bins=np.linspace(0, 1, 11), label=["correct", "wrong"], color=["tab:green", "tab:red"])
-    ax2.set(xlabel="confidence", ylabel="answers", title=f"AUROC {auroc(p, y) or float('nan'):.2f}")
-    ax2.legend()
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out

@@ -12,8 +12,14 @@ STACK.md), so the prompt gets only what answers the question:
    replaces it for the chunks that survive the embedding pass (slower, sharper);
 3. chunks below ``min_relevance`` are dropped (the best one is always kept), the rest are
    sorted by rerank score and cut to ``top_k``;
-4. each kept chunk keeps its ``filter_sentences`` best sentences in original order, plus a
-   leading heading line, joined with " … " where sentences were skipped.
+4. scores within :data:`CLOSE` of the last kept chunk's bring up to :data:`EXTRA_CHUNKS` more
+   chunks (a toss-up is not settled by cutting); the prompt's length budget stays the same;
+5. each kept chunk keeps contiguous text around its best sentences: the paragraph holding the
+   best sentence (whole, when it fits the chunk's share of the budget, else the sentences
+   around the best one), then the next best paragraphs while the share lasts, in original
+   order, with a leading heading line, joined with " … " where text was skipped. Scattered
+   best sentences lost the answering passage (a lead sentence without its list; context recall
+   0.42 vs 0.64 unfiltered on ARAGOG, measured before this change).
 
 The result carries ``Hit.text`` (what goes into the prompt) and ``Hit.rerank_score``.
 """
@@ -35,6 +41,12 @@ from core.types import Hit
 
 log = logging.getLogger(__name__)
 
+#: A chunk scoring within this of the last kept one is taken too (up to EXTRA_CHUNKS more).
+CLOSE = 0.03
+EXTRA_CHUNKS = 2
+#: Characters of source text per sentence of ``filter_sentences`` (the prompt budget is
+#: top_k x filter_sentences x this; ~4 sentences of a typical policy page).
+CHARS_PER_SENTENCE = 180
 #: Sentences kept per chunk id in the embedding cache (chunk text is immutable per id).
 CACHE_CHUNKS = 4096
 #: A sentence longer than this many characters is embedded by its start only (MiniLM reads
@@ -128,26 +140,34 @@ class ContextFilter:
             best = float(sims[order[0]]) if len(order) else 0.0
             second = float(sims[order[1]]) if len(order) > 1 else best
             score = 0.7 * best + 0.3 * second
-            scored.append((score, i, h, _trim(h.chunk.text, spans, order, self.filter_sentences)))
+            scored.append((score, i, h, h.chunk.text, spans, sims))
         # rerank: best first (stable on retrieval order), drop weak ones but never all
         scored.sort(key=lambda t: (-t[0], t[1]))
         if self.relevance == "slm":
             pool = scored[: 2 * top_k]
             rescored = []
-            for _score, i, h, text in pool:
-                p = float(self.generator.yes_probability(build_relevance_messages(query, text)))
-                rescored.append((p, i, h, text))
+            budget = self.filter_sentences * CHARS_PER_SENTENCE
+            for _score, i, h, text, spans, sims in pool:
+                passage = _passage(text, spans, sims, budget)
+                p = float(self.generator.yes_probability(build_relevance_messages(query, passage)))
+                rescored.append((p, i, h, text, spans, sims))
             scored = sorted(rescored, key=lambda t: (-t[0], t[1]))
-        kept = [t for t in scored if t[0] >= self.min_relevance] or scored[:1]
-        kept = kept[:top_k]
-        out = tuple(replace(h, text=text, rerank_score=round(score, 6)) for score, _i, h, text in kept)
+        good = [t for t in scored if t[0] >= self.min_relevance] or scored[:1]
+        kept = good[:top_k]
+        if len(good) > top_k:  # near-ties with the last kept chunk come along
+            last = kept[-1][0]
+            kept += [t for t in good[top_k:top_k + EXTRA_CHUNKS] if last - t[0] <= CLOSE]
+        total = top_k * self.filter_sentences * CHARS_PER_SENTENCE  # the same budget either way
+        share = total // len(kept)
+        out = tuple(replace(h, text=_passage(text, spans, sims, share), rerank_score=round(score, 6))
+                    for score, _i, h, text, spans, sims in kept)
         seconds = time.perf_counter() - t0
         result = FilteredContext(
             hits=out,
             seconds=seconds,
             candidates=len(hits),
             dropped=len(scored) - len([t for t in scored if t[0] >= self.min_relevance]),
-            chars_before=sum(len(h.chunk.text) for _s, _i, h, _t in kept),
+            chars_before=sum(len(h.chunk.text) for _s, _i, h, *_rest in kept),
             chars_after=sum(len(h.text or "") for h in out),
         )
         log.debug(
@@ -161,14 +181,64 @@ def _is_heading(span: Span) -> bool:
     return span.text.lstrip().startswith("#")
 
 
-def _trim(text: str, spans: list[Span], order: np.ndarray, keep: int) -> str:
-    """The ``keep`` best sentences in original order, a leading heading kept, gaps as ' … '."""
-    if len(spans) <= keep:
+def _paragraphs(text: str, spans: list[Span]) -> list[list[int]]:
+    """Sentence indices grouped by paragraph (a blank line or a heading starts a new one)."""
+    groups: list[list[int]] = []
+    for i, s in enumerate(spans):
+        gap = text[spans[i - 1].end:s.start] if i else ""
+        if not groups or "\n\n" in gap or _is_heading(s) or (i and _is_heading(spans[i - 1])):
+            groups.append([i])
+        else:
+            groups[-1].append(i)
+    return groups
+
+
+def _window(group: list[int], spans: list[Span], best: int, budget: int) -> list[int]:
+    """Sentences of ``group`` around ``best``, growing both ways while they fit ``budget``."""
+    lo = hi = group.index(best)
+    used = len(spans[best].text)
+    while True:
+        grew = False
+        for nxt in (hi + 1, lo - 1):
+            if 0 <= nxt < len(group) and used + len(spans[group[nxt]].text) <= budget:
+                used += len(spans[group[nxt]].text)
+                lo, hi = min(lo, nxt), max(hi, nxt)
+                grew = True
+        if not grew:
+            return group[lo:hi + 1]
+
+
+def _passage(text: str, spans: list[Span], sims: np.ndarray, budget: int) -> str:
+    """Contiguous text around the best sentences within ``budget`` characters (see step 5)."""
+    if len(text) <= budget or len(spans) <= 1:
         return text.strip()
-    chosen = {int(i) for i in order[:keep]}
+    groups = _paragraphs(text, spans)
+    group_of = {i: g for g in groups for i in g}
+    ranked = sorted(range(len(spans)), key=lambda i: (-float(sims[i]), i))
+    chosen: set[int] = set()
+    used = 0
+    for best in ranked:
+        if best in chosen:
+            continue
+        group = group_of[best]
+        size = sum(len(spans[i].text) for i in group)
+        if used + size <= budget:
+            pick = group
+        elif not chosen:  # the best paragraph is too long: the sentences around the best one
+            pick = _window(group, spans, best, budget)
+        else:
+            continue
+        chosen.update(pick)
+        used += sum(len(spans[i].text) for i in pick)
+        if used >= budget:
+            break
     if _is_heading(spans[0]):
         chosen.add(0)
-    idx = sorted(chosen)
+    return _join(text, spans, sorted(chosen))
+
+
+def _join(text: str, spans: list[Span], idx: list[int]) -> str:
+    """The chosen sentences in original order, gaps marked ' … '."""
     out = "" if idx[0] == 0 else "… "
     for j, i in enumerate(idx):
         if j:

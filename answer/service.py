@@ -318,8 +318,11 @@ class KnowledgeAnswerService:
                 escalated: bool = False, scores: dict[str, float]) -> Answer:
         if is_abstention(att.text) or not att.result.sentences:  # nothing stated: list the sources
             return self._abstain(run, standalone, att, corrected=corrected, escalated=escalated, scores=scores)
+        cited = {c.n for c in att.result.citations}
+        others = tuple(c for c in source_citations(att.hits, standalone) if c.n not in cited)
         return Answer(run.question, standalone, att.text, att.result.citations, att.confidence, route,
-                      corrected=corrected, escalated=escalated, sources=att.hits, scores=scores, model_id=att.model_id)
+                      corrected=corrected, escalated=escalated, sources=att.hits, scores=scores, model_id=att.model_id,
+                      other_sources=others)
 
     def _abstain(self, run: _Run, standalone: str, att: _Attempt, *, corrected: bool, escalated: bool = False,
                  scores: dict[str, float]) -> Answer:

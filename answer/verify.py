@@ -91,8 +91,9 @@ class Verification:
 
 
 def is_vacuous(claim: str, question: str) -> bool:
-    """True when ``claim`` adds no fact and no content word beyond the question and pointers."""
-    if extract_facts(claim):
+    """True when ``claim`` adds no fact and no content word beyond the question and pointers.
+    A yes or a no answers a yes/no question even when the rest restates it."""
+    if extract_facts(claim) or re.match(r"\W*(?:yes|no)\b", claim, re.IGNORECASE):
         return False
     new = content_words(claim) - content_words(question)
     new = {w for w in new if w not in POINTER_WORDS and w.rstrip("s") not in POINTER_WORDS}

@@ -35,6 +35,8 @@ class SourceConfig(_Section):
     base_url: str | None = None
     #: Slack: messages that are not in a thread are grouped in windows of this many hours.
     slack_window_hours: int = Field(default=24, ge=1, le=24 * 7)
+    #: wiki/drive: glob patterns of paths (relative, "/"-separated) not to read, e.g. ["archive/**"].
+    exclude: list[str] = Field(default_factory=list)
     enabled: bool = True
 
 

@@ -26,23 +26,41 @@ def group_principal(name: str) -> str:
     return f"group:{name.strip().lower()}"
 
 
-@dataclass(frozen=True)
-class Section:
-    """A structural span of a document's text: the chunker never cuts across one.
+@dataclass(frozen=True, kw_only=True)
+class Location:
+    """Where a span lives in the original, for citations: a heading path for wiki pages and
+    docs, a page for PDFs, a slide for decks, a sheet for spreadsheets, a message timestamp
+    for Slack. Shared by :class:`Section` and :class:`Chunk` (keyword-only fields)."""
 
-    ``start``/``end`` are character offsets into ``Document.text`` (end exclusive).
-    The location fields say where the span lives in the original, for citations:
-    a heading path for wiki pages and docs, a page for PDFs, a slide for decks, a sheet for
-    spreadsheets, a message timestamp for Slack.
-    """
-
-    start: int
-    end: int
     heading_path: tuple[str, ...] = ()
     page: int | None = None
     slide: int | None = None
     sheet: str | None = None
     slack_ts: str | None = None
+
+    def location(self) -> str:
+        """Human label for where the span lives: 'page 7', 'slide 3', 'Benefits > PTO'."""
+        parts: list[str] = []
+        if self.page is not None:
+            parts.append(f"page {self.page}")
+        if self.slide is not None:
+            parts.append(f"slide {self.slide}")
+        if self.sheet:
+            parts.append(f"sheet {self.sheet}")
+        if self.heading_path:
+            parts.append(" > ".join(self.heading_path))
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Section(Location):
+    """A structural span of a document's text: the chunker never cuts across one.
+
+    ``start``/``end`` are character offsets into ``Document.text`` (end exclusive).
+    """
+
+    start: int
+    end: int
 
 
 @dataclass(frozen=True)
@@ -83,7 +101,7 @@ class Document:
 
 
 @dataclass(frozen=True)
-class Chunk:
+class Chunk(Location):
     """A piece of a document of at most 512 embedder tokens (with [CLS]/[SEP]).
 
     ``text == document.text[start:end]`` always holds; ``id`` is deterministic
@@ -96,24 +114,6 @@ class Chunk:
     text: str
     start: int
     end: int
-    heading_path: tuple[str, ...] = ()
-    page: int | None = None
-    slide: int | None = None
-    sheet: str | None = None
-    slack_ts: str | None = None
-
-    def location(self) -> str:
-        """Human label for where the chunk lives: 'page 7', 'slide 3', 'Benefits > PTO'."""
-        parts: list[str] = []
-        if self.page is not None:
-            parts.append(f"page {self.page}")
-        if self.slide is not None:
-            parts.append(f"slide {self.slide}")
-        if self.sheet:
-            parts.append(f"sheet {self.sheet}")
-        if self.heading_path:
-            parts.append(" > ".join(self.heading_path))
-        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -239,6 +239,11 @@ class Citation:
     slide: int | None = None
     quote: str = ""  # the span of the source that supports the answer
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "title": self.title, "source": self.source, "source_type": self.source_type,
+                "uri": self.uri, "location": self.location, "page": self.page, "slide": self.slide,
+                "quote": self.quote}
+
 
 Route = Literal["answered", "corrected", "escalated", "abstained", "error"]
 
@@ -258,6 +263,9 @@ class Answer:
     scores: Mapping[str, float] = field(default_factory=dict, hash=False, compare=False)
     model_id: str = ""
     answer_id: str | None = None  # row id in the answer log, for feedback
+    #: The sources the model was given but the answer does not cite, numbered as in its prompt,
+    #: each with its sentence closest to the question: every card the page shows is here.
+    other_sources: tuple[Citation, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -265,20 +273,8 @@ class Answer:
             "question": self.question,
             "standalone_question": self.standalone_question,
             "answer": self.text,
-            "citations": [
-                {
-                    "n": c.n,
-                    "title": c.title,
-                    "source": c.source,
-                    "source_type": c.source_type,
-                    "uri": c.uri,
-                    "location": c.location,
-                    "page": c.page,
-                    "slide": c.slide,
-                    "quote": c.quote,
-                }
-                for c in self.citations
-            ],
+            "citations": [c.to_dict() for c in self.citations],
+            "other_sources": [c.to_dict() for c in self.other_sources],
             "confidence": round(self.confidence, 4),
             "corrected": self.corrected,
             "escalated": self.escalated,

@@ -10,8 +10,26 @@ import click
 log = logging.getLogger(__name__)
 
 
-@click.command(
-    "eval",
+class _RunByDefault(click.Group):
+    """``kb eval QUESTIONS ...`` runs an evaluation; ``kb eval label ...`` is a subcommand."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("eval", cls=_RunByDefault, epilog="""\b
+Examples:
+  kb eval QUESTIONS --corpus-name NAME [...]     # an evaluation (see `kb eval run --help`)
+  kb eval label REPORT_DIR                        # label its answers by hand
+""")
+def eval_cmd() -> None:
+    """Evaluate answers and retrieval on a question set; label answers by hand."""
+
+
+@eval_cmd.command(
+    "run",
     epilog="""\b
 Examples:
   # ARAGOG: 107 questions on 14 arXiv PDFs (an ad-hoc drive corpus), baselines side by side;
@@ -53,11 +71,14 @@ Question files: JSONL, one object per line:
               help="Where corpora are indexed for evaluation (default <data_dir>/eval).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder.")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Human verdicts (JSONL from `kb eval label`) that override the automatic ones.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.pass_context
-def eval_cmd(ctx: click.Context, questions: Path, corpus_name: str, corpus_path: Path | None, fmt: str,
+def eval_run(ctx: click.Context, questions: Path, corpus_name: str, corpus_path: Path | None, fmt: str,
              limit: int | None, config_a: Path | None, config_b: Path | None, baselines: bool,
-             retrieval_only: bool, eval_dir: Path | None, out_dir: Path | None, quiet: bool) -> None:
+             retrieval_only: bool, eval_dir: Path | None, out_dir: Path | None, labels_path: Path | None,
+             quiet: bool) -> None:
     """Evaluate retrieval and answers on QUESTIONS against the corpus --corpus-name."""
     from datetime import datetime
 
@@ -94,7 +115,48 @@ def eval_cmd(ctx: click.Context, questions: Path, corpus_name: str, corpus_path:
         (out_dir / "results.partial.json").write_text(json.dumps(partial, indent=1, default=str), encoding="utf-8")
 
     result = run_evaluation(qs, configs, opts, on_partial=save_partial)
+    if labels_path is not None:
+        from eval.labels import apply_labels, load_labels
+
+        n = apply_labels(result, load_labels(labels_path))
+        click.secho(f"{n} answers carry a human verdict from {labels_path}", err=True)
     written = write_report(result, out_dir)
     (out_dir / "results.partial.json").unlink(missing_ok=True)
     click.echo(markdown(result))
     click.secho("\nwrote " + ", ".join(str(p) for p in written.values()), fg="green", err=True)
+
+
+@eval_cmd.command("label", epilog="""\b
+Examples:
+  kb eval label data/runtime/reports/eval-handbook-20261130-101500
+  kb eval label results.json --labels eval/devsets/labels.jsonl --all
+""")
+@click.argument("report", type=click.Path(exists=True, path_type=Path))
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The labels file to append to (default: labels.jsonl beside the report).")
+@click.option("--all", "relabel", is_flag=True, help="Also show answers that already have a label.")
+def eval_label(report: Path, labels_path: Path | None, relabel: bool) -> None:
+    """Label the answers of REPORT (a report folder or its results.json) as correct, wrong,
+    vacuous or abstained; then re-apply the labels and print how often the automatic verdict agrees."""
+    from eval.labels import apply_labels, label_records, load_labels
+    from eval.report import write_report
+
+    results = report / "results.json" if report.is_dir() else report
+    try:
+        result = json.loads(results.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise click.ClickException(f"{results}: not an eval results file ({e})") from None
+    labels_path = labels_path or results.parent / "labels.jsonl"
+    records = [r for run in result.get("answers", {}).values() for r in run["records"]]
+    if not records:
+        raise click.ClickException(f"{results}: no answers to label (was it a --retrieval-only run?)")
+    n = label_records(records, labels_path, ask=lambda p: click.prompt(p, default="s", show_default=False),
+                      show=click.echo, only_unlabelled=not relabel)
+    applied = apply_labels(result, load_labels(labels_path))
+    write_report(result, results.parent)
+    for name, run in result["answers"].items():
+        s = run["summary"]
+        click.echo(f"{name}: {s['human_labelled']} labelled; the automatic verdict agrees on "
+                   f"{s['human_agreement'] if s['human_agreement'] is not None else '-'}; "
+                   f"shown-and-wrong {s['shown_and_wrong']}")
+    click.secho(f"labelled {n} now, {applied} in all; labels in {labels_path}", fg="green", err=True)

@@ -107,7 +107,12 @@ def unsupported_count(answer: Answer, settings: Settings, embedder, generator) -
 
 
 def answer_record(q: EvalQuestion, a: Answer, unsupported: int) -> dict[str, Any]:
+    from eval.verdict import answer_key, judge
+
     abstained = a.route == "abstained"
+    j = judge(q.answerable, q.expected_answer, "" if abstained else a.text, q.question)
+    if a.route == "error":
+        j = type(j)("wrong", "the answer model failed")
     cited = [(ref_names(c.doc_id, c.title, c.source_type), c.page if c.page is not None else c.slide)
              for c in a.citations] if not abstained else []
     file_pr = m.citation_precision_recall(cited, q.expected_sources, "file") if not abstained else None
@@ -132,6 +137,12 @@ def answer_record(q: EvalQuestion, a: Answer, unsupported: int) -> dict[str, Any
         "citation_precision_page": page_pr.precision if page_pr else None,
         "citation_recall_page": page_pr.recall if page_pr and q.answerable else None,
         "unsupported_sentences": unsupported,
+        "verdict": j.verdict,
+        "verdict_reason": j.reason,
+        "answer_key": answer_key(a.text),
+        # answerable questions with expected pages: does a citation name one of them?
+        "page_match": (bool(page_pr and page_pr.precision) if not abstained else False)
+        if q.answerable and q.has_pages else None,
         "timings": dict(a.timings),
     }
 
@@ -151,12 +162,23 @@ def answer_records(questions: Sequence[EvalQuestion], service, user: Principal, 
         r["similarity"] = s
     for r in out:
         r.setdefault("similarity", None)
-        if r["answerable"]:
-            r["correct"] = (not r["abstained"] and not r["error"] and r["similarity"] is not None
-                            and r["similarity"] >= SIM_CORRECT)
-        else:
-            r["correct"] = r["abstained"]
+        finalize(r)
     return out
+
+
+def finalize(r: dict[str, Any], human: str | None = None) -> None:
+    """``correct`` from the verdict (a human label, when given, overrides the automatic one);
+    the old similarity rule is kept as ``similarity_correct`` for comparison."""
+    if human is not None:
+        r["human_verdict"] = human
+    final = r.get("human_verdict") or r["verdict"]
+    r["final_verdict"] = final
+    r["correct"] = final == "correct" if r["answerable"] else final == "abstained"
+    if r["answerable"]:
+        r["similarity_correct"] = (not r["abstained"] and not r["error"] and r["similarity"] is not None
+                                   and r["similarity"] >= SIM_CORRECT)
+    else:
+        r["similarity_correct"] = r["abstained"]
 
 
 def summarize_answers(records: Sequence[dict]) -> dict[str, Any]:
@@ -167,8 +189,21 @@ def summarize_answers(records: Sequence[dict]) -> dict[str, Any]:
     routes: dict[str, int] = {}
     for r in records:
         routes[r["route"]] = routes.get(r["route"], 0) + 1
+    from eval.verdict import VERDICTS, shown_and_wrong
+
+    finals = [r.get("final_verdict", r.get("verdict")) for r in records]
+    answerable = [r for r in records if r["answerable"]]
+    labelled = [r for r in records if r.get("human_verdict")]
     return {
         "n": len(records),
+        "shown_and_wrong": shown_and_wrong(finals),
+        "false_abstention": m.rate(r["abstained"] for r in answerable),
+        "correct_answerable": m.rate(r.get("final_verdict") == "correct" for r in answerable),
+        "page_citation_match": m.rate(r["page_match"] for r in records if r.get("page_match") is not None),
+        "verdicts": {v: sum(1 for f in finals if f == v) for v in VERDICTS},
+        "similarity_accuracy": m.rate(r.get("similarity_correct", False) for r in records),
+        "human_labelled": len(labelled),
+        "human_agreement": m.rate(r["verdict"] == r["human_verdict"] for r in labelled),
         "n_answerable": sum(1 for r in records if r["answerable"]),
         "n_unanswerable": sum(1 for r in records if not r["answerable"]),
         "accuracy": m.rate(r["correct"] for r in records),

@@ -16,19 +16,22 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ANSWER_COLUMNS = [
+    ("shown_and_wrong", "shown & wrong"),
+    ("abstention_unanswerable", "abstain (unanswerable)"),
+    ("false_abstention", "false abstention"),
+    ("page_citation_match", "page cite match"),
     ("accuracy", "correct"),
     ("token_f1", "token F1"),
     ("similarity", "similarity"),
     ("citation_precision_file", "cite P (file)"),
     ("citation_recall_file", "cite R (file)"),
-    ("abstention_unanswerable", "abstain (unanswerable)"),
-    ("abstention_answerable", "abstain (answerable)"),
-    ("hallucination_rate", "hallucination"),
+    ("similarity_accuracy", "sim >= 0.7 (old)"),
+    ("hallucination_rate", "unsupported"),
     ("auroc", "AUROC"),
     ("ece", "ECE"),
 ]
 PAGE_COLUMNS = [("citation_precision_page", "cite P (page)"), ("citation_recall_page", "cite R (page)")]
-STAGES = ("retrieve", "filter", "first_token", "generate", "score", "correction", "total")
+STAGES = ("retrieve", "premise", "filter", "first_token", "generate", "verify", "score", "correction", "total")
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -68,9 +71,13 @@ def markdown(result: dict[str, Any]) -> str:
         has_pages = any(r["summary"].get("citation_precision_page") is not None for r in result["answers"].values())
         cols = ANSWER_COLUMNS + (PAGE_COLUMNS if has_pages else [])
         lines += ["## Answers", "",
-                  f"{meta['answer_subset']} questions. Correct: similarity to the reference >= {meta['sim_correct']} "
-                  "(abstaining, on an unanswerable question). Hallucination: share of non-abstained answers with a "
-                  "sentence its cited sources do not support. AUROC/ECE: confidence vs correct, non-abstained answers.", "",
+                  f"{meta['answer_subset']} questions, each judged correct, wrong, vacuous or abstained from its facts "
+                  "(eval/verdict.py; human labels override). Shown & wrong: answers shown that are wrong or vacuous, "
+                  "over all questions. Correct: a correct answer (an abstention, on an unanswerable question). "
+                  "Page cite match: answerable questions with expected pages whose answer cites one. "
+                  f"sim >= {meta['sim_correct']} (old): the former similarity rule, for comparison. Unsupported: "
+                  "shown answers with a sentence whose facts its cited source lacks. AUROC/ECE: confidence vs "
+                  "correct, shown answers.", "",
                   "| variant | model | n | " + " | ".join(c[1] for c in cols) + " | total p50 | total p95 |",
                   "|---|---|---|" + "---|" * len(cols) + "---|---|"]
         for name, run in result["answers"].items():
@@ -84,9 +91,13 @@ def markdown(result: dict[str, Any]) -> str:
             lat = run["summary"]["latency"]
             cells = [f"{_f(lat[k]['p50'], 2)} / {_f(lat[k]['p95'], 2)}" if k in lat else "–" for k in STAGES]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += ["", "### Routes", ""]
+        lines += ["", "### Routes and verdicts", ""]
         for name, run in result["answers"].items():
-            lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(run["summary"]["routes"].items())))
+            s = run["summary"]
+            lines.append(f"- {name}: routes " + ", ".join(f"{k} {v}" for k, v in sorted(s["routes"].items()))
+                         + "; verdicts " + ", ".join(f"{k} {v}" for k, v in s.get("verdicts", {}).items())
+                         + (f"; {s['human_labelled']} labelled by hand, automatic verdict agrees on "
+                            f"{_f(s['human_agreement'])}" if s.get("human_labelled") else ""))
         lines.append("")
     if result.get("ab"):
         lines += ["## A/B (B − A, paired by question)", "",
@@ -170,7 +181,7 @@ def plot_answers(result: dict[str, Any], path: Path) -> Path | None:
 
 def plot_reliability(result: dict[str, Any], path: Path) -> Path | None:
     """The first answer run's confidence vs correctness (answer.confidence's reliability diagram)."""
-    from answer.confidence import plot_reliability as draw
+    from eval.calibration import plot_reliability as draw
 
     for name, run in result["answers"].items():
         rows = [r for r in run["records"] if not r["abstained"] and not r["error"]]

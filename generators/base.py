@@ -12,7 +12,6 @@ import math
 import os
 import re
 from dataclasses import replace
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from core.types import GenParams, Message, Token

@@ -21,7 +21,6 @@ import os
 import shutil
 import sqlite3
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone

@@ -203,15 +203,9 @@ def render_answer(answer: Answer, *, threshold: float = 0.5, key: str | None = N
 
 
 def other_sources(answer: Answer) -> list[Citation]:
-    """The sources the model was given but did not cite, numbered as in its prompt (the
-    service numbers ``answer.sources`` from 1), each quoted with its sentence closest to the
-    question. Already ACL-filtered for the asking user, like everything in the Answer."""
-    from answer.citations import best_quote, to_citation
-
-    cited = {c.n for c in answer.citations}
-    q = answer.standalone_question or answer.question
-    return [to_citation(i, h, best_quote(q, h.prompt_text))
-            for i, h in enumerate(answer.sources, start=1) if i not in cited]
+    """The sources the model was given but did not cite (the Answer carries them as cards,
+    already ACL-filtered for the asking user, like everything in the Answer)."""
+    return list(answer.other_sources)
 
 
 def render_streaming(status: str | None, draft: str) -> str:

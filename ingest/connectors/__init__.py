@@ -12,7 +12,7 @@ def make_connector(src: SourceConfig) -> Connector:
 
         return WikiConnector(
             src.path, source=src.name, base_url=src.base_url,
-            permissions_file=src.permissions_file, default_acl=src.default_acl,
+            permissions_file=src.permissions_file, default_acl=src.default_acl, exclude=src.exclude,
         )
     if src.type == "slack":
         from ingest.connectors.slack import SlackConnector
@@ -25,6 +25,6 @@ def make_connector(src: SourceConfig) -> Connector:
 
         return DriveConnector(
             src.path, source=src.name, base_url=src.base_url,
-            permissions_file=src.permissions_file, default_acl=src.default_acl,
+            permissions_file=src.permissions_file, default_acl=src.default_acl, exclude=src.exclude,
         )
     raise ValueError(f"unknown source type {src.type!r}")

@@ -7,11 +7,12 @@ the wiki connector reuses.
 """
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 from urllib.parse import quote
 
 from core.errors import ParseError, SourceError
@@ -42,8 +43,11 @@ class FileTreeConnector:
         base_url: str | None = None,
         permissions_file: str | None = "permissions.json",
         default_acl: str = "public",
+        exclude: Sequence[str] = (),
     ) -> None:
         self.root = Path(path).expanduser()
+        #: glob patterns of relative paths that are not read ("reference/**", "*.tmp.md")
+        self.exclude = tuple(exclude)
         if not self.root.exists():
             raise SourceError(
                 f"{self.source_type} folder not found: {self.root}; check sources[].path in kb.yaml"
@@ -72,6 +76,9 @@ class FileTreeConnector:
                 if name.startswith((".", "~")) or name.endswith(("~", ".tmp")):
                     continue  # hidden, Office lock files (~$x.docx), editor backups
                 if rel == self.permissions_file:
+                    continue
+                if any(fnmatch.fnmatchcase(rel, pat) for pat in self.exclude):
+                    log.debug("excluded file skipped source=%s path=%s", self.source, rel)
                     continue
                 if path.suffix.lower() not in self.extensions:
                     log.debug("unsupported file skipped source=%s path=%s", self.source, rel)

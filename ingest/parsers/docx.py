@@ -80,14 +80,17 @@ def parse_docx(path: Path) -> Parsed:
     if comments:
         b.section(heading_path=("Comments",))
         b.block("Comments:\n" + "\n".join(comments))
-    meta: dict[str, Any] = {"tables": tables, "comments": len(comments)}
+    meta: dict[str, Any] = {"tables": tables, "comments": len(comments), **office_title(document)}
+    return b.parsed(metadata=meta)
+
+
+def office_title(document: Any) -> dict[str, str]:
+    """``{"doc_title": ...}`` from an Office file's core properties (docx, pptx), or ``{}``."""
     try:
         title = (document.core_properties.title or "").strip()
-    except Exception:
+    except Exception:  # a damaged docProps/core.xml: the file's name serves as its title
         title = ""
-    if title:
-        meta["doc_title"] = title
-    return b.parsed(metadata=meta)
+    return {"doc_title": title} if title else {}
 
 
 def _blocks(document: Any) -> Iterator[Any]:

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 from core.errors import ParseError
 from ingest.parsers.builder import Parsed, TextBuilder, collapse_spaces, table_row
+from ingest.parsers.docx import office_title
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,7 @@ def parse_pptx(path: Path) -> Parsed:
             _slide(b, number, slide)
     except Exception as e:  # malformed XML inside a valid zip
         raise ParseError(str(path), f"cannot read slide content ({type(e).__name__}: {e})") from None
-    meta: dict[str, Any] = {"slides": len(slides)}
-    try:
-        title = (deck.core_properties.title or "").strip()
-    except Exception:
-        title = ""
-    if title:
-        meta["doc_title"] = title
+    meta: dict[str, Any] = {"slides": len(slides), **office_title(deck)}
     return b.parsed(metadata=meta)
 
 

@@ -7,16 +7,9 @@ import numpy as np
 import pytest
 
 from answer.citations import extract_citations
-from answer.confidence import (
-    FEATURES,
-    ConfidenceModel,
-    answer_features,
-    auroc,
-    best_threshold,
-    calibrate,
-    plot_reliability,
-    sentence_support,
-)
+from answer.confidence import FEATURES, ConfidenceModel, answer_features, sentence_support
+from eval.calibration import best_threshold, calibrate, plot_reliability
+from eval.metrics import auroc
 from generators.fake import FakeGenerator
 from answer.prompts import ABSTAIN_TEXT
 from core.errors import ConfigError

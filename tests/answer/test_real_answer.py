@@ -50,3 +50,42 @@ def test_real_pipeline_answers_with_structure(tmp_path, sample_dir):
     assert ans.model_id.startswith("smollm2")
     row = services.answer_log.get_answer(ans.answer_id)
     assert row["route"] == ans.route and row["source_chunk_ids"] == [h.chunk.id for h in ans.sources]
+
+
+@pytest.mark.slow
+def test_default_model_never_ships_an_invented_fact(tmp_path, tmp_path_factory, sample_dir):
+    """The shipped model and settings, on the questions that used to get invented answers:
+    whatever it drafts, no shown sentence states a fact that the shown sources lack."""
+    if not importlib.util.find_spec("llama_cpp"):
+        pytest.skip("llama-cpp-python is not installed")
+    from answer.facts import missing_facts
+    from answer.prompts import is_abstention
+    from generators.model_files import assemble_default_model
+    from kb.services import build_services
+
+    wiki = tmp_path / "wiki"
+    for rel in PAGES + ["company/glossary.md", "hr/benefits.md"]:
+        if (sample_dir / "wiki" / rel).is_file():
+            (wiki / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(sample_dir / "wiki" / rel, wiki / rel)
+    model = assemble_default_model(tmp_path_factory.mktemp("default-model"))
+    try:
+        settings = make_settings(
+            tmp_path, embedding={"model": "packaged"},
+            sources=[{"name": "acme-wiki", "type": "wiki", "path": str(wiki)}],
+            generator={"backend": "llamacpp", "model": str(model), "threads": 1},
+        )
+        index, retriever, embedder = build_index(settings)
+        services = build_services(settings, index=index, retriever=retriever, embedder=embedder)
+        alice = Principal("alice", groups=frozenset({"engineering"}))
+        for q in ("What is the deductible of the Gold plan?", "What is the guest Wi-Fi network name?",
+                  "What is Acme's stock ticker symbol?", "How many days of PTO does a full-time employee earn?"):
+            ans = services.answer_service.answer(q, user=alice)
+            shown = [h.chunk.text + "\n" + h.doc_title for h in ans.sources]
+            if not is_abstention(ans.text):
+                invented = missing_facts(ans.text, shown)
+                assert not invented, f"{q!r} -> {ans.text!r} ships facts in no source: {invented}"
+                assert ans.citations, ans.text
+        assert "22" in ans.text, ans.text  # the answerable one is answered from its page
+    finally:
+        model.unlink(missing_ok=True)  # 1.1 GB

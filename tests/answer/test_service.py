@@ -169,22 +169,39 @@ def test_condense_guard_keeps_the_question():
 def test_context_filter_trims_reranks_and_never_drops_all():
     from index.embedder import HashEmbedder
 
-    long = ("# Benefits\nThe office has plants. The kitchen has coffee. Vacation days are 25 per year. "
-            "Parking is free. Vacation requests go through Workday. The roof is red.")
+    filler = " ".join(f"The office has plants number {i}." for i in range(12))
+    long = ("# Benefits\n" + filler + "\n\n"
+            "Vacation days are 25 per year. Vacation requests go through Workday. Unused days expire.\n\n"
+            "Parking is free. The roof is red. " + filler)
     def h(i, text):
         c = Chunk(id=f"c{i}", doc_id=f"t:{i}", ordinal=0, text=text, start=0, end=len(text))
         return Hit(c, f"D{i}", "u", "t", "wiki", score=1.0 / (i + 1))
-    f = ContextFilter(HashEmbedder(), filter_sentences=2, min_relevance=0.99)
-    res = f.filter("vacation days per year", [h(0, "Unrelated text about lunch."), h(1, long)], top_k=5)
+    f = ContextFilter(HashEmbedder(), filter_sentences=1, min_relevance=0.99)
+    res = f.filter("vacation days per year", [h(0, "Unrelated text about lunch."), h(1, long)], top_k=1)
     assert len(res.hits) == 1  # everything below 0.99, the best one kept
     kept = res.hits[0]
     assert kept.chunk.id == "c1" and kept.rerank_score is not None
     assert kept.text.startswith("# Benefits\n") and "Vacation days are 25 per year." in kept.text
+    # the answering paragraph is kept whole: its neighbours come along, the filler does not
+    assert "Vacation requests go through Workday." in kept.text and "Unused days expire." in kept.text
     assert "plants" not in kept.text and "…" in kept.text
     assert res.chars_after < res.chars_before
     f2 = ContextFilter(HashEmbedder(), filter_sentences=10, min_relevance=-1)
-    res2 = f2.filter("vacation days per year", [h(0, "Unrelated text about lunch."), h(1, long)], top_k=5)
-    assert [x.chunk.id for x in res2.hits] == ["c1", "c0"] and res2.hits[0].text == long
+    short = "Vacation days are 25 per year. Parking is free."
+    res2 = f2.filter("vacation days per year", [h(0, "Unrelated text about lunch."), h(1, short)], top_k=5)
+    assert [x.chunk.id for x in res2.hits] == ["c1", "c0"] and res2.hits[0].text == short
+
+
+def test_context_filter_takes_near_ties_within_the_same_budget():
+    from index.embedder import HashEmbedder
+
+    def h(i, text):
+        c = Chunk(id=f"c{i}", doc_id=f"t:{i}", ordinal=0, text=text, start=0, end=len(text))
+        return Hit(c, f"D{i}", "u", "t", "wiki", score=1.0)
+    texts = ["Vacation days are 25 per year.", "Vacation days are 25 per year!", "Lunch is at noon."]
+    f = ContextFilter(HashEmbedder(), filter_sentences=4, min_relevance=-1)
+    res = f.filter("vacation days per year", [h(i, t) for i, t in enumerate(texts)], top_k=1)
+    assert [x.chunk.id for x in res.hits] == ["c0", "c1"]  # a tie is not settled by cutting
 
 
 def test_context_filter_slm_relevance():

@@ -19,6 +19,11 @@ def cite(n=1, **kw) -> Citation:
 
 
 def answer(text="The codename is Operation Tailwind [1].", citations=None, route="answered", **kw) -> Answer:
+    if kw.get("sources") and "other_sources" not in kw:  # as the answer service fills it
+        from answer.citations import source_citations
+
+        cited = {c.n for c in (citations or [])}
+        kw["other_sources"] = tuple(c for c in source_citations(kw["sources"], "q") if c.n not in cited)
     return Answer(question="q", standalone_question="q", text=text,
                   citations=tuple(citations if citations is not None else [cite(1)]),
                   confidence=kw.pop("confidence", 0.82), route=route, answer_id=kw.pop("answer_id", "abc123"), **kw)

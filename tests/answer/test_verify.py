@@ -1,0 +1,78 @@
+"""Verification on the failure cases seen on third-party documents: an invented plan, a Wi-Fi
+name, a stock ticker, a pointer-only answer, an unsupported claim the SLM rejects."""
+from __future__ import annotations
+
+from answer.prompts import build_messages
+from answer.verify import Verifier, is_vacuous
+from core.types import Chunk, Hit
+from generators.fake import FakeGenerator
+
+
+def hit(i: int, text: str, title: str = "Benefits") -> Hit:
+    c = Chunk(id=f"c{i}", doc_id=f"t:{i}", ordinal=0, text=text, start=0, end=len(text))
+    return Hit(c, title, f"https://wiki/{i}", "t", "wiki", score=1.0)
+
+
+HITS = [
+    hit(1, "The Silver plan has a deductible of $1,500 per person. Preventive care is covered in full."),
+    hit(2, "Guests can use the visitor network; ask reception for today's password."),
+    hit(3, "Exempt services: annual physicals, vaccinations and screenings."),
+]
+
+
+def facts_only(text: str, question: str = "What is covered?"):
+    return Verifier(None, mode="facts").verify(text, HITS, question=question)
+
+
+def test_an_invented_plan_and_amount_are_removed():
+    v = facts_only("The Gold plan has a $2,000 deductible [1].", "What is the Gold plan deductible?")
+    assert v.status == "none" and v.text == ""
+    assert {f.text for f in v.checks[0].missing} == {"Gold", "$2,000"}
+
+
+def test_an_invented_wifi_name_and_ticker_are_removed_the_rest_kept():
+    v = facts_only("The guest network is AcmeGuest-5G [2]. The stock ticker is CSCO [2]. "
+                   "Ask reception for today's password [2].", "What is the guest Wi-Fi?")
+    assert v.status == "partial"
+    assert v.text == "Ask reception for today's password [2]."
+
+
+def test_a_pointer_only_answer_is_vacuous():
+    q = "Which services are exempt?"
+    assert is_vacuous("The exempt services include those listed in [3].", q)
+    v = facts_only("The exempt services include those listed in [3].", q)
+    assert v.status == "vacuous" and not v.passed
+    assert facts_only("Exempt services are annual physicals and vaccinations [3].", q).status == "ok"
+
+
+def test_an_uncited_sentence_gets_the_source_that_holds_its_facts():
+    v = facts_only("The Silver plan deductible is $1,500 per person.", "What is the Silver plan deductible?")
+    assert v.status == "ok" and v.text == "The Silver plan deductible is $1,500 per person [1]."
+
+
+def test_the_slm_check_removes_what_the_model_rejects_and_reuses_the_prompt():
+    q = "What does the Silver plan cover?"
+    messages = build_messages(q, HITS)
+    gen = FakeGenerator(yes=[0.95, 0.1])
+    v = Verifier(gen, mode="slm").verify(
+        "Preventive care is covered in full [1]. Dental care is covered in full [1].", HITS,
+        question=q, messages=messages)
+    assert v.text == "Preventive care is covered in full [1]."
+    assert [c.support for c in v.checks] == [0.95, 0.1]
+    # the check prompt starts with the answer prompt's system message and sources block
+    sources_block = messages[1].content.split("Question: ")[0]
+    assert all(c[0] == messages[0] and c[1].content.startswith(sources_block) for c in gen.yes_calls)
+
+
+def test_a_polarity_flip_is_caught_by_the_slm_check():
+    gen = FakeGenerator()  # word overlap: "not" vs "in full" differs little, so script it
+    gen.yes.extend([0.08])
+    v = Verifier(gen, mode="slm").verify("Yes, the plan covers full costs [1].", HITS,
+                                         question="Does the plan cover full costs?",
+                                         messages=build_messages("Does the plan cover full costs?", HITS))
+    assert v.status == "none"
+
+
+def test_abstentions_pass_through_untouched():
+    v = facts_only("The knowledge base does not contain an answer to this question.")
+    assert v.status == "abstained" and v.checks == ()
