@@ -27,8 +27,9 @@ class SourceConfig(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     type: Literal["wiki", "slack", "drive"]
     path: Path
-    #: Drive files without an entry in the permissions sidecar: readable by all, or by nobody.
-    default_acl: Literal["public", "deny"] = "public"
+    #: Files without an entry in the permissions sidecar: readable by all, or by nobody.
+    #: Default: "deny" for drive (a file nobody listed stays private), "public" for wiki.
+    default_acl: Literal["public", "deny"] | None = None
     #: Optional sidecar mapping file paths to users/groups (drive); default permissions.json.
     permissions_file: str = "permissions.json"
     #: Base URL for citations (e.g. https://wiki.acme.example/ or https://acme.slack.com/).
@@ -38,6 +39,12 @@ class SourceConfig(_Section):
     #: wiki/drive: glob patterns of paths (relative, "/"-separated) not to read, e.g. ["archive/**"].
     exclude: list[str] = Field(default_factory=list)
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _default_acl_by_type(self) -> "SourceConfig":
+        if self.default_acl is None:
+            self.default_acl = "deny" if self.type == "drive" else "public"
+        return self
 
 
 class EmbeddingConfig(_Section):

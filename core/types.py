@@ -176,11 +176,20 @@ class Hit:
 @dataclass(frozen=True)
 class IngestFailure:
     """A file or item a connector could not read. ``doc_id`` (when known) lets sync keep the
-    previously indexed version instead of treating the document as deleted."""
+    previously indexed version instead of treating the document as deleted.
+
+    Fail closed: ``drop`` removes the previous version (its access can no longer be known: a
+    page whose front matter or ``access:`` list does not parse, a symbolic link). With
+    ``keep_if_acl`` set, the previous version is kept only while its stored ACL still equals
+    this one (the ACL the file has now); a narrowed or widened ACL removes it."""
 
     path: str
     reason: str
     doc_id: str | None = None
+    drop: bool = False
+    keep_if_acl: frozenset[str] | None = None
+    #: About no document (a sidecar key that matches no file): reported, nothing else.
+    report_only: bool = False
 
 
 # --- generation -----------------------------------------------------------------------

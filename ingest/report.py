@@ -61,7 +61,7 @@ class SourceReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["failures"] = [asdict(f) for f in self.failures]
+        d["failures"] = [_failure_dict(f) for f in self.failures]
         d["seconds"] = round(self.seconds, 3)
         return d
 
@@ -220,3 +220,10 @@ def status_info(settings: Settings) -> dict[str, Any]:
             "source_errors": [{"source": s["name"], "error": s["error"]} for s in last.get("sources", []) if s.get("error")],
         },
     }
+
+
+def _failure_dict(f: IngestFailure) -> dict[str, Any]:
+    d = asdict(f)
+    if d.get("keep_if_acl") is not None:
+        d["keep_if_acl"] = sorted(d["keep_if_acl"])
+    return d

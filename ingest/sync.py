@@ -106,21 +106,37 @@ class _Sink:
         return np.stack([found[s] for s in shas]).astype(np.float32)
 
 
-def _failure_prefixes(src: SourceConfig, failures: Sequence[IngestFailure]) -> tuple[set[str], set[str], list[str]]:
-    """(doc ids to keep, doc id prefixes to keep, failures that block pruning the whole source)."""
+def _failure_prefixes(src: SourceConfig, failures: Sequence[IngestFailure],
+                      stored_acl: Callable[[str], frozenset[str]] | None = None,
+                      ) -> tuple[set[str], set[str], list[str], set[str]]:
+    """(doc ids to keep, doc id prefixes to keep, failures that block pruning the whole source,
+    doc ids to remove whatever else happens: fail closed when a document's access is unknown
+    or changed since its indexed version)."""
     keep_ids: set[str] = set()
     keep_prefixes: set[str] = set()
     blocking: list[str] = []
+    drop_ids: set[str] = set()
     for f in failures:
+        if f.report_only:
+            continue
         if f.doc_id:
-            keep_ids.add(f.doc_id)
+            if f.drop:
+                drop_ids.add(f.doc_id)
+            elif f.keep_if_acl is not None and stored_acl is not None:
+                try:
+                    same = frozenset(stored_acl(f.doc_id)) == frozenset(f.keep_if_acl)
+                except Exception:  # not indexed before: nothing to keep
+                    same = False
+                (keep_ids if same else drop_ids).add(f.doc_id)
+            else:
+                keep_ids.add(f.doc_id)
             continue
         m = _CHANNEL_ID.search(f.reason or "") or _CHANNEL_ID.search(f.path or "")
         if m:
             keep_prefixes.add(f"{src.name}:{m.group(1)}:")
         else:
             blocking.append(f.path)
-    return keep_ids, keep_prefixes, blocking
+    return keep_ids, keep_prefixes, blocking, drop_ids
 
 
 #: ``progress(source, documents_read, expected_or_None)``: called with 0 when a source starts
@@ -196,7 +212,17 @@ def _sync_source(src: SourceConfig, *, writer: GenerationWriter, sink: _Sink, ch
 
 def _prune(src: SourceConfig, rep: SourceReport, stored: dict[str, str], seen: set[str],
            writer: GenerationWriter, sink: _Sink) -> None:
-    keep_ids, keep_prefixes, blocking = _failure_prefixes(src, rep.failures)
+    keep_ids, keep_prefixes, blocking, drop_ids = _failure_prefixes(
+        src, rep.failures, writer.read_store.document_acl)
+    dropped = [d for d in stored if d in drop_ids]
+    if dropped:  # fail closed, even when other failures keep the rest of the source as it was
+        with writer.store.transaction():
+            for doc_id in dropped:
+                sink.removed.extend(writer.store.delete_document(doc_id))
+        rep.deleted += len(dropped)
+        rep.notes.append(f"{len(dropped)} documents were removed because their access could not be "
+                         "confirmed (see the failures)")
+    stored = {d: h for d, h in stored.items() if d not in drop_ids}
     vanished = [d for d in stored if d not in seen and d not in keep_ids
                 and not any(d.startswith(p) for p in keep_prefixes)]
     if blocking:

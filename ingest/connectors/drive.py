@@ -68,7 +68,8 @@ class FileTreeConnector:
     def files(self) -> list[tuple[Path, str]]:
         """``(path, relative posix path)`` of every file this source reads, sorted."""
         out: list[tuple[Path, str]] = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        self.symlinks: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(self.root):  # links to folders are not followed
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in self.skip_dirs)
             for name in sorted(filenames):
                 path = Path(dirpath) / name
@@ -79,6 +80,9 @@ class FileTreeConnector:
                     continue
                 if any(fnmatch.fnmatchcase(rel, pat) for pat in self.exclude):
                     log.debug("excluded file skipped source=%s path=%s", self.source, rel)
+                    continue
+                if path.is_symlink():  # its name would choose the format and the ACL of any file
+                    self.symlinks.append(rel)
                     continue
                 if path.suffix.lower() not in self.extensions:
                     log.debug("unsupported file skipped source=%s path=%s", self.source, rel)
@@ -93,27 +97,44 @@ class FileTreeConnector:
         self.failures.clear()
         files = self.files()
         for key in self.permissions.unmatched_keys(rel for _, rel in files):
-            log.warning("permissions entry matches no file source=%s key=%s", self.source, key)
+            self._fail(self.permissions_file or "permissions.json",
+                       f"permissions entry {key!r} matches no file (a typo or a moved file?); fix or remove it",
+                       None, keep=True)
+        for rel in self.symlinks:
+            self._fail(rel, "symbolic link skipped: only regular files inside the source folder are read",
+                       f"{self.source}:{rel}", drop=True)
         for path, rel in files:
             doc_id = f"{self.source}:{rel}"
             try:
                 doc = self.document(path, rel)
-            except AccessError as e:  # no doc id: a stale, more open version must not survive
-                self._fail(rel, e.reason, None)
+            except AccessError as e:  # the access list is unreadable: any older version goes too
+                self._fail(rel, e.reason, doc_id, drop=True)
                 continue
-            except ParseError as e:
-                self._fail(rel, e.reason, doc_id)
+            except ParseError as e:  # the older version stays only while its ACL is unchanged
+                self._fail(rel, e.reason, doc_id, acl=self.acl_without_parse(rel))
                 continue
             except Exception as e:  # a parser bug or odd file must not end the run
                 log.debug("parser crashed source=%s path=%s", self.source, rel, exc_info=True)
-                self._fail(rel, f"unexpected error while reading ({type(e).__name__}: {e})", doc_id)
+                self._fail(rel, f"unexpected error while reading ({type(e).__name__}: {e})", doc_id,
+                           acl=self.acl_without_parse(rel))
                 continue
             if doc is not None:
                 yield doc
 
-    def _fail(self, rel: str, reason: str, doc_id: str | None) -> None:
+    def _fail(self, rel: str, reason: str, doc_id: str | None, *, drop: bool = False,
+              acl: frozenset[str] | None = None, keep: bool = False) -> None:
+        """Record a failure. Fail closed: unless ``keep`` (a failure that says nothing about any
+        document's access), an older version survives only with ``acl`` equal to its stored ACL."""
         log.warning("file skipped source=%s path=%s reason=%s", self.source, rel, reason)
-        self.failures.append(IngestFailure(path=rel, reason=reason, doc_id=doc_id))
+        if not keep and not drop and acl is None:
+            drop = True  # the file's access cannot be known now
+        self.failures.append(IngestFailure(path=rel, reason=reason, doc_id=doc_id, drop=drop, keep_if_acl=acl,
+                                           report_only=keep and doc_id is None))
+
+    def acl_without_parse(self, rel: str) -> frozenset[str] | None:
+        """The ACL ``rel`` has now, when it can be known without reading the file (the sidecar
+        or the default); None when the file itself may say (a wiki page's front matter)."""
+        return self.permissions.acl_for(rel)
 
     # -- one file ------------------------------------------------------------------------
 

@@ -41,6 +41,9 @@ class WikiConnector(FileTreeConnector):
             return self.base_url.rstrip("/") + "/" + permalink.strip().lstrip("/")
         return super().uri(path, rel, parsed)
 
+    def acl_without_parse(self, rel: str) -> frozenset[str] | None:
+        return None  # a page's own front matter may restrict it: unknown until it parses
+
     def acl(self, rel: str, parsed: Parsed) -> frozenset[str]:
         if "access" in parsed.front_matter:
             return access_principals(parsed.front_matter["access"], path=rel)

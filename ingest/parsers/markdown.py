@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from markdown_it import MarkdownIt
 
+from core.errors import ParseError
 from ingest.parsers.builder import Parsed, TextBuilder, to_utc
 from ingest.parsers.html import render_fragment
 
@@ -65,20 +66,41 @@ def parse_markdown(source: str, *, name: str) -> Parsed:
     return b.parsed(title=title, front_matter=front, updated_at=updated)
 
 
+class FrontMatterError(ParseError):
+    """The front matter does not parse. It may hold the page's ``access:`` list, so the page is
+    not indexed (and a previously indexed version is removed) until it is fixed."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without anchors and aliases: a 400-byte "billion laughs" page would otherwise
+    expand to gigabytes (front matter never needs them)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases are not allowed in front matter",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def split_front_matter(source: str, *, name: str) -> tuple[dict[str, Any], str]:
-    """``(front matter dict, body)``. Unreadable front matter is logged and ignored, not fatal."""
+    """``(front matter dict, body)``. Front matter that does not parse as a YAML mapping raises
+    :class:`FrontMatterError` naming the file and the YAML error: fail closed, since it may
+    carry the page's access list (``title: HR: salary bands`` is a YAML error)."""
     m = _FRONT_MATTER.match(source)
     if not m:
         return {}, source
     body = source[m.end():]
     try:
-        data = yaml.safe_load(m.group(1)) if m.group(1).strip() else {}
+        data = yaml.load(m.group(1), Loader=_NoAliasLoader) if m.group(1).strip() else {}
     except yaml.YAMLError as e:
-        log.warning("front matter is not valid YAML, ignored name=%s error=%s", name, str(e).replace("\n", " "))
-        return {}, body
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 2})" if where is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise FrontMatterError(name, f"front matter is not valid YAML{line}: {problem}; fix it (quote values "
+                                     "that contain ': ') to index the page") from None
     if not isinstance(data, dict):
-        log.warning("front matter is not a mapping, ignored name=%s", name)
-        return {}, body
+        raise FrontMatterError(name, "front matter is not a YAML mapping of key: value lines; fix it to index the page")
     return data, body
 
 

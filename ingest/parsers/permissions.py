@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
@@ -79,7 +80,10 @@ class PermissionMap:
         return cls(default=default, files=files, folders=folders, origin=origin)
 
     def acl_for(self, rel_path: str) -> frozenset[str]:
-        """Principals who may read ``rel_path`` (posix, relative to the source root)."""
+        """Principals who may read ``rel_path`` (posix, relative to the source root). Keys and
+        paths compare after Unicode NFC normalisation and case folding ("HR/Bands.xlsx" in the
+        sidecar covers "hr/bands.xlsx" on disk, and a decomposed "é" matches a composed one)."""
+        rel_path = _fold_path(rel_path)
         if rel_path in self.files:
             return self.files[rel_path]
         parts = rel_path.split("/")[:-1]
@@ -91,7 +95,7 @@ class PermissionMap:
 
     def unmatched_keys(self, rel_paths: Iterable[str]) -> list[str]:
         """Sidecar keys that match no file: usually a typo or a moved file (logged by callers)."""
-        rels = set(rel_paths)
+        rels = {_fold_path(r) for r in rel_paths}
         out = [k for k in self.files if k not in rels]
         out += [k for k in self.folders if k and not any(r.startswith(k) for r in rels)]
         return sorted(out)
@@ -104,7 +108,11 @@ def _normalise_key(key: Any) -> str:
     while k.startswith("./"):
         k = k[2:]
     k = k.lstrip("/")
-    return k
+    return _fold_path(k)
+
+
+def _fold_path(path: str) -> str:
+    return unicodedata.normalize("NFC", path).casefold()
 
 
 def _entry_principals(entry: Any, *, where: str) -> frozenset[str]:

@@ -305,10 +305,23 @@ def test_markdown_title_falls_back_to_first_h1():
     assert parse_markdown("no headings at all", name="x.md").title is None
 
 
-def test_markdown_bad_front_matter_is_ignored_not_fatal():
-    p = parse_markdown("---\ntitle: [unclosed\n---\nBody text stays.", name="x.md")
-    assert p.front_matter == {}
-    assert p.text == "Body text stays."
+def test_markdown_bad_front_matter_fails_closed_naming_the_file_and_line():
+    from ingest.parsers.markdown import FrontMatterError
+
+    with pytest.raises(FrontMatterError, match=r"x\.md.*not valid YAML \(line 3\)"):
+        parse_markdown("---\ntitle: [unclosed\n---\nBody text stays.", name="x.md")
+    with pytest.raises(FrontMatterError, match="not valid YAML"):  # the classic: an unquoted colon
+        parse_markdown("---\ntitle: HR: salary bands\naccess: [group:hr]\n---\nBands.", name="bands.md")
+    with pytest.raises(FrontMatterError, match="not a YAML mapping"):
+        parse_markdown("---\n- a list\n---\nBody.", name="x.md")
+
+
+def test_front_matter_aliases_are_refused_billion_laughs():
+    from ingest.parsers.markdown import FrontMatterError
+
+    bomb = "---\na: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n---\nx"
+    with pytest.raises(FrontMatterError, match="aliases are not allowed"):
+        parse_markdown(bomb, name="bomb.md")
 
 
 # --- HTML -----------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def test_broken_file_keeps_previous_version_and_is_reported(tmp_path):
     d.save(drive / "expenses.docx")
     (drive / "notes.txt").write_text("Parking spots are on level minus two.")
     s = _settings(tmp_path)
-    src = _src(tmp_path, name="drive", type_="drive", path=drive)
+    src = _src(tmp_path, name="drive", type_="drive", path=drive).model_copy(update={"default_acl": "public"})
     sync_sources(s, [src], embedder=HashEmbedder())
 
     (drive / "expenses.docx").write_bytes(b"PK\x03\x04 this is not really a docx")

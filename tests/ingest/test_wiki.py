@@ -201,8 +201,8 @@ def test_bad_access_entry_fails_the_page_not_the_run(wiki):
     f = conn.failures[0]
     assert f.path == "hr/typo.md"
     assert "access" in f.reason and "'hr'" in f.reason
-    # no doc id on purpose: sync must not keep an older, possibly public, version of the page
-    assert f.doc_id is None
+    # fail closed: sync must remove an older, possibly public, version of the page
+    assert f.doc_id == "w:hr/typo.md" and f.drop
 
 
 def test_missing_root_is_a_source_error(tmp_path):
