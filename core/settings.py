@@ -150,6 +150,9 @@ class ServerConfig(_Section):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     #: Concurrent generations; further requests wait in the queue.
     concurrency: int = Field(default=1, ge=1)
+    #: Other origins (scheme://host[:port]) whose pages may call the chat page's API with the
+    #: user's login. None by default: only the page's own origin.
+    allowed_origins: list[str] = Field(default_factory=list)
 
 
 class ScheduleConfig(_Section):

@@ -160,3 +160,30 @@ def eval_label(report: Path, labels_path: Path | None, relabel: bool) -> None:
                    f"{s['human_agreement'] if s['human_agreement'] is not None else '-'}; "
                    f"shown-and-wrong {s['shown_and_wrong']}")
     click.secho(f"labelled {n} now, {applied} in all; labels in {labels_path}", fg="green", err=True)
+
+
+@eval_cmd.command("rejudge", epilog="""\b
+Examples:
+  kb eval rejudge data/runtime/reports/eval-handbook-20261130-101500
+""")
+@click.argument("report", type=click.Path(exists=True, path_type=Path))
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Human verdicts to apply afterwards.")
+def eval_rejudge(report: Path, labels_path: Path | None) -> None:
+    """Recompute the verdicts of REPORT (a report folder or its results.json) with today's rules
+    and rewrite its report: for results written before the rules changed."""
+    from eval.labels import apply_labels, load_labels, rejudge
+    from eval.report import markdown, write_report
+
+    results = report / "results.json" if report.is_dir() else report
+    try:
+        result = json.loads(results.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise click.ClickException(f"{results}: not an eval results file ({e})") from None
+    n = rejudge(result)
+    if labels_path is not None:
+        apply_labels(result, load_labels(labels_path))
+    result["meta"].setdefault("sim_correct", 0.7)
+    written = write_report(result, results.parent)
+    click.echo(markdown(result))
+    click.secho(f"rejudged {n} answers; wrote " + ", ".join(str(p) for p in written.values()), fg="green", err=True)

@@ -58,6 +58,28 @@ def apply_labels(result: dict[str, Any], labels: dict[tuple[str, str], dict[str,
     return n
 
 
+def rejudge(result: dict[str, Any]) -> int:
+    """Recompute every answer record's automatic verdict with today's rules (a results file
+    written by an older version, or before the rules changed), then the summaries."""
+    from eval import records as rec
+    from eval.verdict import answer_key, judge
+
+    n = 0
+    for run in result.get("answers", {}).values():
+        for r in run["records"]:
+            j = judge(r["answerable"], r.get("expected_answer", ""), "" if r["abstained"] else r["answer"],
+                      r["question"])
+            if r.get("error"):
+                j = type(j)("wrong", "the answer model failed")
+            r["verdict"], r["verdict_reason"] = j.verdict, j.reason
+            r["answer_key"] = answer_key(r["answer"])
+            r.setdefault("page_match", None)
+            rec.finalize(r, r.get("human_verdict"))
+            n += 1
+        run["summary"] = rec.summarize_answers(run["records"])
+    return n
+
+
 def label_records(records: Iterable[dict[str, Any]], labels_path: str | Path, *,
                   ask: Callable[[str], str], show: Callable[[str], None], only_unlabelled: bool = True) -> int:
     """Walk ``records``, show each answer, ask for a verdict and append it to ``labels_path``.

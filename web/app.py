@@ -304,6 +304,24 @@ def launch_options(settings: Settings, directory: UserDirectory | None = None) -
     return opts
 
 
+def asgi_app(demo: gr.Blocks, settings: Settings, directory: UserDirectory | None = None) -> Any:
+    """The chat page as an ASGI app behind :class:`web.origin.SameOriginMiddleware` (serve it
+    with uvicorn). Gradio's own CORS layer steps aside when the parent app configures CORS,
+    so a CORS middleware that allows only ``server.allowed_origins`` is installed too."""
+    from fastapi import FastAPI
+    from starlette.middleware.cors import CORSMiddleware
+
+    from web.origin import SameOriginMiddleware
+
+    parent = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    parent.add_middleware(CORSMiddleware, allow_origins=list(settings.server.allowed_origins),
+                          allow_credentials=True, allow_methods=["GET", "POST"], allow_headers=["*"])
+    opts = launch_options(settings, directory)
+    app = gr.mount_gradio_app(parent, demo, path="", server_name=settings.server.host,
+                              server_port=settings.server.port, **opts)
+    return SameOriginMiddleware(app, settings.server.allowed_origins)
+
+
 def build_app(services: Any, settings: Settings, *, warmup: WarmUp | None = None,
               directory: UserDirectory | None = None, controller: ChatController | None = None) -> gr.Blocks:
     """The chat page. Starts the warm-up (if not started) so the models load once, now."""

@@ -72,7 +72,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_ingest: boo
         click.echo(f"Ingest done: {report.documents_total} documents, {report.chunks_total} chunks.", err=True)
 
     from kb.services import build_services
-    from web.app import WarmUp, build_app, launch_options
+    from web.app import WarmUp, asgi_app, build_app
 
     services = build_services(settings)
     warmup = WarmUp(services).start()  # models load now, in the background; the page says so
@@ -81,5 +81,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_ingest: boo
     log.info("serving url=%s auth_mode=%s concurrency=%d generator=%s/%s", url, auth.mode,
              settings.server.concurrency, settings.generator.backend, settings.generator.model)
     click.echo(f"Chat page: {url}  (Ctrl+C to stop)", err=True)
-    demo.launch(server_name=host, server_port=port, inbrowser=False, quiet=True,
-                **launch_options(settings, directory))
+    import uvicorn
+
+    app = asgi_app(demo, settings.model_copy(update={"server": settings.server.model_copy(
+        update={"host": host, "port": port})}), directory)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
