@@ -158,6 +158,13 @@ class KnowledgeAnswerService:
         if cfg.answer.premise_check:
             t = time.perf_counter()
             missing = missing_terms(standalone, hits)
+            if missing:  # one targeted retry: search for the missing terms themselves
+                more = self._retrieve(" ".join(m.label for m in missing), run)
+                seen = {h.chunk.id for h in hits}
+                merged = list(hits) + [h for h in more if h.chunk.id not in seen]
+                missing = missing_terms(standalone, merged)
+                if not missing:
+                    hits = merged
             run.add("premise", time.perf_counter() - t)
             if missing:  # nothing to generate from: say so, with the closest sources
                 log.info("answer route=abstained reason=premise_missing terms=%d", len(missing))
