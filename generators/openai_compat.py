@@ -12,6 +12,7 @@ from typing import Any, Iterator, Sequence
 
 from generators.base import (
     GeneratorBase,
+    StopFilter,
     merge_finish,
     to_dicts,
     yes_no_from_text,
@@ -94,17 +95,23 @@ class OpenAIGenerator(GeneratorBase):
             kwargs["logprobs"] = True
         chunks = self._call(**kwargs)
         finish: str | None = None
+        # the server is asked to stop too, but some OpenAI-compatible servers ignore stop
+        # strings or accept only four: the client enforces them as well
+        stops = StopFilter(params.stop)
         try:
             for chunk in chunks:
                 if not chunk.choices:
                     continue
                 choice = chunk.choices[0]
-                text = (choice.delta.content if choice.delta else None) or ""
+                text = stops.feed((choice.delta.content if choice.delta else None) or "")
                 lp = None
                 if choice.logprobs is not None and choice.logprobs.content:
                     lp = math.fsum(c.logprob for c in choice.logprobs.content)
-                if text or lp is not None:
+                if text or (lp is not None and not stops.hit):
                     yield Token(text, logprob=lp)
+                if stops.hit:
+                    finish = "stop"
+                    break
                 if choice.finish_reason:
                     finish = choice.finish_reason
         except openai.APIConnectionError as e:
@@ -113,6 +120,9 @@ class OpenAIGenerator(GeneratorBase):
             close = getattr(chunks, "close", None)
             if close:
                 close()
+        tail = stops.flush()
+        if tail:
+            yield Token(tail)
         yield Token("", finish_reason="length" if finish == "length" else "stop")
 
     def yes_probability(self, messages: Sequence[Message]) -> float:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,16 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return SAMPLE
+
+
+@pytest.fixture
+def openai_server():
+    """A local OpenAI-compatible server (tests/openai_stub.py) on 127.0.0.1."""
+    from tests.openai_stub import _FakeServer
+
+    srv = _FakeServer()
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
