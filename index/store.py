@@ -107,6 +107,10 @@ def _chunk_tuple(c: Chunk, title: str) -> tuple:
             c.page, c.slide, c.sheet, c.slack_ts)
 
 
+#: Variables per statement, well under SQLite's limit of 32,766.
+_MAX_VARS = 10_000
+
+
 def _placeholders(n: int) -> str:
     return ",".join("?" * n)
 
@@ -295,8 +299,9 @@ class Store:
                 if prev is not None and prev[1] == _chunk_tuple(ch, doc.title):
                     keep.add(ch.id)
             removed = [old[cid][0] for cid in old if cid not in keep]
-            if removed:
-                c.execute(f"DELETE FROM chunks WHERE id IN ({_placeholders(len(removed))})", removed)
+            for i in range(0, len(removed), _MAX_VARS):  # SQLite allows 32,766 variables a statement
+                part = removed[i:i + _MAX_VARS]
+                c.execute(f"DELETE FROM chunks WHERE id IN ({_placeholders(len(part))})", part)
             added: list[tuple[int, str]] = []
             for ch in chunks:
                 if ch.id in keep:

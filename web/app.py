@@ -34,6 +34,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 TITLE = "Knowledge assistant"
 WARMING_UP = "Warming up the model… your question will be answered as soon as it is ready."
 WAITING = "Waiting for a free slot: other questions are being answered…"
+NOT_ANSWERED = "This question was not answered: the server was too busy. Please ask it again."
 EMPTY_INDEX = ("The index is empty: run `kb reindex` (or ask an admin to press “Re-index now” in the "
                "Admin tab), then ask again.")
 #: Warm-up failures that make answering impossible until the server is fixed and restarted.
@@ -150,8 +151,13 @@ class ChatController:
         Runs outside the queue, so a user whose question waits for a free model slot sees it.
         """
         question = (question or "").strip()
-        if not question or session.pending is not None:
+        if not question:
             return False
+        if session.pending is not None:
+            # the previous question never reached the answer step (its request was refused,
+            # e.g. "Queue is full"): say so in its place, and never answer it under this one
+            session.messages[-1] = {"role": "assistant", "content": R.render_error(NOT_ANSWERED)}
+            log.warning("question_dropped reason=not_answered_before_next")
         session.messages.append({"role": "user", "content": R.render_user_message(question)})
         session.messages.append({"role": "assistant", "content": R.render_streaming(WAITING, "")})
         session.pending = question

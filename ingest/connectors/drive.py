@@ -69,11 +69,18 @@ class FileTreeConnector:
         """``(path, relative posix path)`` of every file this source reads, sorted."""
         out: list[tuple[Path, str]] = []
         self.symlinks: list[str] = []
+        self.bad_names: list[str] = []
         for dirpath, dirnames, filenames in os.walk(self.root):  # links to folders are not followed
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in self.skip_dirs)
             for name in sorted(filenames):
                 path = Path(dirpath) / name
                 rel = path.relative_to(self.root).as_posix()
+                try:
+                    rel.encode("utf-8")
+                except UnicodeEncodeError:  # a name in another encoding: report it, go on
+                    shown = os.fsencode(rel).decode("utf-8", "replace")
+                    self.bad_names.append(shown)
+                    continue
                 if name.startswith((".", "~")) or name.endswith(("~", ".tmp")):
                     continue  # hidden, Office lock files (~$x.docx), editor backups
                 if rel == self.permissions_file:
@@ -100,6 +107,8 @@ class FileTreeConnector:
             self._fail(self.permissions_file or "permissions.json",
                        f"permissions entry {key!r} matches no file (a typo or a moved file?); fix or remove it",
                        None, keep=True)
+        for rel in self.bad_names:
+            self._fail(rel, "the file name is not valid UTF-8: rename the file to index it", None, keep=True)
         for rel in self.symlinks:
             self._fail(rel, "symbolic link skipped: only regular files inside the source folder are read",
                        f"{self.source}:{rel}", drop=True)

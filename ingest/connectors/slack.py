@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import zipfile
 from collections import defaultdict
@@ -82,10 +83,15 @@ class _Bucket:
 
 
 def _ts_float(ts: Any) -> float:
+    """Seconds since the epoch from a Slack ts; 0.0 for anything that is not a finite time
+    within datetime's range ("1e400", "nan" and garbage must not fail the whole source)."""
     try:
-        return float(ts)
+        value = float(ts)
     except (TypeError, ValueError):
         return 0.0
+    if not math.isfinite(value) or not 0.0 <= value < 253402300800.0:  # up to year 9999
+        return 0.0
+    return value
 
 
 def _utc(ts: Any) -> datetime:

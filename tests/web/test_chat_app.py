@@ -406,13 +406,29 @@ def test_header_mode_refuses_requests_without_the_proxy_header(kb, tmp_path):
 
 def test_question_shows_at_once_and_waits_for_its_slot(ctl, users):
     """begin() runs outside the queue: the question and a waiting note appear before the
-    (concurrency-limited) answer step starts; a second question waits for the first."""
+    (concurrency-limited) answer step starts."""
     session = ChatSession()
     assert not ctl.begin("   ", session) and session.messages == []
     assert ctl.begin("How many vacation days do I get?", session)
     assert session.messages[0]["content"] == "How many vacation days do I get?"
     assert "Waiting for a free slot" in session.messages[1]["content"]
-    assert not ctl.begin("Another one?", session) and len(session.messages) == 2
     frames = [m[-1]["content"] for m, _ in ctl.answer(session, users.principal_for("alice"))]
     assert 'class="kb-card"' in frames[-1] and session.pending is None
     assert [m for m, _ in ctl.answer(session, users.principal_for("alice"))][0] is session.messages  # nothing pending
+
+
+def test_a_refused_request_never_gets_answered_under_the_next_question(ctl, users):
+    """'Queue is full': begin() ran, the answer step never did. The next question must get its
+    own answer, and the refused one must say it was not answered (it used to be answered in
+    place of the next one)."""
+    from web.app import NOT_ANSWERED
+
+    alice = users.principal_for("alice")
+    session = ChatSession()
+    assert ctl.begin("What is the guest policy for the Berlin office?", session)  # then refused
+    assert ctl.begin("How many vacation days do I get?", session)
+    frames = [m[-1]["content"] for m, _ in ctl.answer(session, alice)]
+    assert "NOT_ANSWERED" not in frames[-1]
+    assert NOT_ANSWERED in session.messages[1]["content"]
+    assert "vacation" in session.messages[2]["content"].lower()
+    assert "days" in frames[-1] and session.pending is None
