@@ -303,7 +303,7 @@ def launch_options(settings: Settings, directory: UserDirectory | None = None) -
     opts: dict[str, Any] = {"css": _css(), "theme": _theme(), "footer_links": [], "show_error": False}
     if auth.mode == "users_file":
         directory = directory or UserDirectory.from_config(auth)
-        opts["auth"] = directory.verify
+        opts["auth"] = directory.verify_async
         opts["auth_message"] = "Sign in with your company login to ask the knowledge base."
     elif auth.mode == "header":
         opts["auth_dependency"] = header_user(auth)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -185,18 +187,89 @@ def _is_admin(username: str, email: str | None, groups: tuple[str, ...], admins:
 class UserDirectory:
     """The users file turned into password checks and Principals."""
 
-    def __init__(self, users: Mapping[str, UserRecord], admins: list[str] | None = None):
+    #: Consecutive failed logins of one user before each further try waits (doubling from
+    #: 2 s, at most LOCK_MAX_S): guessing stays slow, and no bcrypt work is spent meanwhile.
+    FREE_FAILURES = 5
+    LOCK_MAX_S = 900.0
+
+    def __init__(self, users: Mapping[str, UserRecord], admins: list[str] | None = None,
+                 path: str | Path | None = None):
         self.users = {k.lower(): v for k, v in users.items()}
         self.admins = list(admins or [])
+        self.path = Path(path) if path is not None else None
+        self._stamp = self._file_stamp()
+        self._checked = time.monotonic()
+        self._failures: dict[str, tuple[int, float]] = {}  # user -> (failures, locked until)
+        self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls, auth: AuthConfig) -> "UserDirectory":
         if auth.users_file is None:
             raise ConfigError("server.auth.users_file must be set when server.auth.mode is users_file")
-        return cls(load_users(auth.users_file), auth.admins)
+        return cls(load_users(auth.users_file), auth.admins, path=auth.users_file)
+
+    # --- the users file is re-read when it changes (removed users lose access at once) ----
+    def _file_stamp(self) -> tuple[float, int] | None:
+        try:
+            st = self.path.stat() if self.path is not None else None
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size) if st is not None else None
+
+    def refresh(self) -> None:
+        """Reload the users file if it changed (checked at most once a second)."""
+        if self.path is None or time.monotonic() - self._checked < 1.0:
+            return
+        self._checked = time.monotonic()
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return
+        try:
+            users = load_users(self.path)
+        except ConfigError as e:  # a broken edit: nobody logs in until it is fixed (fail closed)
+            log.error("users_file_unreadable path=%s error=%s; all logins refused", self.path, e)
+            users = {}
+        with self._lock:
+            self.users = {k.lower(): v for k, v in users.items()}
+            self._stamp = stamp
+        log.info("users_file_reloaded path=%s users=%d", self.path, len(self.users))
+
+    # --- logins ---------------------------------------------------------------------------
+    async def verify_async(self, username: str, password: str) -> bool:
+        """Gradio's ``auth=`` callable: bcrypt runs in a worker thread, never on the event loop
+        (six wrong logins used to slow every other request 30x), behind a per-user backoff."""
+        import asyncio
+
+        return await asyncio.to_thread(self.verify, username, password)
+
+    def locked_for(self, username: str) -> float:
+        """Seconds until ``username`` may try again (0: now)."""
+        with self._lock:
+            _n, until = self._failures.get((username or "").strip().lower(), (0, 0.0))
+        return max(0.0, until - time.monotonic())
+
+    def _record(self, key: str, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self._failures.pop(key, None)
+                return
+            n, _until = self._failures.get(key, (0, 0.0))
+            n += 1
+            wait = 0.0 if n < self.FREE_FAILURES else min(self.LOCK_MAX_S, 2.0 ** (n - self.FREE_FAILURES + 1))
+            self._failures[key] = (n, time.monotonic() + wait)
 
     def verify(self, username: str, password: str) -> bool:
-        """Gradio's ``auth=`` callable: True when the password matches."""
+        """True when the password matches (and the user is not backing off)."""
+        self.refresh()
+        key = (username or "").strip().lower()
+        if self.locked_for(key) > 0:
+            log.warning("login_denied user=%r reason=backoff seconds=%.0f", username, self.locked_for(key))
+            return False
+        ok = self._check(username, password)
+        self._record(key, ok)
+        return ok
+
+    def _check(self, username: str, password: str) -> bool:
         user = self.users.get((username or "").strip().lower())
         if user is None:
             verify_password(password or "", _DUMMY_HASH)  # same cost as a real check
@@ -207,7 +280,9 @@ class UserDirectory:
         return ok
 
     def principal_for(self, username: str | None) -> Principal:
-        """The Principal of a logged-in user; anonymous when the name is unknown or empty."""
+        """The Principal of a logged-in user; anonymous when the name is unknown or empty
+        (a user removed from the file since logging in is anonymous from the next request)."""
+        self.refresh()
         user = self.users.get((username or "").strip().lower())
         if user is None:
             return Principal.anonymous()
