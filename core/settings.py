@@ -7,6 +7,8 @@ Relative paths in the file are resolved against the file's folder.
 """
 from __future__ import annotations
 
+import ipaddress
+
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -142,6 +144,26 @@ class AuthConfig(_Section):
     email_header: str = "X-Forwarded-Email"
     groups_header: str = "X-Forwarded-Groups"
     admins: list[str] = Field(default_factory=list)
+    #: header mode: the proxy's addresses (IPs or CIDRs); identity headers from any other
+    #: client are ignored.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    #: header mode: a shared secret the proxy adds in ``proxy_secret_header`` (set it with the
+    #: env KB_SERVER__AUTH__PROXY_SECRET, not in the file); requests without it are anonymous.
+    proxy_secret: str | None = Field(default=None, repr=False)
+    proxy_secret_header: str = "X-Proxy-Secret"
+
+    @model_validator(mode="after")
+    def _header_mode_needs_a_trusted_proxy(self) -> "AuthConfig":
+        if self.mode == "header" and not (self.trusted_proxies or self.proxy_secret):
+            raise ValueError("mode 'header' trusts identity headers only from a known proxy: set "
+                             "server.auth.trusted_proxies (the proxy's IPs/CIDRs) and/or proxy_secret "
+                             "(env KB_SERVER__AUTH__PROXY_SECRET)")
+        for net in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {net!r} is not an IP address or CIDR") from None
+        return self
 
 
 class ServerConfig(_Section):

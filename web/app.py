@@ -117,7 +117,8 @@ class ChatController:
         if auth.mode == "users_file" and self.directory is not None:
             return self.directory.principal_for(getattr(request, "username", None))
         if auth.mode == "header":
-            return principal_from_headers(getattr(request, "headers", None) or {}, auth)
+            client = getattr(getattr(request, "client", None), "host", None)
+            return principal_from_headers(getattr(request, "headers", None) or {}, auth, client)
         return Principal.anonymous()
 
     def greeting(self, user: Principal) -> str:

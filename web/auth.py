@@ -21,6 +21,8 @@ The users file::
 """
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import re
 import threading
@@ -308,12 +310,34 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def principal_from_headers(headers: Mapping[str, str], auth: AuthConfig) -> Principal:
+def from_trusted_proxy(headers: Mapping[str, str], auth: AuthConfig, client_host: str | None) -> bool:
+    """True when the request came through the configured proxy: its address is in
+    ``trusted_proxies``, or it carries ``proxy_secret``. Anything else is a client that may
+    have written identity headers itself."""
+    if auth.proxy_secret:
+        given = _header(headers, auth.proxy_secret_header) or ""
+        if hmac.compare_digest(given.encode(), auth.proxy_secret.encode()):
+            return True
+    if client_host and auth.trusted_proxies:
+        try:
+            addr = ipaddress.ip_address(client_host)
+        except ValueError:
+            return False
+        return any(addr in ipaddress.ip_network(n, strict=False) for n in auth.trusted_proxies)
+    return False
+
+
+def principal_from_headers(headers: Mapping[str, str], auth: AuthConfig, client_host: str | None = None) -> Principal:
     """The Principal a trusted reverse proxy vouches for (``server.auth.mode: header``).
 
     The user header holds a login or an email; the groups header a comma-separated list.
-    No user header means anonymous (public documents only).
+    No user header, or a request that did not come through the trusted proxy, means
+    anonymous (public documents only).
     """
+    if not from_trusted_proxy(headers, auth, client_host):
+        if _header(headers, auth.user_header) or _header(headers, auth.groups_header):
+            log.warning("identity_headers_ignored client=%s reason=not_from_trusted_proxy", client_host)
+        return Principal.anonymous()
     user = _header(headers, auth.user_header)
     email = _header(headers, auth.email_header)
     if user is None and email is None:
@@ -341,6 +365,9 @@ def header_user(auth: AuthConfig):
     get 401 rather than a page, so a mis-configured proxy fails loudly."""
 
     def dependency(request) -> str | None:
+        client = getattr(getattr(request, "client", None), "host", None)
+        if not from_trusted_proxy(request.headers, auth, client):
+            return None
         return _header(request.headers, auth.user_header) or _header(request.headers, auth.email_header)
 
     return dependency

@@ -109,29 +109,30 @@ def test_verify_password_handles_garbage():
 
 
 def test_header_principal_parsing():
-    cfg = AuthConfig(mode="header", admins=["dave@acme.example"])
-    p = principal_from_headers(
-        {"x-forwarded-user": "Alice", "X-Forwarded-Email": "Alice@Acme.example",
+    cfg = AuthConfig(mode="header", admins=["dave@acme.example"], proxy_secret="s3cret")
+    secret = {"X-Proxy-Secret": "s3cret"}
+    p = principal_from_headers({**secret, "x-forwarded-user": "Alice", "X-Forwarded-Email": "Alice@Acme.example",
          "X-Forwarded-Groups": "engineering, proj-falcon,,"}, cfg)
     assert p.username == "alice" and p.email == "alice@acme.example"
     assert p.groups == ("engineering", "proj-falcon")
     assert not p.is_admin
     assert {"user:alice", "user:alice@acme.example", "group:proj-falcon"} <= p.principals()
     # email only: the login is derived, the admin list matches on the email
-    dave = principal_from_headers({"X-Forwarded-Email": "dave@acme.example"}, cfg)
+    dave = principal_from_headers({**secret, "X-Forwarded-Email": "dave@acme.example"}, cfg)
     assert dave.username == "dave" and dave.is_admin
     # the user header may carry an email
-    assert principal_from_headers({"X-Forwarded-User": "erin@acme.example"}, cfg).email == "erin@acme.example"
-    assert principal_from_headers({"X-Forwarded-User": "x", "X-Forwarded-Groups": "Admins"}, cfg).is_admin
+    assert principal_from_headers({**secret, "X-Forwarded-User": "erin@acme.example"}, cfg).email == "erin@acme.example"
+    assert principal_from_headers({**secret, "X-Forwarded-User": "x", "X-Forwarded-Groups": "Admins"}, cfg).is_admin
     # no headers, blank headers, or a claim to be "anonymous": public documents only
-    assert principal_from_headers({}, cfg).is_anonymous
-    assert principal_from_headers({"X-Forwarded-User": "  "}, cfg).is_anonymous
-    assert principal_from_headers({"X-Forwarded-User": "anonymous"}, cfg).principals() == {"public"}
+    assert principal_from_headers({**secret, }, cfg).is_anonymous
+    assert principal_from_headers({**secret, "X-Forwarded-User": "  "}, cfg).is_anonymous
+    assert principal_from_headers({**secret, "X-Forwarded-User": "anonymous"}, cfg).principals() == {"public"}
 
 
 def test_custom_header_names():
-    cfg = AuthConfig(mode="header", user_header="Remote-User", groups_header="Remote-Groups")
-    p = principal_from_headers({"remote-user": "carol", "remote-groups": "people-ops;admins"}, cfg)
+    cfg = AuthConfig(mode="header", user_header="Remote-User", groups_header="Remote-Groups",
+                     trusted_proxies=["10.0.0.0/8"])
+    p = principal_from_headers({"remote-user": "carol", "remote-groups": "people-ops;admins"}, cfg, "10.1.2.3")
     assert p.username == "carol" and p.groups == ("people-ops", "admins") and p.is_admin
 
 
@@ -173,3 +174,17 @@ def test_kb_users_add_rejects_bad_name(tmp_path):
                            input="x\nx\n")
     assert r.exit_code != 0
     assert "NAME" in r.output
+
+
+def test_header_mode_needs_a_trusted_proxy_and_ignores_everyone_else():
+    import pytest as _pytest
+    from pydantic import ValidationError
+
+    with _pytest.raises(ValidationError, match="trusted_proxies"):
+        AuthConfig(mode="header")
+    cfg = AuthConfig(mode="header", trusted_proxies=["127.0.0.1"], proxy_secret="s3cret")
+    claim = {"X-Forwarded-User": "mallory", "X-Forwarded-Groups": "admins,hr"}
+    assert principal_from_headers(claim, cfg, "192.0.2.7").is_anonymous  # straight from a client
+    assert principal_from_headers({**claim, "X-Proxy-Secret": "wrong"}, cfg, "192.0.2.7").is_anonymous
+    assert principal_from_headers({**claim, "X-Proxy-Secret": "s3cret"}, cfg, "192.0.2.7").username == "mallory"
+    assert principal_from_headers(claim, cfg, "127.0.0.1").is_admin

@@ -38,7 +38,8 @@ embedding: {{model: hash}}
 generator: {{backend: fake}}
 retrieval: {{context_filter: false}}
 server:
-  auth: {{mode: {extra.get('mode', 'users_file')}, users_file: {SAMPLE / 'users.yaml'}, admins: [admin]}}
+  auth: {{mode: {extra.get('mode', 'users_file')}, users_file: {SAMPLE / 'users.yaml'}, admins: [admin],
+          trusted_proxies: ["127.0.0.1"]}}
 """,
         encoding="utf-8",
     )
@@ -336,9 +337,10 @@ def test_concurrent_sessions_get_their_own_streams(ctl, users):
 
 
 class FakeRequest:
-    def __init__(self, username=None, headers=None):
+    def __init__(self, username=None, headers=None, client="127.0.0.1"):
         self.username = username
         self.headers = headers or {}
+        self.client = type("Client", (), {"host": client})()
 
 
 def test_principal_from_request_per_auth_mode(kb, users, tmp_path):
@@ -352,6 +354,10 @@ def test_principal_from_request_per_auth_mode(kb, users, tmp_path):
     hctl = ChatController(services, hs, WarmUp(services))
     p = hctl.principal(FakeRequest("mallory", {"X-Forwarded-User": "dave", "X-Forwarded-Groups": "security"}))
     assert p.username == "dave" and p.groups == ("security",)
+    # ...but only from the trusted proxy: the same headers from another client mean nobody
+    spoof = hctl.principal(FakeRequest(None, {"X-Forwarded-User": "dave", "X-Forwarded-Groups": "admins"},
+                                       client="10.9.8.7"))
+    assert spoof.is_anonymous and not spoof.is_admin
     ns = load_settings(write_config(tmp_path, tmp_path / "d", mode="none"))
     assert ChatController(services, ns, WarmUp(services)).principal(FakeRequest("alice")).is_anonymous
 
