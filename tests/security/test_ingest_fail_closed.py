@@ -79,17 +79,23 @@ def test_an_invalid_access_entry_removes_the_older_more_open_version(tmp_path, w
     assert "ZQXOLD" not in visible(s, ANON, "ZQXOLD deleted")
 
 
-def test_a_file_that_stops_parsing_after_its_access_narrowed_is_removed(tmp_path):
+def _drive_with_docx(tmp_path: Path, name: str, text: str) -> tuple[Path, Settings, SourceConfig]:
+    """A public drive holding one docx, synced once."""
     import docx
 
     drive = tmp_path / "drive"
     drive.mkdir()
     d = docx.Document()
-    d.add_paragraph("ZQXPAY payroll calendar for everyone.")
-    d.save(drive / "payroll.docx")
+    d.add_paragraph(text)
+    d.save(drive / name)
     s = settings(tmp_path)
     src = SourceConfig(name="d", type="drive", path=drive, default_acl="public")
     sync(s, src)
+    return drive, s, src
+
+
+def test_a_file_that_stops_parsing_after_its_access_narrowed_is_removed(tmp_path):
+    drive, s, src = _drive_with_docx(tmp_path, "payroll.docx", "ZQXPAY payroll calendar for everyone.")
     assert "ZQXPAY" in visible(s, ANON, "ZQXPAY payroll")
     # restricted in the sidecar and password-protected (it no longer parses) in the same step
     (drive / "permissions.json").write_text(json.dumps({"payroll.docx": {"groups": ["hr"]}}))
@@ -99,16 +105,7 @@ def test_a_file_that_stops_parsing_after_its_access_narrowed_is_removed(tmp_path
 
 
 def test_a_broken_file_with_unchanged_access_keeps_its_previous_version(tmp_path):
-    import docx
-
-    drive = tmp_path / "drive"
-    drive.mkdir()
-    d = docx.Document()
-    d.add_paragraph("ZQXMEAL meals are reimbursed.")
-    d.save(drive / "meals.docx")
-    s = settings(tmp_path)
-    src = SourceConfig(name="d", type="drive", path=drive, default_acl="public")
-    sync(s, src)
+    drive, s, src = _drive_with_docx(tmp_path, "meals.docx", "ZQXMEAL meals are reimbursed.")
     (drive / "meals.docx").write_bytes(b"PK\x03\x04 broken")
     rep = sync(s, src)
     assert rep.sources[0].failed == 1
