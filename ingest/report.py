@@ -45,6 +45,8 @@ class SourceReport:
     unchanged: int = 0
     failed: int = 0
     failures: list[IngestFailure] = field(default_factory=list)
+    #: Files read but not indexed, and why (no text): listed, not failures.
+    skipped: list[IngestFailure] = field(default_factory=list)
     #: Why the whole source failed (SourceError message), if it did.
     error: str | None = None
     #: False when vanished documents were not deleted this run (see ``notes``).
@@ -62,6 +64,7 @@ class SourceReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["failures"] = [_failure_dict(f) for f in self.failures]
+        d["skipped"] = [_failure_dict(f) for f in self.skipped]
         d["seconds"] = round(self.seconds, 3)
         return d
 

@@ -196,6 +196,9 @@ def _sync_source(src: SourceConfig, *, writer: GenerationWriter, sink: _Sink, ch
         log.exception("source failed source=%s", src.name)
     sink.flush()  # a source's documents are all written before the next source starts
     rep.chunks_embedded = sink.embedded - embedded_before
+    for f in getattr(connector, "skipped", []):  # read, nothing to index: listed, not failed
+        rep.skipped.append(f)
+        log.info("file not indexed source=%s path=%s reason=%s", src.name, f.path, f.reason)
     for f in getattr(connector, "failures", []):
         rep.fail_file(f)
         log.warning("file skipped source=%s path=%s reason=%s", src.name, f.path, f.reason)

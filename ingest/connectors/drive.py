@@ -23,6 +23,15 @@ from ingest.parsers.permissions import AccessError, PermissionMap
 log = logging.getLogger(__name__)
 
 
+#: Characters of text one document may have (~2,000 chunks); a 50 MB log file is refused
+#: with a clear reason instead of keeping the chunker busy for minutes.
+MAX_TEXT_CHARS = 5_000_000
+
+
+class NoText(ParseError):
+    """The file parsed but holds no text: reported, not indexed."""
+
+
 class FileTreeConnector:
     """Walks a folder, parses each supported file, yields one Document per file.
 
@@ -62,6 +71,8 @@ class FileTreeConnector:
         sidecar = self.root / self.permissions_file if self.permissions_file else None
         self.permissions = PermissionMap.load(sidecar, default_acl)
         self.failures: list[IngestFailure] = []
+        #: files read that hold no text to index: reported, not failures
+        self.skipped: list[IngestFailure] = []
 
     # -- walking -------------------------------------------------------------------------
 
@@ -102,6 +113,7 @@ class FileTreeConnector:
 
     def documents(self) -> Iterator[Document]:
         self.failures.clear()
+        self.skipped.clear()
         files = self.files()
         for key in self.permissions.unmatched_keys(rel for _, rel in files):
             self._fail(self.permissions_file or "permissions.json",
@@ -116,6 +128,9 @@ class FileTreeConnector:
             doc_id = f"{self.source}:{rel}"
             try:
                 doc = self.document(path, rel)
+            except NoText as e:  # reported; an older version with text is gone like a deleted file
+                self.skipped.append(IngestFailure(path=rel, reason=e.reason, report_only=True))
+                continue
             except AccessError as e:  # the access list is unreadable: any older version goes too
                 self._fail(rel, e.reason, doc_id, drop=True)
                 continue
@@ -155,8 +170,11 @@ class FileTreeConnector:
             raise ParseError(rel, f"cannot read file: {e.strerror or e}") from None
         parsed = parse_file(path)
         if not parsed.text.strip():
-            log.debug("empty document skipped source=%s path=%s", self.source, rel)
-            return None
+            raise NoText(rel, "no text to index (an empty file, a scanned PDF without a text layer, "
+                              "a workbook without cells)")
+        if len(parsed.text) > MAX_TEXT_CHARS:
+            raise ParseError(rel, f"{len(parsed.text) // 1_000_000} million characters of text, more than the "
+                                  f"{MAX_TEXT_CHARS // 1_000_000} million a document may have: not indexed (split it)")
         metadata = {"path": rel, **parsed.metadata, **self.extra_metadata(parsed)}
         return Document(
             id=f"{self.source}:{rel}",

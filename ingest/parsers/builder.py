@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
+from pathlib import Path
 from typing import Any
 
+from core.errors import ParseError
 from core.types import Section
 
 _MANY_NEWLINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
@@ -153,3 +155,24 @@ def to_utc(value: Any) -> datetime | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.astimezone(timezone.utc)
+
+
+#: An Office file (a zip of XML) may expand to at most this many bytes: a 2 MB docx whose XML
+#: expands to 600 MB kept a parser busy for minutes at 4 GB.
+MAX_UNZIPPED_BYTES = 200 * 1024 * 1024
+
+
+def check_office_zip(path: Path, kind: str) -> None:
+    """ParseError unless ``path`` is a zip whose members expand to a sane size."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ParseError(str(path), f"not a valid .{kind} (zip) file")
+    try:
+        with zipfile.ZipFile(path) as z:
+            total = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ParseError(str(path), f"not a valid .{kind} (zip) file ({e})") from None
+    if total > MAX_UNZIPPED_BYTES:
+        raise ParseError(str(path), f"expands to {total // 2**20} MB of XML (limit {MAX_UNZIPPED_BYTES // 2**20} MB): "
+                                    "not indexed (a zip bomb, or split the file)")

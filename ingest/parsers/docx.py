@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from core.errors import ParseError
-from ingest.parsers.builder import Parsed, TextBuilder, collapse_spaces, table_row
+from ingest.parsers.builder import Parsed, TextBuilder, check_office_zip, collapse_spaces, table_row
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +20,7 @@ def parse_docx(path: Path) -> Parsed:
     from docx.table import Table
     from docx.text.paragraph import Paragraph
 
-    if not zipfile.is_zipfile(path):
-        raise ParseError(str(path), "not a valid .docx (zip) file")
+    check_office_zip(path, "docx")
     try:
         document = docx.Document(str(path))
     except Exception as e:  # python-docx raises several types for broken packages

@@ -6,12 +6,11 @@ bullet level), tables as pipe rows, then ``Notes: ...`` from the speaker notes.
 from __future__ import annotations
 
 import logging
-import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from core.errors import ParseError
-from ingest.parsers.builder import Parsed, TextBuilder, collapse_spaces, table_row
+from ingest.parsers.builder import Parsed, TextBuilder, check_office_zip, collapse_spaces, table_row
 from ingest.parsers.docx import office_title
 
 log = logging.getLogger(__name__)
@@ -20,8 +19,7 @@ log = logging.getLogger(__name__)
 def parse_pptx(path: Path) -> Parsed:
     import pptx
 
-    if not zipfile.is_zipfile(path):
-        raise ParseError(str(path), "not a valid .pptx (zip) file")
+    check_office_zip(path, "pptx")
     try:
         deck = pptx.Presentation(str(path))
         slides = list(deck.slides)

@@ -9,13 +9,12 @@ rows and hidden sheets are skipped.
 from __future__ import annotations
 
 import logging
-import zipfile
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from core.errors import ParseError
-from ingest.parsers.builder import Parsed, TextBuilder, collapse_spaces, labelled_row
+from ingest.parsers.builder import Parsed, TextBuilder, check_office_zip, collapse_spaces, labelled_row
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +25,7 @@ MAX_ROWS = 50_000
 def parse_xlsx(path: Path) -> Parsed:
     import openpyxl
 
-    if not zipfile.is_zipfile(path):
-        raise ParseError(str(path), "not a valid .xlsx (zip) file")
+    check_office_zip(path, "xlsx")
     try:
         wb = openpyxl.load_workbook(str(path), read_only=True, data_only=True)
     except Exception as e:  # openpyxl raises several types for broken workbooks

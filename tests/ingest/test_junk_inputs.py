@@ -54,3 +54,90 @@ def test_removing_more_chunks_than_one_statement_takes(tmp_path, monkeypatch):
     sync_sources(s, [src], embedder=HashEmbedder(), connector_factory=lambda _s: MemoryConnector([_doc(80)]))
     rep = sync_sources(s, [src], embedder=HashEmbedder(), connector_factory=lambda _s: MemoryConnector([_doc(2)]))
     assert rep.ok and rep.chunks_total < 5
+
+
+@pytest.mark.parametrize("text,encoding", [
+    ("会議は月曜日の午前十時に始まります。議事録は共有フォルダにあります。", "shift_jis"),
+    ("Совещание начинается в понедельник в десять часов утра.", "koi8_r"),
+    ("The meeting starts on Monday at ten.", "utf-16-le"),  # UTF-16 without a BOM
+    ("Die Besprechung beginnt am Montag um zehn Uhr, für alle Mitarbeiter.", "cp1252"),
+])
+def test_legacy_encodings_decode_to_the_real_text(tmp_path, text, encoding):
+    from ingest.parsers.text import read_text
+
+    p = tmp_path / "note.txt"
+    p.write_bytes(text.encode(encoding))
+    assert read_text(p) == text
+
+
+def test_binary_junk_is_refused_not_indexed_as_mojibake(tmp_path):
+    from core.errors import ParseError
+    from ingest.parsers.text import read_text
+
+    p = tmp_path / "junk.txt"
+    p.write_bytes(bytes(range(1, 32)) * 200 + os.urandom(4000).replace(b"\x00", b"\x01"))
+    with pytest.raises(ParseError, match="binary data"):
+        read_text(p)
+
+
+def test_files_without_text_are_listed_not_silently_dropped(tmp_path):
+    root = tmp_path / "drive"
+    root.mkdir()
+    (root / "empty.txt").write_bytes(b"")
+    (root / "blank.md").write_text("   \n\n")
+    (root / "ok.txt").write_text("Some text.")
+    s = Settings(data_dir=tmp_path / "data", embedding={"model": "hash"})
+    rep = sync_sources(s, [SourceConfig(name="d", type="drive", path=root, default_acl="public")],
+                       embedder=HashEmbedder())
+    [sr] = rep.sources
+    assert sorted(f.path for f in sr.skipped) == ["blank.md", "empty.txt"]
+    assert all("no text to index" in f.reason for f in sr.skipped)
+    assert rep.ok and sr.added == 1  # listed, not failures
+
+
+def test_an_office_zip_bomb_is_refused_before_parsing(tmp_path, monkeypatch):
+    import zipfile
+
+    import ingest.parsers.builder as builder
+    from core.errors import ParseError
+    from ingest.parsers.docx import parse_docx
+
+    p = tmp_path / "bomb.docx"
+    with zipfile.ZipFile(p, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("word/document.xml", "<w:document>" + " " * 5_000_000 + "</w:document>")
+    monkeypatch.setattr(builder, "MAX_UNZIPPED_BYTES", 1_000_000)
+    with pytest.raises(ParseError, match="expands to 4 MB of XML"):
+        parse_docx(p)
+
+
+def test_a_huge_text_file_is_refused_with_its_size(tmp_path, monkeypatch):
+    import ingest.connectors.drive as drive
+
+    monkeypatch.setattr(drive, "MAX_TEXT_CHARS", 1_000_000)
+    root = tmp_path / "drive"
+    root.mkdir()
+    (root / "server.log").with_suffix(".txt").write_text("GET /health 200\n" * 200_000)
+    conn = DriveConnector(root, source="d", default_acl="public")
+    assert list(conn.documents()) == []
+    [f] = conn.failures
+    assert "million characters" in f.reason and f.doc_id == "d:server.txt"
+
+
+def test_an_owner_password_encrypted_pdf_is_read(tmp_path):
+    from fpdf import FPDF
+    from pypdf import PdfReader, PdfWriter
+
+    from ingest.parsers.pdf import parse_pdf
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("Helvetica", size=12)
+    pdf.cell(0, 10, "Quarterly numbers are final.")
+    plain = tmp_path / "plain.pdf"
+    pdf.output(str(plain))
+    w = PdfWriter(clone_from=PdfReader(plain))
+    w.encrypt(user_password="", owner_password="owner-secret", algorithm="AES-256")
+    enc = tmp_path / "encrypted.pdf"
+    with open(enc, "wb") as f:
+        w.write(f)
+    assert "Quarterly numbers are final." in parse_pdf(enc).text
