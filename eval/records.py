@@ -74,6 +74,7 @@ def retrieval_records(questions: Sequence[EvalQuestion], retriever, user: Princi
             "rank_page": m.first_relevant_rank(refs, q.expected_sources, "page") if q.has_pages else None,
             "context_recall": (m.context_recall(q.expected_answer, context, STOPWORDS)
                                if q.answerable and q.expected_answer else None),
+            "context_chars": sum(len(c) for c in context),  # the prompt's source text
             "seconds": round(seconds, 4),
         })
     return out
@@ -88,6 +89,7 @@ def summarize_retrieval(records: Sequence[dict], questions: Sequence[EvalQuestio
         ranks = [r[f"rank_{level}"] for r in rows]
         out[level] = {"hit@1": m.hit_at_k(ranks, 1), "hit@5": m.hit_at_k(ranks, 5), "mrr@10": m.mrr(ranks)}
     out["context_recall"] = m.mean(r["context_recall"] for r in records)
+    out["context_chars"] = m.mean(r.get("context_chars") for r in records)
     out["latency"] = m.latency_summary([{"retrieve": r["seconds"]} for r in records]).get("retrieve")
     return out
 

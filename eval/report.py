@@ -56,15 +56,15 @@ def markdown(result: dict[str, Any]) -> str:
                   f"Over answerable questions with expected sources; MRR over the first {meta['retrieve_k']} chunks "
                   "(the context-filter run keeps top_k). Context recall: share of the reference answer's words "
                   "(stop words aside) found in the top_k chunk texts the prompt would get.", "",
-                  "| run | n | hit@1 | hit@5 | MRR | hit@1 (page) | hit@5 (page) | MRR (page) | context recall | p50 latency |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| run | n | hit@1 | hit@5 | MRR | hit@1 (page) | hit@5 (page) | MRR (page) | context recall | context chars | p50 latency |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, run in result["retrieval"].items():
             s = run["summary"]
             page = s["page"] if s["n_page"] else {}
             lat = (s.get("latency") or {}).get("p50")
             lines.append(f"| {name} | {s['n']} | {_f(s['file']['hit@1'])} | {_f(s['file']['hit@5'])} | "
                          f"{_f(s['file']['mrr@10'])} | {_f(page.get('hit@1'))} | {_f(page.get('hit@5'))} | "
-                         f"{_f(page.get('mrr@10'))} | {_f(s.get('context_recall'))} | "
+                         f"{_f(page.get('mrr@10'))} | {_f(s.get('context_recall'))} | {_f(s.get('context_chars'), 0)} | "
                          f"{_f(lat * 1000 if lat is not None else None, 1)} ms |")
         lines.append("")
     if result["answers"]:

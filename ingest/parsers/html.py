@@ -6,6 +6,7 @@ become ``#`` lines that start sections, lists become ``- `` lines, tables pipe r
 """
 from __future__ import annotations
 
+import html
 import logging
 import re
 from datetime import datetime, timezone
@@ -42,7 +43,25 @@ def _soup(data: bytes | str) -> BeautifulSoup:
 
 
 def parse_html(data: bytes | str, *, name: str) -> Parsed:
-    """A whole HTML page. ``name`` is only used in log lines."""
+    """A whole HTML page. ``name`` is only used in log lines. A page nested too deeply for the
+    tree walk (generated markup, thousands of levels) is read as plain text instead."""
+    try:
+        return _parse_html(data, name=name)
+    except RecursionError:
+        log.warning("html nested too deeply, read as plain text name=%s", name)
+        return _flat_text(data)
+
+
+def _flat_text(data: bytes | str) -> Parsed:
+    raw = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    raw = re.sub(r"(?is)<(script|style)\b.*?</\1\s*>", " ", raw)
+    text = html.unescape(re.sub(r"<[^>]*>", " ", raw))
+    b = TextBuilder()
+    b.block("\n".join(collapse_spaces(line) for line in text.splitlines() if line.strip()))
+    return b.parsed()
+
+
+def _parse_html(data: bytes | str, *, name: str) -> Parsed:
     soup = _soup(data)
     meta: dict[str, Any] = {}
     main = soup.find(id="main-content")  # Confluence export: the page body lives here

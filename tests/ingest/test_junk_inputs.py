@@ -141,3 +141,10 @@ def test_an_owner_password_encrypted_pdf_is_read(tmp_path):
     with open(enc, "wb") as f:
         w.write(f)
     assert "Quarterly numbers are final." in parse_pdf(enc).text
+
+
+def test_deeply_nested_html_is_read_as_text(tmp_path):
+    from ingest.parsers.html import parse_html
+
+    page = "<html><body>" + "<div>" * 5000 + "Deep policy text." + "</div>" * 5000 + "</body></html>"
+    assert "Deep policy text." in parse_html(page, name="deep.html").text
