@@ -43,15 +43,7 @@ $PIP install -e ".$EXTRAS"
 #    flags (pip's own cache keys a wheel by name and version only and would hand a build made on
 #    another CPU to this one). The venv records the key; a venv moved to another CPU rebuilds.
 LLAMA_VERSION=0.3.36
-cpu_flags=" $(grep -m1 -E '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
-ggml_flag() {  # ggml_flag GGML_OPTION cpuinfo_flag -> -DGGML_OPTION=ON|OFF
-  case "$cpu_flags" in *" $2 "*) echo "-D$1=ON" ;; *) echo "-D$1=OFF" ;; esac
-}
-LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF $(ggml_flag GGML_AVX avx) $(ggml_flag GGML_AVX2 avx2) \
-$(ggml_flag GGML_FMA fma) $(ggml_flag GGML_F16C f16c) $(ggml_flag GGML_AVX512 avx512f) \
-$(ggml_flag GGML_AVX512_VBMI avx512_vbmi) $(ggml_flag GGML_AVX512_VNNI avx512_vnni) \
-$(ggml_flag GGML_AVX512_BF16 avx512_bf16) $(ggml_flag GGML_AVX_VNNI avx_vnni) \
--DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+LLAMA_CMAKE_ARGS="$(scripts/llama_cmake_args.sh)"
 LLAMA_KEY=$(printf '%s %s' "$LLAMA_VERSION" "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)
 LLAMA_WHEELS="${KB_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kb-chatbot/wheels}/llama-cpp-python-$LLAMA_VERSION-$LLAMA_KEY"
 LLAMA_MARK="$VENV/.llama-cpp-build-key"
