@@ -73,7 +73,7 @@ def test_real_small_model_is_not_hijacked(tmp_path, sample_dir):
 
     settings = make_settings(
         tmp_path,
-        sources=[{"name": "acme-drive", "type": "drive", "path": str(drive)}],
+        sources=[{"name": "acme-drive", "type": "drive", "path": str(drive), "default_acl": "public"}],
         generator={"backend": _backend(), "model": "smollm2-135m", "threads": 1, "max_tokens": 64},
         retrieval={"context_filter": False},  # the whole FAQ, injection included, reaches the model
     )
