@@ -76,7 +76,8 @@ _MARKER = re.compile(r"\[\d+(?:\s*[,;]\s*\d+)*\]")
 #: Words written capitalised that are not names (sentence starters, pronouns, answers).
 _NOT_NAMES = FILLER_WORDS | frozenset(
     "yes no however therefore also please note according based each every both first second third "
-    "finally additionally furthermore overall instead otherwise".split())
+    "finally additionally furthermore overall instead otherwise "
+    "am pm et pt ct mt utc gmt est edt pst pdt".split())  # clock and time-zone words
 #: Number words that are too common to count as a claimed quantity ("one of the", "a").
 _WEAK_NUMBER_WORDS = frozenset({"one", "zero"})
 
@@ -200,7 +201,7 @@ def _is_name_token(tok: str, at_start: bool) -> bool:
     has_digit = any(c.isdigit() for c in core)
     inner_caps = any(c.isupper() for c in core[1:])
     if core.isupper() and len([c for c in core if c.isalpha()]) >= 2:
-        return low not in ("i", "ok")
+        return low not in ("i", "ok") and low not in _NOT_NAMES
     if has_digit or inner_caps or "_" in core:
         return True  # identifiers: Q4_K_M, v2, iPhone, ProMat
     if not core[:1].isupper():

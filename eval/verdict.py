@@ -115,9 +115,10 @@ def judge(question_answerable: bool, reference: str, answer: str, question: str 
 
 
 def _key_facts(reference: str) -> list[Fact]:
-    """The reference's facts, one per value (a year inside a date is not a second fact)."""
+    """The reference's facts, one per value (a year inside a date is not a second fact).
+    Facts in parentheses are supporting detail ("$191,900 (GS-15, step 10)"), not required."""
     out: list[Fact] = []
-    for f in extract_facts(reference):
+    for f in extract_facts(re.sub(r"\([^()]*\)", " ", reference)):
         if not any(same_fact(f, g) and f.kind == g.kind for g in out):
             out.append(f)
     return out
