@@ -151,6 +151,10 @@ class AuthConfig(_Section):
     #: env KB_SERVER__AUTH__PROXY_SECRET, not in the file); requests without it are anonymous.
     proxy_secret: str | None = Field(default=None, repr=False)
     proxy_secret_header: str = "X-Proxy-Secret"
+    #: users_file mode: a login lasts at most this long, and ends after this much idle time
+    #: (0: no idle limit); the page then asks for the password again.
+    session_hours: float = Field(default=12.0, gt=0)
+    idle_minutes: float = Field(default=120.0, ge=0)
 
     @model_validator(mode="after")
     def _header_mode_needs_a_trusted_proxy(self) -> "AuthConfig":

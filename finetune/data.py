@@ -11,7 +11,9 @@ plus the assistant reply the model should learn:
 - ``unanswerable``: the same question with every chunk of the gold document (and any chunk
   containing the answer sentence) removed from the sources; the reply is ``ABSTAIN_TEXT``.
 - ``feedback``: answers users rated thumbs-up (as they were) and thumbs-down answers that
-  carry a correction (the correction), with the sources the model saw, in their order.
+  carry a correction (the correction), with the sources the model saw, in their order. A
+  follow-up question condensed from the chat history carries earlier answers, which may quote
+  documents the build may not use: it counts as restricted.
 
 Access control: by default only public documents are used, and retrieval runs as the
 anonymous principal, so no restricted text reaches any example. ``include_restricted``
@@ -304,6 +306,11 @@ class DatasetBuilder:
                 self.counts["feedback_skipped_sources"] += 1
                 continue
             question = fb.get("standalone_question") or fb["question"]
+            if not self.opts.include_restricted and " ".join(question.split()) != " ".join(fb["question"].split()):
+                # condensed from the chat history: earlier answers, which may quote documents
+                # this build may not use, are folded into the question -> restricted
+                self.counts["feedback_skipped_history"] += 1
+                continue
             hits = [self._trim_one(question, h) for h in hits]  # type: ignore[arg-type]
             nums = [n for n in cited_numbers(reply) if 1 <= n <= len(hits)]
             gold = hits[nums[0] - 1] if nums else hits[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import Settings
-from core.types import IngestFailure
+from core.types import IngestFailure, Principal
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,14 @@ def recent_runs(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
     return [json.loads(r[0]) for r in rows]
 
 
-def status_info(settings: Settings) -> dict[str, Any]:
-    """What `kb status` and the admin tab show: index generation, per-source counts, last run."""
+def status_info(settings: Settings, reader: Principal | None = None) -> dict[str, Any]:
+    """What `kb status` and the admin tab show: index generation, per-source counts, last run.
+
+    ``reader``: the admin the page shows it to. A failed file's path and reason can name a
+    restricted page or a private channel, so they are shown only when the file's ACL (its
+    indexed document's, or the one the failure carries) admits ``reader``; the others are
+    counted per source as hidden (``kb status`` on the server shows all of them).
+    """
     from index.generation import DB_NAME, Generations
     from index.store import Store
 
@@ -179,12 +185,41 @@ def status_info(settings: Settings) -> dict[str, Any]:
     current = gens.current()
     manifest: dict[str, Any] = gens.manifest(current) if current else {}
     stats = []
-    if current:
-        store = Store.open_readonly(gens.path(current) / DB_NAME)
-        try:
+    acl_of = None
+    store = Store.open_readonly(gens.path(current) / DB_NAME) if current else None
+    try:
+        if store is not None:
             stats = store.source_stats()
-        finally:
+            acl_of = store.document_acl
+        info = _status_dict(settings, current, manifest, stats)
+        if reader is not None:
+            info = _for_reader(info, reader, acl_of)
+    finally:
+        if store is not None:
             store.close()
+    return info
+
+
+def _for_reader(info: dict[str, Any], reader: Principal, acl_of) -> dict[str, Any]:
+    last = info.get("last_run")
+    if not last:
+        return info
+    shown, hidden = [], {}
+    for f in last.get("failures", []):
+        acl: set[str] | None = None
+        if f.get("keep_if_acl") is not None:
+            acl = set(f["keep_if_acl"])
+        elif f.get("doc_id") and acl_of is not None:
+            acl = set(acl_of(f["doc_id"])) or None
+        if acl is not None and reader.can_read(acl):
+            shown.append(f)
+        else:  # restricted, or its access is unknown (the page did not parse): fail closed
+            hidden[f.get("source")] = hidden.get(f.get("source"), 0) + 1
+    last = {**last, "failures": shown, "failures_hidden": hidden}
+    return {**info, "last_run": last}
+
+
+def _status_dict(settings: Settings, current: str | None, manifest: dict[str, Any], stats: list) -> dict[str, Any]:
     runs = recent_runs(settings, limit=50)
     last_by_source: dict[str, dict[str, Any]] = {}
     for run in runs:  # newest first

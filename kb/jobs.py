@@ -42,7 +42,7 @@ class IndexAdmin:
         require_admin(user)
         from ingest.report import status_info
 
-        return status_info(self.settings)
+        return status_info(self.settings, reader=user)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

@@ -312,13 +312,17 @@ def launch_options(settings: Settings, directory: UserDirectory | None = None) -
 
 
 def asgi_app(demo: gr.Blocks, settings: Settings, directory: UserDirectory | None = None) -> Any:
-    """The chat page as an ASGI app behind :class:`web.origin.SameOriginMiddleware` (serve it
-    with uvicorn). Gradio's own CORS layer steps aside when the parent app configures CORS,
+    """The chat page as an ASGI app behind :class:`web.origin.SameOriginMiddleware` and
+    :class:`web.session.SessionGuard` (session expiry, per-address login backoff); serve it
+    with uvicorn. Gradio's own CORS layer steps aside when the parent app configures CORS,
     so a CORS middleware that allows only ``server.allowed_origins`` is installed too."""
     from fastapi import FastAPI
     from starlette.middleware.cors import CORSMiddleware
 
+    from starlette.routing import Mount
+
     from web.origin import SameOriginMiddleware
+    from web.session import SessionGuard
 
     parent = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     parent.add_middleware(CORSMiddleware, allow_origins=list(settings.server.allowed_origins),
@@ -326,7 +330,10 @@ def asgi_app(demo: gr.Blocks, settings: Settings, directory: UserDirectory | Non
     opts = launch_options(settings, directory)
     app = gr.mount_gradio_app(parent, demo, path="", server_name=settings.server.host,
                               server_port=settings.server.port, **opts)
-    return SameOriginMiddleware(app, settings.server.allowed_origins)
+    gradio_app = next(r.app for r in parent.routes if isinstance(r, Mount))
+    auth = settings.server.auth
+    guarded = SessionGuard(app, gradio_app.tokens, session_hours=auth.session_hours, idle_minutes=auth.idle_minutes)
+    return SameOriginMiddleware(guarded, settings.server.allowed_origins)
 
 
 def build_app(services: Any, settings: Settings, *, warmup: WarmUp | None = None,

@@ -285,6 +285,8 @@ def render_failures(status: Mapping[str, Any]) -> str:
     last = status.get("last_run") or {}
     rows = [(e.get("source"), "(whole source)", e.get("error")) for e in last.get("source_errors", [])]
     rows += [(f.get("source"), f.get("path"), f.get("reason")) for f in last.get("failures", [])]
+    rows += [(src, f"{n} file(s) you may not read, or whose access is unknown", "details: `kb status` on the server")
+             for src, n in sorted((last.get("failures_hidden") or {}).items())]
     when = _fmt_time(last.get("finished_at")) if last else "never"
     return (f'<div class="kb-muted">Last ingest run: {esc(when)}</div>'
             + html_table(["Source", "File", "Reason"], rows, empty="No failed files in the last run."))

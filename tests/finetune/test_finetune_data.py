@@ -194,6 +194,23 @@ def test_feedback_thumbs_up_and_corrections(kb_settings, tmp_path):
     assert report.counts["feedback_skipped_sources"] == 1
 
 
+def test_feedback_condensed_from_history_counts_as_restricted(kb_settings, tmp_path):
+    """A follow-up's condensed question folds earlier answers in (they may quote a restricted
+    document): a public build leaves it out even when its own sources are public."""
+    from answer.log import AnswerLog
+
+    log = AnswerLog(kb_settings.app_db)
+    vpn = _hit(kb_settings, "t:vpn")
+    follow = "And who runs it?"
+    condensed = "Who runs the VPN gateway that the 8 percent calibration cap applies to?"
+    ans = Answer(follow, condensed, "The IT team runs it [1].", (), 0.9, "answered", sources=(vpn,))
+    log.record_feedback(log.record_answer(ans, "carol"), "carol", 1)
+    report, train, held = _build(kb_settings, tmp_path)
+    assert not any(r["kind"] == "feedback" for r in train + held)
+    assert report.counts["feedback_skipped_history"] == 1
+    assert "calibration cap" not in "".join(p.read_text() for p in report.out_dir.glob("*.jsonl"))
+
+
 def test_extractive_writer_picks_complete_fact_sentences():
     from core.types import Chunk
 

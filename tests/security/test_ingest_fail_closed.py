@@ -152,3 +152,34 @@ def test_sidecar_keys_are_normalised_and_unmatched_ones_are_failures(tmp_path):
     [f] = [f for f in rep.sources[0].failures if "matches no file" in f.reason]
     assert "finance/budgte.xlsx" in f.reason and rep.exit_code == 1
     assert "ZQXA" in visible(s, ANON, "ZQXA public")  # a typo in the sidecar blocks nothing else
+
+
+def test_the_admin_view_of_failed_files_shows_only_what_the_admin_may_read(tmp_path, wiki):
+    """A failed file's path and reason name a restricted page: an admin who may not read it sees
+    a count, not the name; an admin who may read it sees the row; `kb status` (no reader) all."""
+    from ingest.report import status_info
+
+    s = settings(tmp_path)
+    drive = tmp_path / "drive"
+    write(drive, "public/menu.txt", "ZQXMENU lunch menu.")
+    write(drive, "hr/ZQXSECRET-layoffs-2027.txt", "ZQXLAY the list.")
+    (drive / "permissions.json").write_text(json.dumps({"hr/": {"groups": ["hr"]}, "public/": {"public": True}}))
+    sources = [SourceConfig(name="d", type="drive", path=drive), SourceConfig(name="w", type="wiki", path=wiki)]
+    sync_sources(s, sources, embedder=HashEmbedder())
+    (drive / "hr/ZQXSECRET-layoffs-2027.txt").write_bytes(b"\x00\x01binary now\x00" * 50)
+    (drive / "public/menu.txt").write_bytes(b"\x00\x01binary now\x00" * 50)
+    write(wiki, "hr/bands.md", "---\ntitle: HR: salary bands\naccess: [group:hr]\n---\nZQXBAND secret.\n")
+    sync_sources(s, sources, embedder=HashEmbedder())
+
+    everything = status_info(s)["last_run"]
+    assert len(everything["failures"]) == 3
+    ops_admin = Principal("olga", groups=("admins", "ops"), is_admin=True)
+    seen = status_info(s, reader=ops_admin)["last_run"]
+    assert [f["path"] for f in seen["failures"]] == ["public/menu.txt"]
+    assert "ZQXSECRET" not in json.dumps(seen) and "bands" not in json.dumps(seen)
+    assert seen["failures_hidden"] == {"d": 1, "w": 1}
+    hr_admin = Principal("hana", groups=("admins", "hr"), is_admin=True)
+    seen = status_info(s, reader=hr_admin)["last_run"]
+    # the drive file's ACL is known (the sidecar); the page whose front matter broke has none
+    assert sorted(f["path"] for f in seen["failures"]) == ["hr/ZQXSECRET-layoffs-2027.txt", "public/menu.txt"]
+    assert seen["failures_hidden"] == {"w": 1}

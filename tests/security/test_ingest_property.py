@@ -1,7 +1,8 @@
 """Randomized: ingest edge cases (broken front matter, bad access entries, parse failures after
 an access change, symlinks, users removed from groups) followed by questions from random users
 through the real sync and answer service. Whatever happens, a user never sees the secret of a
-page they cannot read now: not in the answer, a citation, a card, a streamed event or a log."""
+page they cannot read now: not in the answer, a citation, a card, a streamed event, a log, or
+(for an admin) the admin tab's status and failed-files views."""
 from __future__ import annotations
 
 import json
@@ -22,6 +23,7 @@ from generators.fake import FakeGenerator
 from index.embedder import HashEmbedder
 from index.generation import open_index
 from index.retriever import HybridRetriever
+from ingest.report import status_info
 from ingest.sync import sync_sources
 
 GROUPS = ["hr", "eng"]
@@ -43,7 +45,7 @@ def _write(root: Path, i: int, access: str, link: bool, outside: Path) -> None:
     front, _ = ACCESS[access]
     body = f"---\ntitle: Page {i}\n{front}---\nPolicy {i} topic ZQS{i}SECRET details about leave.\n" if front else \
         f"# Page {i}\nPolicy {i} topic ZQS{i}SECRET details about leave.\n"
-    target = root / f"p{i}.md"
+    target = root / f"p{i}-zqf{i}name.md"  # the file name is secret too (admin views show paths)
     if target.is_symlink() or target.exists():
         target.unlink()
     if link:
@@ -101,12 +103,15 @@ def test_no_leak_after_any_ingest_edge_case(before, after_seed, users, drop_grou
                 seen = json.dumps(ans.to_dict()) + "".join(e.text for e in events) + \
                     "".join(h.chunk.text + h.doc_title for h in ans.sources)
                 logs = "\n".join(r.getMessage() for r in records)
+                admin = Principal(who.username, None, who.groups, is_admin=True)
+                admin_view = json.dumps(status_info(s, reader=admin)).lower()
                 for i, (access, link) in enumerate(after):
                     readers = _readers(access, link)
                     if readers is None or not (readers & mine):
                         token = f"ZQS{i}SECRET"
                         assert token not in seen, (token, access, link, who, ans.text)
                         assert token not in logs, token
+                        assert f"zqf{i}name" not in admin_view, (i, access, link, who)
         finally:
             logging.getLogger().removeHandler(handler)
     finally:
