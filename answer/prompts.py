@@ -167,8 +167,7 @@ def build_check_messages(answer_messages: Sequence[Message], claim: str, sources
     """
     which = " and ".join(f"[{n}]" for n in sources) if sources else "the sources"
     noun = "source" if len(sources) == 1 else "sources"
-    system, user = answer_messages[0], answer_messages[-1].content
-    head = user.split(f"\n\n{QUESTION_PREFIX}", 1)[0] if f"\n\n{QUESTION_PREFIX}" in user else user
+    system, head = _sources_head(answer_messages)
     # Wording measured on 6 claims (3 true, 3 invented): phrased as the prompt's own
     # "Question:" line, true claims got 0.64-0.98 and invented ones 0.02-0.43; "Claim: ...
     # Does source [1] state this?" gave true claims 0.40-0.75 (below 0.5 twice).
@@ -180,6 +179,33 @@ def build_check_messages(answer_messages: Sequence[Message], claim: str, sources
             f"Reply with one word: yes or no.\nClaim: {neutralise(' '.join(claim.split()))}",
         ),
     ]
+
+
+def _sources_head(answer_messages: Sequence[Message]) -> tuple[Message, str]:
+    """(system message, the answer prompt's user message up to the end of its sources)."""
+    system, user = answer_messages[0], answer_messages[-1].content
+    head = user.split(f"\n\n{QUESTION_PREFIX}", 1)[0] if f"\n\n{QUESTION_PREFIX}" in user else user
+    return system, head
+
+
+def build_locate_messages(answer_messages: Sequence[Message], question: str, n: int) -> list[Message]:
+    """'Does source [n] state the answer to the question?' over the answer prompt's own sources
+    block (its KV cache is reused: a check reads the question again, not the sources)."""
+    system, head = _sources_head(answer_messages)
+    q = neutralise(" ".join(question.split()))
+    return [
+        system,
+        Message("user", f"{head}\n\n{QUESTION_PREFIX}Does source [{n}] state the answer to the question "
+                        f"\"{q}\"? Reply with one word: yes or no."),
+    ]
+
+
+def build_rescue_messages(question: str, hits: Sequence[Hit], n: int) -> list[Message]:
+    """The answer prompt again, after a draft that abstained although source [n] was judged to
+    state the answer: the same sources (same prefix, same KV cache), pointed at [n]."""
+    extra = (f"Source [{n}] states the answer to the question below. Answer with what source [{n}] says, "
+             f"in one or two sentences, and cite it like [{n}].")
+    return [Message("system", SYSTEM_PROMPT), Message("user", _user_message(question, hits, extra))]
 
 
 def build_relevance_messages(question: str, passage: str) -> list[Message]:

@@ -105,13 +105,22 @@ class GeneratorConfig(_Section):
     model: str = "default"
     #: LoRA adapter folder from `kb finetune train` (optional).
     adapter: Path | None = None
-    threads: int = Field(default=1, ge=1)
+    #: CPU threads for llama.cpp / torch: "auto" = every physical core (a dedicated server;
+    #: with another busy process on the same cores, 2 threads collapse, STACK.md), or a number.
+    threads: int | Literal["auto"] = "auto"
     context_tokens: int = Field(default=4096, ge=512)
     max_tokens: int = Field(default=256, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     #: transformers on CUDA: load in 4-bit nf4 via bitsandbytes.
     load_in_4bit: bool = True
     openai: OpenAIEndpoint | None = None
+
+    @field_validator("threads")
+    @classmethod
+    def _threads_positive(cls, v: int | str) -> int | str:
+        if v != "auto" and int(v) < 1:
+            raise ValueError("threads must be 'auto' or a number of at least 1")
+        return v
 
     @model_validator(mode="after")
     def _openai_needs_endpoint(self) -> "GeneratorConfig":

@@ -173,8 +173,10 @@ def eval_cmd(ctx: click.Context, adapter_dir: Path, data_dir: Path | None, backe
             bars[label] = _bar(f"{label:>5}")
         bars[label](done, total)
 
+    from generators.base import resolve_threads
+
     report, paths = evaluate_adapter(adapter_dir, settings, data_dir=data_dir, backend=backend, limit=limit,
-                                     max_tokens=max_tokens, threads=threads or settings.generator.threads,
+                                     max_tokens=max_tokens, threads=threads or resolve_threads(settings.generator.threads),
                                      out_dir=out_dir, progress=progress)
     b, t = report["base"]["summary"], report["tuned"]["summary"]
     for key, label in METRIC_LABELS.items():

@@ -11,7 +11,7 @@ from pathlib import Path
 from core.errors import ConfigError
 from core.protocols import Generator
 from core.settings import GeneratorConfig, OpenAIEndpoint
-from generators.base import configure_threads
+from generators.base import configure_threads, resolve_threads
 
 __all__ = ["make_escalation_generator", "make_generator"]
 
@@ -21,7 +21,8 @@ def make_generator(cfg: GeneratorConfig, models_dir: Path, *, base_dir: Path | N
 
     ``base_dir`` resolves a relative ``generator.model`` path (pass ``settings.config_dir``).
     """
-    configure_threads(cfg.threads)
+    threads = resolve_threads(cfg.threads)
+    configure_threads(threads)
     if cfg.backend == "fake":
         from generators.fake import FakeGenerator
 
@@ -49,7 +50,7 @@ def make_generator(cfg: GeneratorConfig, models_dir: Path, *, base_dir: Path | N
             )
         return LlamaCppGenerator(
             ref.gguf_path,
-            n_threads=cfg.threads,
+            n_threads=threads,
             n_ctx=cfg.context_tokens,
             lora_path=cfg.adapter,
             model_id=ref.model_id,
@@ -60,7 +61,7 @@ def make_generator(cfg: GeneratorConfig, models_dir: Path, *, base_dir: Path | N
         return HFGenerator(
             ref,
             models_dir=Path(models_dir),
-            threads=cfg.threads,
+            threads=threads,
             adapter=cfg.adapter,
             load_in_4bit=cfg.load_in_4bit,
             context_tokens=cfg.context_tokens,

@@ -12,6 +12,7 @@ import math
 import os
 import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from core.types import GenParams, Message, Token
@@ -157,6 +158,34 @@ def _logsumexp(xs: Sequence[float]) -> float:
     if m == -math.inf:
         return m
     return m + math.log(sum(math.exp(x - m) for x in xs))
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on: the CPU affinity set with SMT siblings counted
+    once, capped by a cgroup CPU quota (containers). At least 1."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = list(range(os.cpu_count() or 1))
+    cores = set()
+    for c in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            cores.add(str(c))
+    n = len(cores) or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def resolve_threads(threads: int | str) -> int:
+    """``generator.threads``: a number, or "auto" for every physical core (a dedicated server)."""
+    return physical_cores() if threads == "auto" else int(threads)
 
 
 def configure_threads(threads: int) -> None:

@@ -337,3 +337,19 @@ def test_llamacpp_default_model_separates_supported_from_unsupported_claims(tmp_
         assert "Paris" in gen.complete(QUESTION, GenParams(max_tokens=16))
     finally:
         path.unlink(missing_ok=True)  # 1.1 GB
+
+
+def test_threads_auto_is_the_physical_cores_this_process_may_use(monkeypatch):
+    import os
+
+    from core.settings import GeneratorConfig
+    from generators.base import physical_cores, resolve_threads
+
+    n = physical_cores()
+    assert 1 <= n <= len(os.sched_getaffinity(0))
+    assert GeneratorConfig().threads == "auto" and resolve_threads("auto") == n
+    assert resolve_threads(3) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert physical_cores() == 1  # pinned to one CPU (taskset, a cgroup cpuset)
+    with pytest.raises(ValueError):
+        GeneratorConfig(threads=0)
