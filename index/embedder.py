@@ -89,12 +89,35 @@ def _normalise_rows(x: np.ndarray) -> np.ndarray:
     return (x / norms).astype(np.float32, copy=False)
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo); empty where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_dtype(dtype: str, flags: frozenset[str] | None = None) -> str:
+    """``embedding.dtype`` -> "bf16" or "fp32". "auto" picks bf16 only where the CPU has native
+    bf16 arithmetic: measured here, MiniLM on 200 sentences took 0.8 s in fp32 and 5.1 s in bf16
+    on an AVX2-only AMD EPYC, while bf16 is the faster one on Intel with AMX (STACK.md)."""
+    if dtype != "auto":
+        return dtype
+    flags = cpu_flags() if flags is None else flags
+    return "bf16" if flags & {"amx_bf16", "avx512_bf16"} else "fp32"
+
+
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 through sentence-transformers on CPU, loaded lazily on first use.
 
     ``max_seq_length`` is raised from the model's default 256 to ``cfg.max_seq_length`` (512):
     at 256 a 512-token chunk is silently truncated. With ``dtype: bf16`` the weights are cast
     to bfloat16 (much faster on CPUs with AMX, cosine >= 0.99 to fp32); output is float32.
+    ``dtype: auto`` (the default) chooses per CPU (:func:`resolve_dtype`).
     """
 
     dim = MINILM_DIM
@@ -103,6 +126,7 @@ class MiniLMEmbedder:
         self.cfg = cfg
         self.model_dir = resolve_model_dir(cfg)
         self.model_id = "all-MiniLM-L6-v2" if cfg.model == "packaged" else self.model_dir.name
+        self.dtype = resolve_dtype(cfg.dtype)
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()
@@ -130,7 +154,7 @@ class MiniLMEmbedder:
                     if bar:
                         hf_logging.enable_progress_bar()
                 model.max_seq_length = self.cfg.max_seq_length
-                if self.cfg.dtype == "bf16":
+                if self.dtype == "bf16":
                     model = model.to(torch.bfloat16)
                 model.eval()
                 get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
@@ -141,7 +165,7 @@ class MiniLMEmbedder:
                     )
                 log.info(
                     "embedder loaded model=%s dir=%s max_seq_length=%d dtype=%s",
-                    self.model_id, self.model_dir, model.max_seq_length, self.cfg.dtype,
+                    self.model_id, self.model_dir, model.max_seq_length, self.dtype,
                 )
                 self._model = model
         return self._model
@@ -182,7 +206,7 @@ class MiniLMEmbedder:
         return len(self.tokenizer.tokenize(text))
 
     def __repr__(self) -> str:
-        return f"MiniLMEmbedder(model_id={self.model_id!r}, dir={str(self.model_dir)!r}, dtype={self.cfg.dtype})"
+        return f"MiniLMEmbedder(model_id={self.model_id!r}, dir={str(self.model_dir)!r}, dtype={self.dtype})"
 
 
 class HashEmbedder:

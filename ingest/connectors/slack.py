@@ -185,6 +185,8 @@ class SlackConnector:
             raise ValueError(f"window_hours must be at least 1, got {window_hours}")
         self.window_hours = window_hours
         self.failures: list[IngestFailure] = []
+        #: Read, nothing to index (a missing users.json, a listed conversation without day files).
+        self.skipped: list[IngestFailure] = []
         if not self.path.exists():
             raise SourceError(f"{self.path}: Slack export not found (a folder or .zip is expected)")
         with _open_export(self.path) as export:
@@ -218,6 +220,10 @@ class SlackConnector:
         bots: set[str] = set()
         if data is None:
             log.warning("slack users.json missing path=%s: user ids are kept as raw ids", self.path)
+            self.skipped.append(IngestFailure(
+                path="users.json", report_only=True,
+                reason="missing: authors are shown as raw user ids and private conversations are readable "
+                       "only by those ids (no emails); include users.json in the export"))
             return names, emails, bots
         if not isinstance(data, list):
             raise SourceError(f"{self.path}: users.json must be a list of users")
@@ -291,6 +297,7 @@ class SlackConnector:
 
     def documents(self) -> Iterator[Document]:
         self.failures.clear()
+        self.skipped.clear()
         with _open_export(self.path) as export:
             names, emails, bots = self._load_users(export)
             convs = self._load_conversations(export)
@@ -305,7 +312,12 @@ class SlackConnector:
             for conv in convs:
                 folder = folders[conv.id]
                 if folder not in export.days:
-                    log.debug("slack conversation without day files channel_id=%s name=%s", conv.id, conv.name)
+                    log.info("slack conversation without day files channel_id=%s name=%s", conv.id, conv.name)
+                    self.skipped.append(IngestFailure(
+                        path=folder, report_only=True,
+                        reason=f"listed in the export's {conv.kind} conversations, but it has no folder of day "
+                               "files: nothing indexed (no messages in the export's date range, or the folder "
+                               "was lost)"))
                     continue
                 listed.add(folder)
                 if len(claims[folder]) > 1:  # whose members may read it is ambiguous: skip it

@@ -194,3 +194,17 @@ def test_minilm_lazy_load_happens_once_across_threads(caplog):
     assert sum("embedder loaded" in r.getMessage() for r in caplog.records) == 1
     for r in results[1:]:
         np.testing.assert_allclose(r, results[0], atol=1e-6)
+
+
+def test_dtype_auto_is_bf16_only_where_the_cpu_computes_it_natively():
+    from index.embedder import resolve_dtype
+
+    intel_amx = frozenset("avx2 avx512f avx512_bf16 amx_bf16 amx_tile".split())
+    zen4 = frozenset("avx2 avx512f avx512_bf16".split())
+    avx2_only = frozenset("sse4_2 avx avx2 fma".split())
+    assert resolve_dtype("auto", intel_amx) == "bf16"
+    assert resolve_dtype("auto", zen4) == "bf16"
+    assert resolve_dtype("auto", avx2_only) == "fp32"  # emulated bf16 was 6x slower there
+    assert resolve_dtype("auto", frozenset()) == "fp32"  # unknown CPU: the safe choice
+    assert resolve_dtype("bf16", avx2_only) == "bf16"  # an explicit choice is kept
+    assert EmbeddingConfig().dtype == "auto"

@@ -449,3 +449,21 @@ def test_private_channel_name_not_looked_up_and_failures_not_repeated(tiny_expor
     assert len(conn.failures) == n_failures  # a second pass reports afresh, not twice
     assert first.keys() == second.keys()
     assert first["sl:C1:2024-03-07"].text.endswith("ask in #G1 or #general")
+
+
+def test_missing_users_json_and_listed_conversations_without_folders_are_reported(tiny_export, tmp_path):
+    """Nothing silent: both end up in the ingest report's skipped list, named, with what to do."""
+    from core.settings import Settings, SourceConfig
+    from index.embedder import HashEmbedder
+    from ingest.sync import sync_sources
+
+    (tiny_export / "users.json").unlink()
+    channels = json.loads((tiny_export / "channels.json").read_text())
+    _write(tiny_export / "channels.json", channels + [{"id": "C7", "name": "quiet", "members": ["UA"]}])
+    s = Settings(data_dir=tmp_path / "data", embedding={"model": "hash"})
+    rep = sync_sources(s, [SourceConfig(name="sl", type="slack", path=tiny_export)], embedder=HashEmbedder())
+    [src] = rep.sources
+    skipped = {f.path: f.reason for f in src.skipped}
+    assert "users.json" in skipped and "raw user ids" in skipped["users.json"]
+    assert "C7" in skipped and "no folder of day files" in skipped["C7"]
+    assert src.added > 0  # the rest of the export is indexed as before
