@@ -6,7 +6,7 @@ Each sentence of a draft answer goes through three checks, cheapest first:
    those listed in [5]") says nothing the question did not: it is *vacuous*.
 2. **Facts**: every specific fact of the sentence (money, percentages, dates, numbers, names,
    identifiers, quoted strings: :mod:`answer.facts`) must occur, after normalisation, in a
-   source the sentence cites. An uncited sentence may use any source; the one that holds its
+   source the sentence cites (a fact restated from the question only in some source). An uncited sentence may use any source; the one that holds its
    facts becomes its citation.
 3. **Entailment**: what remains is put to the answer model as a yes/no question, as a
    continuation of the answer conversation itself (sources, question, the model's answer,
@@ -137,9 +137,10 @@ class Verifier:
             checks = tuple(SentenceCheck(s, s.cited) for s in result.sentences)
             return Verification(checks, result.text, "ok")
         prepared = [SourceFacts(h.prompt_text + "\n" + h.doc_title) for h in hits]
+        asked = SourceFacts(question)
         checks: list[SentenceCheck] = []
         for s in result.sentences:
-            checks.append(self._facts(s, prepared, hits, question))
+            checks.append(self._facts(s, prepared, hits, question, asked))
         t_facts = time.perf_counter() - t0
         if self.mode == "slm":
             checks = [self._entailment(c, hits, result.text, messages) if c.passed else c for c in checks]
@@ -161,12 +162,17 @@ class Verifier:
 
     # --- the checks --------------------------------------------------------------------
     def _facts(self, s: AnswerSentence, prepared: list[SourceFacts], hits: Sequence[Hit],
-               question: str) -> SentenceCheck:
+               question: str, asked: SourceFacts) -> SentenceCheck:
         if is_abstention(s.claim):
             return SentenceCheck(s, s.cited, reason="abstention inside an answer")
         if is_vacuous(s.claim, question):
             return SentenceCheck(s, s.cited, vacuous=True, reason="points at a source without stating anything")
-        facts = extract_facts(s.claim)
+        # a fact restated from the question ("for a 5-day week, ... 32 hours") is the asker's,
+        # not a claim of the answer, when some source states it too (the premise holds); an
+        # asked-about fact that no source has ("the Gold plan") is still a missing fact, and the
+        # entailment check still reads the whole sentence
+        facts = [f for f in extract_facts(s.claim)
+                 if not (asked.has(f) and any(p.has(f) for p in prepared))]
         if s.cited:
             cited = [prepared[n - 1] for n in s.cited]
             missing = tuple(f for f in facts if not any(p.has(f) for p in cited))

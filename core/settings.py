@@ -89,6 +89,12 @@ class RetrievalConfig(_Section):
     context_filter: bool = True
     #: Max sentences kept per chunk by the context filter.
     filter_sentences: int = Field(default=4, ge=1)
+    #: Characters of source text the context filter keeps in the prompt, over all chunks
+    #: (~4 characters a token). 1,800 is what the sentence filter kept on the trust dev set;
+    #: twice that made prefill slower and the 1.5B model abstain on answers it had found.
+    context_chars: int = Field(default=1800, ge=200)
+    #: Chunks scoring within 0.03 of the last of the top_k that come along (same budget).
+    near_tie_chunks: int = Field(default=0, ge=0, le=10)
     #: Chunks whose rerank score is below this are dropped (never all of them).
     min_relevance: float = Field(default=0.15, ge=-1.0, le=1.0)
 

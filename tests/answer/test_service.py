@@ -192,16 +192,18 @@ def test_context_filter_trims_reranks_and_never_drops_all():
     assert [x.chunk.id for x in res2.hits] == ["c1", "c0"] and res2.hits[0].text == short
 
 
-def test_context_filter_takes_near_ties_within_the_same_budget():
+def test_context_filter_takes_near_ties_only_when_configured():
     from index.embedder import HashEmbedder
 
     def h(i, text):
         c = Chunk(id=f"c{i}", doc_id=f"t:{i}", ordinal=0, text=text, start=0, end=len(text))
         return Hit(c, f"D{i}", "u", "t", "wiki", score=1.0)
     texts = ["Vacation days are 25 per year.", "Vacation days are 25 per year!", "Lunch is at noon."]
-    f = ContextFilter(HashEmbedder(), filter_sentences=4, min_relevance=-1)
-    res = f.filter("vacation days per year", [h(i, t) for i, t in enumerate(texts)], top_k=1)
-    assert [x.chunk.id for x in res.hits] == ["c0", "c1"]  # a tie is not settled by cutting
+    hits = [h(i, t) for i, t in enumerate(texts)]
+    f = ContextFilter(HashEmbedder(), filter_sentences=4, min_relevance=-1, near_tie_chunks=2)
+    assert [x.chunk.id for x in f.filter("vacation days per year", hits, top_k=1).hits] == ["c0", "c1"]
+    f = ContextFilter(HashEmbedder(), filter_sentences=4, min_relevance=-1)  # the default: top_k exactly
+    assert [x.chunk.id for x in f.filter("vacation days per year", hits, top_k=1).hits] == ["c0"]
 
 
 def test_context_filter_slm_relevance():

@@ -76,3 +76,15 @@ def test_a_polarity_flip_is_caught_by_the_slm_check():
 def test_abstentions_pass_through_untouched():
     v = facts_only("The knowledge base does not contain an answer to this question.")
     assert v.status == "abstained" and v.checks == ()
+
+
+def test_a_fact_restated_from_the_question_is_not_a_claim_of_the_answer():
+    """'For a 5-day week, ... 32 hours [1]' from a source that says 40 hours and 80 percent but
+    not '5' in that passage: the 5 is the asker's (another source has it); 32 is checked."""
+    hits = [hit(1, "Billable expectation: 32 hours of a 40-hour week go to project work."),
+            hit(2, "The pilot ran 5 days a week.")]
+    q = "For a 5-day week, how many hours go to project work?"
+    v = Verifier(None, mode="facts").verify("For a 5-day week, you bill 32 hours to project work [1].", hits, question=q)
+    assert v.status == "ok"
+    v = Verifier(None, mode="facts").verify("For a 5-day week, you bill 36 hours to project work [1].", hits, question=q)
+    assert v.status == "none" and [f.text for f in v.checks[0].missing] == ["36"]
