@@ -191,8 +191,19 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=7860, ge=1, le=65535)
     auth: AuthConfig = Field(default_factory=AuthConfig)
-    #: Concurrent generations; further requests wait in the queue.
-    concurrency: int = Field(default=1, ge=1)
+    #: Concurrent generations; further requests wait in line (never refused, told their place).
+    #: "auto": 1 for llama.cpp and transformers (one model context; its threads use every
+    #: core), 8 for an OpenAI-compatible server (vLLM batches), 4 for the fake generator.
+    concurrency: int | Literal["auto"] = "auto"
+    #: Questions that may wait in line at once before new ones are refused (a runaway client).
+    queue_limit: int = Field(default=200, ge=1)
+
+    @field_validator("concurrency")
+    @classmethod
+    def _concurrency_positive(cls, v: int | str) -> int | str:
+        if v != "auto" and int(v) < 1:
+            raise ValueError("concurrency must be 'auto' or a number of at least 1")
+        return v
     #: Other origins (scheme://host[:port]) whose pages may call the chat page's API with the
     #: user's login. None by default: only the page's own origin.
     allowed_origins: list[str] = Field(default_factory=list)
@@ -211,6 +222,13 @@ class ScheduleConfig(_Section):
         if len(v.split()) != 5:
             raise ValueError(f"cron must have 5 fields (min hour day month weekday), got {v!r}")
         return v
+
+
+def answer_slots(server: "ServerConfig", generator: GeneratorConfig) -> int:
+    """``server.concurrency`` as a number (see :class:`ServerConfig`)."""
+    if server.concurrency != "auto":
+        return int(server.concurrency)
+    return {"openai": 8, "fake": 4}.get(generator.backend, 1)
 
 
 class Settings(BaseSettings):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from web import render as R
 from web.auth import UserDirectory, header_user, principal_from_headers
 from web.admin import IndexAdmin, NotAdminError, feedback_summary, recent_questions
 from core.errors import ConfigError, IndexError_, KBError, ModelNotFoundError
-from core.settings import Settings
+from core.settings import Settings, answer_slots
 from core.types import Message, Principal
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,46 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 TITLE = "Knowledge assistant"
 WARMING_UP = "Warming up the model… your question will be answered as soon as it is ready."
-WAITING = "Waiting for a free slot: other questions are being answered…"
+WAITING = "Starting…"
+
+
+def in_line_note(ahead: int) -> str:
+    """The waiting note of a question with ``ahead`` questions before it (never a 503)."""
+    if ahead <= 0:
+        return WAITING
+    return f"In line: {ahead} question{'s' if ahead != 1 else ''} ahead of yours. It will be answered in turn…"
+
+
+class AnswerLine:
+    """Questions shown and waiting for a model slot, and answers being written, so a new
+    question is told its place in line. A question whose request never reaches the answer step
+    (the browser went away) is forgotten after STALE_S."""
+
+    STALE_S = 900.0
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self._lock = threading.Lock()
+        self._waiting: dict[int, float] = {}
+        self._busy = 0
+
+    def join(self, key: int) -> int:
+        """Put ``key`` in line; how many questions are ahead of it."""
+        now = time.monotonic()
+        with self._lock:
+            self._waiting = {k: t for k, t in self._waiting.items() if now - t < self.STALE_S and k != key}
+            ahead = len(self._waiting) + max(0, self._busy - self.slots + 1)
+            self._waiting[key] = now
+            return ahead
+
+    def start(self, key: int) -> None:
+        with self._lock:
+            self._waiting.pop(key, None)
+            self._busy += 1
+
+    def finish(self) -> None:
+        with self._lock:
+            self._busy = max(0, self._busy - 1)
 NOT_ANSWERED = "This question was not answered: the server was too busy. Please ask it again."
 EMPTY_INDEX = ("The index is empty: run `kb reindex` (or ask an admin to press “Re-index now” in the "
                "Admin tab), then ask again.")
@@ -107,6 +147,9 @@ class ChatController:
         #: index status and re-index for the admin tab (``services.index_admin`` unless given)
         self.reindex: IndexAdmin = admin if admin is not None else services.index_admin
         self.threshold = settings.answer.confidence_threshold
+        #: model slots (server.concurrency resolved for the backend) and who waits for them
+        self.slots = answer_slots(settings.server, settings.generator)
+        self.line = AnswerLine(self.slots)
 
     # --- who ---------------------------------------------------------------------------
     def principal(self, request: Any) -> Principal:
@@ -160,7 +203,8 @@ class ChatController:
             session.messages[-1] = {"role": "assistant", "content": R.render_error(NOT_ANSWERED)}
             log.warning("question_dropped reason=not_answered_before_next")
         session.messages.append({"role": "user", "content": R.render_user_message(question)})
-        session.messages.append({"role": "assistant", "content": R.render_streaming(WAITING, "")})
+        ahead = self.line.join(id(session))
+        session.messages.append({"role": "assistant", "content": R.render_streaming(in_line_note(ahead), "")})
         session.pending = question
         return True
 
@@ -170,6 +214,14 @@ class ChatController:
         if question is None:
             yield session.messages, session
             return
+        self.line.start(id(session))
+        try:
+            yield from self._answer(question, session, user)
+        finally:
+            self.line.finish()
+
+    def _answer(self, question: str, session: ChatSession, user: Principal
+                ) -> Iterator[tuple[list[dict[str, str]], ChatSession]]:
         msgs = session.messages
         idx = len(msgs) - 1
 
@@ -464,6 +516,6 @@ def build_app(services: Any, settings: Settings, *, warmup: WarmUp | None = None
         poll.tick(on_poll, None, [progress, poll, sources_html, failures_html, recent_html, feedback_html],
                   queue=False, api_visibility="private", show_progress="hidden")
 
-    demo.queue(default_concurrency_limit=settings.server.concurrency, max_size=max(16, 8 * settings.server.concurrency))
+    demo.queue(default_concurrency_limit=ctl.slots, max_size=settings.server.queue_limit)
     demo.kb_controller = ctl  # for tests and the serve command
     return demo

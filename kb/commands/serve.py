@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from core.settings import answer_slots
 from kb.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_ingest: boo
     demo = build_app(services, settings, warmup=warmup, directory=directory)
     url = f"http://{host}:{port}/"
     log.info("serving url=%s auth_mode=%s concurrency=%d generator=%s/%s", url, auth.mode,
-             settings.server.concurrency, settings.generator.backend, settings.generator.model)
+             answer_slots(settings.server, settings.generator), settings.generator.backend, settings.generator.model)
     click.echo(f"Chat page: {url}  (Ctrl+C to stop)", err=True)
     import uvicorn
 

@@ -297,7 +297,7 @@ def test_questions_wait_for_warm_up_with_a_visible_state(kb, users):
     assert "Warming up" in ctl.banner()
     gen = ctl.respond("How many vacation days do I get?", ChatSession(), users.principal_for("alice"))
     frames = [next(gen)[0][-1]["content"], next(gen)[0][-1]["content"]]  # at once, not after the warm-up
-    assert "Waiting for a free slot" in frames[0] and "Warming up the model" in frames[1]
+    assert "Starting" in frames[0] and "Warming up the model" in frames[1]
     threading.Timer(0.3, gate.set).start()
     frames += [m[-1]["content"] for m, _ in gen]
     assert 'class="kb-card"' in frames[-1]
@@ -373,7 +373,7 @@ def test_app_launches_with_login_and_queue(kb, users):
 
     settings, services = kb
     demo = build_app(services, settings, directory=users)
-    assert demo._queue.default_concurrency_limit == settings.server.concurrency
+    assert demo._queue.default_concurrency_limit == demo.kb_controller.slots
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **launch_options(settings, users))
@@ -417,7 +417,7 @@ def test_question_shows_at_once_and_waits_for_its_slot(ctl, users):
     assert not ctl.begin("   ", session) and session.messages == []
     assert ctl.begin("How many vacation days do I get?", session)
     assert session.messages[0]["content"] == "How many vacation days do I get?"
-    assert "Waiting for a free slot" in session.messages[1]["content"]
+    assert "Starting" in session.messages[1]["content"]  # nobody ahead of it
     frames = [m[-1]["content"] for m, _ in ctl.answer(session, users.principal_for("alice"))]
     assert 'class="kb-card"' in frames[-1] and session.pending is None
     assert [m for m, _ in ctl.answer(session, users.principal_for("alice"))][0] is session.messages  # nothing pending
