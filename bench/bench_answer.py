@@ -1,206 +1,199 @@
-"""Answer latency: the context filter vs no filter vs the naive 5 x 512-token prompt.
+"""Answer speed: the settings this round found vs now, on the same questions, in one run.
 
-    .venv/bin/python bench/bench_answer.py --model smollm2-135m --questions 5
-    .venv/bin/python bench/bench_answer.py --questions 3            # the default 1.5B model
+    .venv/bin/python bench/bench_answer.py                       # default model, 12 questions
+    .venv/bin/python bench/bench_answer.py --model smollm2-135m --questions 4   # a quick look
 
-Three ways to answer the same questions with the same model, all with the real index of the
-sample knowledge base (kb.yaml's sources; indexed into a temporary folder unless --data-dir
-points at an existing index):
+Both runs use today's answer service (premise check, context filter, verification, correction)
+over the trust dev set's corpus (the 18F handbook and the Drive files in ../shared, indexed
+once by ``kb eval`` into ``data/runtime/eval-dev``; indexed here if missing), asking questions
+of ``eval/devsets/handbook.jsonl`` spread over answerable and near-miss ones:
 
-- ``filtered``:  the answer service with the context filter (3 x top_k candidates reranked,
-                 each kept chunk trimmed to its best ``filter_sentences`` sentences);
-- ``unfiltered``: the answer service without it (top-5 chunks as retrieved);
-- ``naive``:     no service: top-5 retrieval, the untrimmed chunks in the prompt, the model.
+- ``before``: ``kb.yaml`` as this round found it: ``generator.threads: 1``, MiniLM in bf16
+  (``embedding.dtype: bf16``), the context filter's old budget (3,600 characters, 2 near-tie
+  chunks);
+- ``now``: ``kb.yaml`` now: ``threads: auto`` (every physical core), ``dtype: auto`` (fp32
+  where the CPU has no native bf16), 1,800 characters, 5 sources.
 
-Self-correction is off in the service runs (it would add a second generation to some
-questions only, hiding the filter's effect); citations and confidence are computed as usual.
-``first_token`` counts from the question's arrival (retrieval and filter included) in all
-three. Prompt tokens are counted with the model's own tokenizer over the message texts. The
-runs are interleaved per question (naive, filtered, unfiltered), so no prompt directly follows
-an identical one (llama.cpp reuses a cached prompt prefix: only the shared system prompt).
-``correct``: the answer contains every keyword of the fact (a rough quality signal).
+The runs alternate per question (before, now), each with its own model instance, so machine
+noise hits both alike. Per run: time to first token (from the question's arrival), total,
+the answer's own per-stage timings (retrieve, premise, filter, generate, verify, other),
+prompt and answer tokens. Before the questions, each run measures its prefill and decode
+rates on a fixed prompt; the physical limit of a question is then prompt tokens / prefill rate
++ answer tokens / decode rate (what the model alone needs; everything above it is pipeline).
 
-Writes bench/results/bench_answer-<model>.json and .png.
+Writes bench/results/bench_answer-<model>.json and .png (p50 first token and total per run,
+and the share of time per stage).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import common  # one thread, repo on sys.path
+import common  # noqa: F401  (repo on sys.path, offline)
 from common import pyplot, write_results
 
-VARIANTS = ("naive", "filtered", "unfiltered")
+#: Non-overlapping stages of Answer.timings ("generate" covers every generation, the
+#: correction's too; "other" is the rest of the total: the correction's re-retrieval, scoring).
+STAGES = ("retrieve", "premise", "filter", "generate", "verify")
+RUNS = ("before", "now")
 
 
-def public_facts(path: Path, n: int) -> list[dict]:
-    facts = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [f for f in facts if f.get("readers") == "public" and f.get("keywords")][:n]
+def pct(vals: list[float], q: float) -> float:
+    vals = sorted(vals)
+    if not vals:
+        return float("nan")
+    k = (len(vals) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(vals) - 1)
+    return vals[lo] + (vals[hi] - vals[lo]) * (k - lo)
 
 
-def prompt_tokens(generator, messages) -> int:
-    return sum(int(generator.count_tokens(m.content)) for m in messages)
-
-
-def run_naive(generator, retriever, user, question: str, settings) -> dict:
-    from answer.prompts import build_messages
-    from core.types import GenParams
-
-    t0 = time.perf_counter()
-    hits = retriever.retrieve(question, user=user, top_k=5)
-    t_ret = time.perf_counter() - t0
-    messages = build_messages(question, hits)
-    params = GenParams(max_tokens=settings.generator.max_tokens, temperature=0.0)
-    first, pieces = None, []
-    for tok in generator.stream(messages, params):
-        if first is None:
-            first = time.perf_counter() - t0
-        pieces.append(tok.text)
-    total = time.perf_counter() - t0
-    return {"retrieve": t_ret, "first_token": first or total, "total": total,
-            "prompt_tokens": prompt_tokens(generator, messages), "answer": "".join(pieces).strip(),
-            "sources_chars": sum(len(h.prompt_text) for h in hits)}
-
-
-def run_service(service, generator, user, question: str) -> dict:
-    from answer.prompts import build_messages
-
-    ans = service.answer(question, user=user)
-    messages = build_messages(ans.standalone_question, ans.sources)
-    t = ans.timings
-    return {"retrieve": t.get("retrieve", 0.0), "filter": t.get("filter", 0.0),
-            "first_token": t.get("first_token", t.get("total", 0.0)), "total": t.get("total", 0.0),
-            "prompt_tokens": prompt_tokens(generator, messages), "answer": ans.text, "route": ans.route,
-            "confidence": ans.confidence, "sources_chars": sum(len(h.prompt_text) for h in ans.sources)}
-
-
-def summarise(rows: list[dict]) -> dict:
-    out = {}
-    for key in ("first_token", "total", "prompt_tokens", "retrieve", "filter"):
-        vals = [r[key] for r in rows if key in r]
-        if vals:
-            out[key] = {"mean": round(statistics.mean(vals), 3), "median": round(statistics.median(vals), 3)}
-    out["correct"] = sum(1 for r in rows if r.get("correct"))
+def spread(questions: list, n: int) -> list:
+    """n questions, answerable and near-miss alternating in the file's order (3 : 1)."""
+    ans = [q for q in questions if q.answerable]
+    miss = [q for q in questions if not q.answerable]
+    out: list = []
+    while len(out) < n and (ans or miss):
+        for _ in range(3):
+            if ans and len(out) < n:
+                out.append(ans.pop(0))
+        if miss and len(out) < n:
+            out.append(miss.pop(0))
     return out
+
+
+def rates(generator) -> tuple[float, float]:
+    """(prefill tokens/s, decode tokens/s) of ``generator`` on a fixed ~700-token prompt."""
+    from core.types import GenParams, Message
+
+    filler = " ".join(f"Rule {i}: travel receipts over ${i * 5} are kept for {i + 2} years." for i in range(60))
+    msgs = [Message("system", "You answer questions."), Message("user", f"{filler}\nWrite a long list of all the rules.")]
+    n_prompt = sum(generator.count_tokens(m.content) for m in msgs)
+    t = time.perf_counter()
+    list(generator.stream(msgs, GenParams(max_tokens=1)))
+    prefill = n_prompt / (time.perf_counter() - t)
+    t = time.perf_counter()
+    first = None
+    text = []
+    for tok in generator.stream(msgs, GenParams(max_tokens=65)):  # the prompt is cached now
+        if first is None:
+            first = time.perf_counter()
+        text.append(tok.text)
+    n_out = max(1, generator.count_tokens("".join(text)) - 1)
+    decode = n_out / (time.perf_counter() - (first or t))
+    return prefill, decode
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="smollm2-135m", help="generator.model: smollm2-135m, default, or a path")
-    ap.add_argument("--backend", default="auto", choices=["auto", "llamacpp", "transformers"])
-    ap.add_argument("--questions", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-tokens", type=int, default=96)
-    ap.add_argument("--config", default=str(common.REPO / "kb.yaml"))
-    ap.add_argument("--data-dir", default=None, help="use the index already in this data dir")
-    ap.add_argument("--facts", default=str(common.REPO / "data" / "sample" / "facts.jsonl"))
+    ap.add_argument("--model", default="default", help="generator.model: default (1.5B) or smollm2-135m")
+    ap.add_argument("--questions", type=int, default=12)
+    ap.add_argument("--config", default=str(common.REPO / "eval" / "devsets" / "shared.yaml"))
+    ap.add_argument("--questions-file", default=str(common.REPO / "eval" / "devsets" / "handbook.jsonl"))
     args = ap.parse_args(argv)
 
-    from generators import make_generator
-    from answer.service import KnowledgeAnswerService
+    from answer.prompts import build_messages
     from core.settings import load_settings
-    from core.types import Principal
+    from eval.questions import load_questions
+    from eval.runner import corpus_settings, ensure_indexed, eval_principal
+    from generators import make_generator
+    from generators.base import resolve_threads
     from index.embedder import load_embedder
     from index.generation import open_index
-    from index.retriever import HybridRetriever
-    from ingest.sync import sync_sources
+    from kb.services import build_services
 
-    backend = args.backend
-    if backend == "auto":
-        backend = "llamacpp" if importlib.util.find_spec("llama_cpp") else "transformers"
-    tmp = None
-    data_dir = args.data_dir
-    if data_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="bench-answer-")
-        data_dir = tmp.name
-    settings = load_settings(args.config, data_dir=data_dir)
-    settings.generator.backend = backend
-    settings.generator.model = args.model
-    settings.generator.threads = args.threads
-    settings.generator.max_tokens = args.max_tokens
-    settings.answer.self_correction = False
-    settings.answer.escalation = None
-
-    embedder = load_embedder(settings.embedding)
-    embedder.embed_documents(["warm up"])
-    if open_index(settings, missing_ok=True).generation is None:
-        t = time.perf_counter()
-        sync_sources(settings, settings.sources, embedder=embedder)
-        print(f"indexed the sample knowledge base in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    index = open_index(settings)
-    retriever = HybridRetriever(index, embedder, settings.retrieval)
-    generator = make_generator(settings.generator, settings.models_dir, base_dir=settings.config_dir)
-    t = time.perf_counter()
-    generator.warm_up()
-    load_s = time.perf_counter() - t
-    with_filter = settings.model_copy(deep=True)
-    with_filter.retrieval.context_filter = True
-    without = settings.model_copy(deep=True)
-    without.retrieval.context_filter = False
-    acl = lambda doc_id: index.store.document_acl(doc_id)  # noqa: E731 (as build_services wires it)
-    services = {
-        "filtered": KnowledgeAnswerService(retriever, generator, embedder, with_filter, None, acl_lookup=acl),
-        "unfiltered": KnowledgeAnswerService(retriever, generator, embedder, without, None, acl_lookup=acl),
-    }
-    user = Principal("bench", groups=())
-    facts = public_facts(Path(args.facts), args.questions)
-    # warm the whole path once (tokenizer, sentence cache of the filter is NOT kept: new filter per run)
-    services["filtered"].answer("warm up question about vacation", user=user)
-    rows: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for i, fact in enumerate(facts, 1):
-        for variant in VARIANTS:
-            if variant == "naive":
-                r = run_naive(generator, retriever, user, fact["question"], settings)
-            else:
-                if variant == "filtered":  # a cold sentence cache, as for a question never seen
-                    services["filtered"].context_filter.clear_cache()
-                r = run_service(services[variant], generator, user, fact["question"])
-            r["id"] = fact["id"]
-            r["correct"] = all(k.lower() in r["answer"].lower() for k in fact["keywords"])
-            rows[variant].append(r)
-            print(f"[{i}/{len(facts)}] {variant:10s} {fact['id']:24s} first_token={r['first_token']:.2f}s "
-                  f"total={r['total']:.2f}s prompt_tokens={r['prompt_tokens']} correct={r['correct']}",
-                  file=sys.stderr, flush=True)
-    summary = {v: summarise(rows[v]) for v in VARIANTS}
-    naive = summary["naive"]
-    print(f"\nmodel {generator.model_id} ({backend}, {args.threads} thread), {len(facts)} questions, "
-          f"load {load_s:.1f} s; means (ratio to naive)")
-    print(f"{'variant':12s}{'first token s':>18s}{'total s':>18s}{'prompt tokens':>20s}{'correct':>9s}")
-    for v in VARIANTS:
-        s = summary[v]
-        cells = []
-        for key in ("first_token", "total", "prompt_tokens"):
-            m = s[key]["mean"]
-            ratio = m / naive[key]["mean"] if naive[key]["mean"] else float("nan")
-            cells.append(f"{m:9.2f} ({ratio:4.2f}x)" if key != "prompt_tokens" else f"{m:11.0f} ({ratio:4.2f}x)")
-        print(f"{v:12s}{cells[0]:>18s}{cells[1]:>18s}{cells[2]:>20s}{s['correct']:>6d}/{len(facts)}")
+    base = load_settings(args.config)
+    base.generator.model = args.model
+    settings = {"before": base.model_copy(deep=True), "now": base.model_copy(deep=True)}
+    b, n = settings["before"], settings["now"]
+    b.generator.threads, b.embedding.dtype = 1, "bf16"
+    b.retrieval.context_chars, b.retrieval.near_tie_chunks = 3600, 2
+    n.generator.threads, n.embedding.dtype = "auto", "auto"
+    n.retrieval.context_chars, n.retrieval.near_tie_chunks = 1800, 0
+    corpus = {k: corpus_settings(s, "handbook,drive") for k, s in settings.items()}
+    embedders = {k: load_embedder(c.embedding) for k, c in corpus.items()}
+    ensure_indexed(corpus["now"], embedder=embedders["now"], progress=True)
+    index = open_index(corpus["now"])
+    user = eval_principal(index)
+    services, gens, meas = {}, {}, {}
+    for k in RUNS:
+        gens[k] = make_generator(settings[k].generator, base.models_dir, base_dir=base.config_dir)
+        gens[k].warm_up()
+        meas[k] = dict(zip(("prefill_tps", "decode_tps"), rates(gens[k])))
+        meas[k]["threads"] = resolve_threads(settings[k].generator.threads)
+        meas[k]["embedding_dtype"] = getattr(embedders[k], "dtype", settings[k].embedding.dtype)
+        services[k] = build_services(corpus[k], embedder=embedders[k], index=index, generator=gens[k],
+                                     answer_log=None).answer_service
+        print(f"{k}: threads={meas[k]['threads']} prefill {meas[k]['prefill_tps']:.1f} tok/s, "
+              f"decode {meas[k]['decode_tps']:.1f} tok/s", file=sys.stderr, flush=True)
+    questions = spread(load_questions(args.questions_file), args.questions)
+    rows: dict[str, list[dict]] = {k: [] for k in RUNS}
+    for i, q in enumerate(questions, 1):
+        for k in RUNS:
+            ans = services[k].answer(q.question, user=user)
+            t = ans.timings
+            p_tok = sum(gens[k].count_tokens(m.content) for m in build_messages(ans.standalone_question, ans.sources)) \
+                if ans.scores.get("premise_missing") is None else 0
+            a_tok = gens[k].count_tokens(ans.text) if ans.route != "abstained" else 12
+            limit = p_tok / meas[k]["prefill_tps"] + (a_tok / meas[k]["decode_tps"] if p_tok else 0.0)
+            row = {"id": q.id, "answerable": q.answerable, "route": ans.route, "answer": ans.text[:300],
+                   "first_token": t.get("first_token", t.get("total", 0.0)), "total": t.get("total", 0.0),
+                   "prompt_tokens": p_tok, "answer_tokens": a_tok, "physical_limit": round(limit, 3),
+                   "corrected": bool(ans.corrected), **{f"stage_{s}": t.get(s, 0.0) for s in STAGES}}
+            rows[k].append(row)
+            print(f"[{i}/{len(questions)}] {k:6s} {q.id:6s} {ans.route:10s} first={row['first_token']:6.1f}s "
+                  f"total={row['total']:6.1f}s limit={limit:5.1f}s prompt={p_tok}", file=sys.stderr, flush=True)
+    summary = {}
+    for k in RUNS:
+        r = rows[k]
+        tot = sum(x["total"] for x in r) or 1.0
+        summary[k] = {
+            **{m: round(v, 2) for m, v in meas[k].items() if isinstance(v, float)},
+            "threads": meas[k]["threads"], "embedding_dtype": meas[k]["embedding_dtype"],
+            "first_token_p50": round(pct([x["first_token"] for x in r], 0.5), 2),
+            "first_token_p95": round(pct([x["first_token"] for x in r], 0.95), 2),
+            "total_p50": round(pct([x["total"] for x in r], 0.5), 2),
+            "total_p95": round(pct([x["total"] for x in r], 0.95), 2),
+            "physical_limit_p50": round(pct([x["physical_limit"] for x in r], 0.5), 2),
+            "prompt_tokens_mean": round(statistics.mean(x["prompt_tokens"] for x in r), 1),
+            "stage_share": {**{s: round(sum(x[f"stage_{s}"] for x in r) / tot, 3) for s in STAGES},
+                            "other": round(1 - sum(sum(x[f"stage_{s}"] for x in r) for s in STAGES) / tot, 3)},
+            "corrected": sum(x["corrected"] for x in r),
+            "answered": sum(x["route"] != "abstained" for x in r),
+        }
+    for key in ("first_token_p50", "total_p50", "total_p95"):
+        summary.setdefault("ratio_now_to_before", {})[key] = round(summary["now"][key] / summary["before"][key], 3)
+    print(json.dumps(summary, indent=2))
     name = f"bench_answer-{args.model.replace('/', '_')}"
-    out = write_results(name, {
-        "model": generator.model_id, "backend": backend, "threads": args.threads, "questions": len(facts),
-        "max_tokens": args.max_tokens, "load_seconds": round(load_s, 2),
-        "filter_sentences": settings.retrieval.filter_sentences, "summary": summary, "runs": rows,
-    })
+    out = write_results(name, {"model": gens["now"].model_id, "questions": len(questions), "summary": summary,
+                               "runs": rows})
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
-    for ax, key, label in zip(axes, ("first_token", "total", "prompt_tokens"),
-                              ("time to first token (s)", "total (s)", "prompt tokens")):
-        vals = [summary[v][key]["mean"] for v in VARIANTS]
-        bars = ax.bar(VARIANTS, vals, color=["tab:grey", "tab:green", "tab:orange"])
-        ax.bar_label(bars, fmt="%.1f" if key != "prompt_tokens" else "%.0f")
-        ax.set_title(label)
-    fig.suptitle(f"{generator.model_id}, {backend}, {args.threads} thread, mean of {len(facts)} questions")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    x = range(len(RUNS))
+    for j, (key, label) in enumerate((("first_token_p50", "first token p50"), ("total_p50", "total p50"),
+                                      ("physical_limit_p50", "physical limit p50"))):
+        vals = [summary[k][key] for k in RUNS]
+        bars = axes[0].bar([i + 0.27 * (j - 1) for i in x], vals, width=0.27, label=label)
+        axes[0].bar_label(bars, fmt="%.1f")
+    axes[0].set_xticks(list(x), [f"{k}\n({summary[k]['threads']} thr, {summary[k]['embedding_dtype']})" for k in RUNS])
+    axes[0].set_ylabel("seconds")
+    axes[0].legend()
+    bottom = [0.0] * len(RUNS)
+    for s in (*STAGES, "other"):
+        vals = [summary[k]["stage_share"][s] for k in RUNS]
+        axes[1].bar(list(x), vals, bottom=bottom, label=s)
+        bottom = [a + v for a, v in zip(bottom, vals)]
+    axes[1].set_xticks(list(x), list(RUNS))
+    axes[1].set_ylabel("share of total time")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"{gens['now'].model_id}: {len(questions)} dev-set questions, same run")
     fig.tight_layout()
     png = out.with_suffix(".png")
     fig.savefig(png, dpi=100)
-    print(f"\nwrote {out} and {png}")
-    if tmp is not None:
-        tmp.cleanup()
+    print(f"wrote {out} and {png}", file=sys.stderr)
     return 0
 
 

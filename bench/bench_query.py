@@ -16,7 +16,7 @@ runs happen after all service runs, in the same order, so each prompt follows a 
 in both (llama.cpp reuses the shared system-prompt prefix in both alike).
 
 ``first_token`` in the service is measured from the question's arrival, so it includes
-retrieval and the filter; the raw model's is from the call. See bench/bench_answer.py (the
+retrieval and the filter; the raw model's is from the call. See bench/bench_filter.py (the
 answering code's own bench) for time to first token with and without the context filter vs a
 naive prompt.
 """
