@@ -40,6 +40,10 @@ class SourceConfig(_Section):
     slack_window_hours: int = Field(default=24, ge=1, le=24 * 7)
     #: wiki/drive: glob patterns of paths (relative, "/"-separated) not to read, e.g. ["archive/**"].
     exclude: list[str] = Field(default_factory=list)
+    #: wiki/drive: PDF, Office and HTML files are parsed in a child process with these limits;
+    #: a file over a limit is reported by name (a hostile or broken file never stalls a run).
+    parse_timeout_s: float = Field(default=120.0, gt=0)
+    parse_memory_mb: int = Field(default=2048, ge=128)
     enabled: bool = True
 
     @model_validator(mode="after")

@@ -5,6 +5,12 @@ from core.protocols import Connector
 from core.settings import SourceConfig
 
 
+def _isolated(src: SourceConfig):
+    from ingest.parsers.isolated import IsolatedParser
+
+    return IsolatedParser(timeout_s=src.parse_timeout_s, memory_mb=src.parse_memory_mb)
+
+
 def make_connector(src: SourceConfig) -> Connector:
     """Build the connector for one configured source (imports only the one needed)."""
     if src.type == "wiki":
@@ -13,6 +19,7 @@ def make_connector(src: SourceConfig) -> Connector:
         return WikiConnector(
             src.path, source=src.name, base_url=src.base_url,
             permissions_file=src.permissions_file, default_acl=src.default_acl, exclude=src.exclude,
+            parser=_isolated(src),
         )
     if src.type == "slack":
         from ingest.connectors.slack import SlackConnector
@@ -26,5 +33,6 @@ def make_connector(src: SourceConfig) -> Connector:
         return DriveConnector(
             src.path, source=src.name, base_url=src.base_url,
             permissions_file=src.permissions_file, default_acl=src.default_acl, exclude=src.exclude,
+            parser=_isolated(src),
         )
     raise ValueError(f"unknown source type {src.type!r}")

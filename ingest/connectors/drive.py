@@ -12,7 +12,7 @@ import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import quote
 
 from core.errors import ParseError, SourceError
@@ -53,7 +53,11 @@ class FileTreeConnector:
         permissions_file: str | None = "permissions.json",
         default_acl: str = "public",
         exclude: Sequence[str] = (),
+        parser: Callable[..., Parsed] | None = None,
     ) -> None:
+        #: parse(path, rel) -> Parsed: in-process by default; make_connector passes an
+        #: :class:`ingest.parsers.isolated.IsolatedParser` (a child process with limits)
+        self.parser = parser
         self.root = Path(path).expanduser()
         #: glob patterns of relative paths that are not read ("reference/**", "*.tmp.md")
         self.exclude = tuple(exclude)
@@ -124,6 +128,14 @@ class FileTreeConnector:
         for rel in self.symlinks:
             self._fail(rel, "symbolic link skipped: only regular files inside the source folder are read",
                        f"{self.source}:{rel}", drop=True)
+        try:
+            yield from self._documents(files)
+        finally:
+            close = getattr(self.parser, "close", None)
+            if close is not None:
+                close()  # the parser worker, if one started
+
+    def _documents(self, files: list[tuple[Path, str]]) -> Iterator[Document]:
         for path, rel in files:
             doc_id = f"{self.source}:{rel}"
             try:
@@ -168,7 +180,7 @@ class FileTreeConnector:
             mtime = path.stat().st_mtime
         except OSError as e:
             raise ParseError(rel, f"cannot read file: {e.strerror or e}") from None
-        parsed = parse_file(path)
+        parsed = self.parser(path, rel) if self.parser is not None else parse_file(path)
         if not parsed.text.strip():
             raise NoText(rel, "no text to index (an empty file, a scanned PDF without a text layer, "
                               "a workbook without cells)")
