@@ -53,9 +53,19 @@ def build(folder: Path, quick: bool) -> dict[str, str]:
         f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
         for i in range(8))
     put("wiki/laughs.md", f"---\n{bomb}title: *i\n---\nBody.\n", "hostile")
-    with zipfile.ZipFile(folder / "bomb.docx", "w", compression=zipfile.ZIP_DEFLATED) as z:
-        z.writestr("[Content_Types].xml", "<Types/>")
-        z.writestr("word/document.xml", "<w:document>" + " " * ((60 if quick else 600) * 1024 * 1024) + "</w:document>")
+    import docx
+
+    real = folder.parent / "real.docx"
+    d = docx.Document()
+    d.add_paragraph("Quarterly numbers.")
+    d.save(real)
+    with zipfile.ZipFile(real) as src, zipfile.ZipFile(folder / "bomb.docx", "w", zipfile.ZIP_DEFLATED) as z:
+        for item in src.infolist():  # a valid docx whose document.xml expands to 600 MB
+            data = src.read(item.filename)
+            if item.filename == "word/document.xml":
+                pad = b" " * ((60 if quick else 600) * 1024 * 1024)
+                data = data.replace(b"<w:body>", b"<w:body>" + pad, 1)
+            z.writestr(item, data)
     kinds["bomb.docx"] = "hostile"
     put("not-a-zip.xlsx", b"this is not a workbook", "broken")
     put("junk.txt", bytes(range(1, 32)) * 300 + os.urandom(8000).replace(b"\x00", b"\x01"), "broken")
@@ -73,7 +83,7 @@ def build(folder: Path, quick: bool) -> dict[str, str]:
     put("utf16.txt", "Travel requests need approval two weeks ahead.".encode("utf-16-le"), "good")
     with open(os.path.join(os.fsencode(folder), b"caf\xe9-menu.txt"), "wb") as f:
         f.write(b"Menu of the week.")
-    kinds["caf\udce9-menu.txt"] = "bad name"
+    kinds["caf\ufffd-menu.txt"] = "bad name"  # as the report names it
     put("deep.html", "<html><body>" + "<div>" * 5000 + "Deep policy text." + "</div>" * 5000 + "</body></html>", "good")
     outside = folder.parent / "outside-secret.txt"
     outside.write_text("secret", encoding="utf-8")

@@ -108,10 +108,11 @@ def _align(text: str, pieces: Sequence[str]) -> list[int] | None:
         if not nxt:
             return None
         if len(nxt) > 2 * ALIGN_CANDIDATES:
-            # repetitive text (a log of identical lines) places a piece at every line: keep
-            # the earliest and the latest positions, or the programme grows without bound (a
-            # 4 MB log took > 10 min and 3.5 GB); no path left means a hard split, no text lost
-            nxt = nxt[:ALIGN_CANDIDATES] + nxt[-ALIGN_CANDIDATES:]
+            # repetitive text (a log of identical lines) places a piece at every line: keep the
+            # latest positions (the splitter moves forward by about a piece each time), or the
+            # search window and the programme grow without bound (a 4 MB log took > 10 min and
+            # 3.5 GB); no path left means a hard split, no text lost
+            nxt = nxt[-2 * ALIGN_CANDIDATES:]
             par = {o: par[o] for o in nxt}
         reach = nxt
         parents.append(par)

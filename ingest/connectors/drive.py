@@ -185,8 +185,8 @@ class FileTreeConnector:
             raise NoText(rel, "no text to index (an empty file, a scanned PDF without a text layer, "
                               "a workbook without cells)")
         if len(parsed.text) > MAX_TEXT_CHARS:
-            raise ParseError(rel, f"{len(parsed.text) // 1_000_000} million characters of text, more than the "
-                                  f"{MAX_TEXT_CHARS // 1_000_000} million a document may have: not indexed (split it)")
+            raise ParseError(rel, f"{len(parsed.text) / 1_000_000:.1f} million characters of text, more than the "
+                                  f"{MAX_TEXT_CHARS / 1_000_000:g} million a document may have: not indexed (split it)")
         metadata = {"path": rel, **parsed.metadata, **self.extra_metadata(parsed)}
         return Document(
             id=f"{self.source}:{rel}",
