@@ -25,8 +25,11 @@ class IndexAdmin:
     (implements :class:`web.admin.IndexAdmin`)."""
 
     def __init__(self, settings: Settings, *, embedder_provider: Callable[[], Any] | None = None,
-                 sync: Callable[..., Any] | None = None):
+                 sync: Callable[..., Any] | None = None, isolate: bool = True):
         self.settings = settings
+        #: run the re-index in its own process (a parser that eats memory cannot take the chat
+        #: page down with it); an injected ``sync`` runs in a thread
+        self.isolate = isolate
         self._embedder_provider = embedder_provider
         self._sync = sync
         self._lock = threading.Lock()
@@ -99,24 +102,84 @@ class IndexAdmin:
     def _run(self, sources: list, username: str) -> None:
         from ingest.sync import sync_sources
 
-        sync = self._sync or sync_sources
         try:
-            embedder = self._embedder_provider() if self._embedder_provider else None
-            report = sync(self.settings, sources, progress=self._progress_of, embedder=embedder, lock_timeout=0.5)
-            failed = sum(getattr(s, "failed", 0) for s in report.sources)
-            errors = [s.name for s in report.sources if getattr(s, "error", None)]
-            summary = (f"{report.documents_total} documents, {report.chunks_total} chunks; "
-                       f"generation {report.current_generation or 'none'}"
-                       + ("" if report.generation else " (nothing changed)")
+            if self._sync is None and self.isolate:
+                facts = self._run_in_process(sources)
+            else:
+                embedder = self._embedder_provider() if self._embedder_provider else None
+                report = (self._sync or sync_sources)(self.settings, sources, progress=self._progress_of,
+                                                      embedder=embedder, lock_timeout=0.5)
+                facts = _report_facts(report)
+            failed, errors = facts["failed"], facts["errors"]
+            summary = (f"{facts['documents']} documents, {facts['chunks']} chunks; "
+                       f"generation {facts['current'] or 'none'}"
+                       + ("" if facts["changed"] else " (nothing changed)")
                        + (f"; {failed} file(s) failed" if failed else "")
                        + (f"; sources failed: {', '.join(errors)}" if errors else ""))
             self._update(state="done", summary=summary)
             log.info("reindex_finished user=%s documents=%d chunks=%d generation=%s changed=%s failed_files=%d",
-                     username, report.documents_total, report.chunks_total, report.current_generation,
-                     bool(report.generation), failed)
+                     username, facts["documents"], facts["chunks"], facts["current"], facts["changed"], failed)
         except KBError as e:
             self._update(state="failed", error=str(e))
             log.error("reindex_failed user=%s error=%r", username, str(e))
         except Exception as e:  # the traceback goes to the log, the page gets one line
             log.exception("reindex_failed user=%s", username)
             self._update(state="failed", error=f"{type(e).__name__}: {e} (details in the server log)")
+
+    def _run_in_process(self, sources: list) -> dict[str, Any]:
+        """The re-index in a spawned child process; progress comes back over a pipe."""
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_reindex_child, args=(self.settings, [s.name for s in sources], child),
+                           name="kb-reindex", daemon=True)
+        proc.start()
+        child.close()
+        try:
+            while True:
+                try:
+                    msg = parent.recv()
+                except EOFError:
+                    proc.join(10)
+                    raise KBError(f"the re-index process ended unexpectedly (exit code {proc.exitcode}; out of "
+                                  "memory?); the index is unchanged, details in the server log") from None
+                if msg[0] == "progress":
+                    self._progress_of(*msg[1:])
+                elif msg[0] == "done":
+                    return msg[1]
+                else:
+                    raise KBError(msg[1])
+        finally:
+            parent.close()
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+
+
+def _report_facts(report: Any) -> dict[str, Any]:
+    return {
+        "documents": report.documents_total, "chunks": report.chunks_total,
+        "current": report.current_generation, "changed": bool(report.generation),
+        "failed": sum(getattr(s, "failed", 0) for s in report.sources),
+        "errors": [s.name for s in report.sources if getattr(s, "error", None)],
+    }
+
+
+def _reindex_child(settings: Settings, names: list[str], conn: Any) -> None:
+    """The re-index process: sync the named sources, send progress and the outcome."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from ingest.sync import sync_sources
+
+    try:
+        sources = [settings.source(n) for n in names]
+        report = sync_sources(settings, sources, lock_timeout=0.5,
+                              progress=lambda source, docs, expected: conn.send(("progress", source, docs, expected)))
+        conn.send(("done", _report_facts(report)))
+    except KBError as e:
+        conn.send(("error", str(e)))
+    except Exception as e:  # the traceback goes to this process's log (the server's stderr)
+        log.exception("reindex_failed in the re-index process")
+        conn.send(("error", f"{type(e).__name__}: {e} (details in the server log)"))
+    finally:
+        conn.close()

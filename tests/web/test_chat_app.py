@@ -3,6 +3,7 @@ embedder, the fake generator, and the page's controller called as Python functio
 from __future__ import annotations
 
 import socket
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -438,3 +439,41 @@ def test_a_refused_request_never_gets_answered_under_the_next_question(ctl, user
     assert NOT_ANSWERED in session.messages[1]["content"]
     assert "vacation" in session.messages[2]["content"].lower()
     assert "days" in frames[-1] and session.pending is None
+
+
+def test_the_admin_reindex_runs_in_its_own_process(kb, users):
+    """No injected sync: the re-index runs in a spawned process (a parser that eats memory
+    cannot take the page down); progress and the summary still reach the page."""
+    import os
+
+    settings, services = kb
+    seen_pids = []
+    job = IndexAdmin(settings, embedder_provider=lambda: services.embedder)
+    real = job._progress_of
+
+    def spy(*a):
+        seen_pids.append(os.getpid())  # called in this process, fed from the child
+        return real(*a)
+
+    job._progress_of = spy
+    assert job.start(users.principal_for("admin")) == "Re-index started."
+    assert job.wait(120)
+    snap = job.snapshot()
+    assert snap["state"] == "done", snap
+    assert "documents" in snap["summary"] and snap["documents"] > 0 and seen_pids
+
+
+def test_a_reindex_process_that_dies_is_reported_and_the_page_lives(kb, users, monkeypatch):
+    import kb.jobs as jobs
+
+    settings, services = kb
+    monkeypatch.setattr(jobs, "_reindex_child", _die)
+    job = IndexAdmin(settings)
+    job.start(users.principal_for("admin"))
+    assert job.wait(60)
+    snap = job.snapshot()
+    assert snap["state"] == "failed" and "ended unexpectedly" in snap["error"]
+
+
+def _die(settings, names, conn):
+    os._exit(9)  # as the kernel's OOM killer would end it
