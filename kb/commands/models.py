@@ -54,11 +54,27 @@ def status(ctx: click.Context) -> None:
         elif st.name == "default" and not st.assembled:
             click.echo("  run: kb models prepare")
     g = settings.generator
+    from generators.base import resolve_threads
+    from index.embedder import resolve_dtype
+
     click.echo(
-        f"\nconfigured: backend={g.backend} model={g.model} threads={g.threads} "
-        f"adapter={g.adapter or 'none'}"
+        f"\nconfigured: backend={g.backend} model={g.model} threads={g.threads} ({resolve_threads(g.threads)} here) "
+        f"adapter={g.adapter or 'none'} embedding dtype={settings.embedding.dtype} "
+        f"({resolve_dtype(settings.embedding.dtype)} here)"
     )
     click.echo(f"llama-cpp-python: {_llama_cpp_version()}")
+    click.echo(f"llama.cpp build: {_llama_cpp_system_info()}")
+
+
+def _llama_cpp_system_info() -> str:
+    """The CPU features the installed llama.cpp was built for and uses (its own report)."""
+    try:
+        import llama_cpp
+
+        info = llama_cpp.llama_print_system_info()
+        return (info.decode() if isinstance(info, bytes) else str(info)).strip()
+    except Exception as e:  # not installed, or it cannot load on this CPU
+        return f"unavailable ({type(e).__name__}: {e})"
 
 
 def _llama_cpp_version() -> str:

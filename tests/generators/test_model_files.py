@@ -176,6 +176,10 @@ def test_models_status_command(tmp_path):
     assert "default (qwen2.5-coder-1.5b-instruct-q4_k_m)" in result.output
     assert "installed, not assembled" in result.output
     assert "smollm2-135m" in result.output and "configured: backend=llamacpp model=default" in result.output
+    # what the llama.cpp build uses on this CPU (its own report), and the resolved threads
+    assert "llama.cpp build:" in result.output and "threads=auto (" in result.output
+    if "unavailable" not in result.output.split("llama.cpp build:")[1]:
+        assert "AVX2 = 1" in result.output or "NEON" in result.output
 
 
 def test_models_try_streams_with_the_fake_backend(tmp_path, monkeypatch):
