@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 #: Characters of text one document may have (~2,000 chunks); a 50 MB log file is refused
 #: with a clear reason instead of keeping the chunker busy for minutes.
 MAX_TEXT_CHARS = 5_000_000
+#: Plain-text formats: a file of more than 4 x MAX_TEXT_CHARS bytes is refused unread (a 50 MB
+#: log used to be read and decoded whole, 1.8 GB at peak, only to be refused).
+TEXT_FORMATS = frozenset({"text", "markdown", "csv", "html"})
 
 
 class NoText(ParseError):
@@ -177,9 +180,14 @@ class FileTreeConnector:
     def document(self, path: Path, rel: str) -> Document | None:
         """The Document for one file, or None when it has no text (logged at debug)."""
         try:
-            mtime = path.stat().st_mtime
+            st = path.stat()
+            mtime, size = st.st_mtime, st.st_size
         except OSError as e:
             raise ParseError(rel, f"cannot read file: {e.strerror or e}") from None
+        fmt = FORMATS.get(path.suffix.lower(), ("", "", ""))[2]
+        if fmt in TEXT_FORMATS and size > 4 * MAX_TEXT_CHARS:  # UTF-8 has at most 4 bytes a character
+            raise ParseError(rel, f"{size / 2**20:.0f} MB of text, more than the {MAX_TEXT_CHARS / 1_000_000:g} million "
+                                  "characters a document may have: not indexed (split it)")
         parsed = self.parser(path, rel) if self.parser is not None else parse_file(path)
         if not parsed.text.strip():
             raise NoText(rel, "no text to index (an empty file, a scanned PDF without a text layer, "

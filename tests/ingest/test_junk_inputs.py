@@ -148,3 +148,22 @@ def test_deeply_nested_html_is_read_as_text(tmp_path):
 
     page = "<html><body>" + "<div>" * 5000 + "Deep policy text." + "</div>" * 5000 + "</body></html>"
     assert "Deep policy text." in parse_html(page, name="deep.html").text
+
+
+def test_a_text_file_too_big_to_hold_the_limit_is_refused_unread(tmp_path, monkeypatch):
+    import ingest.connectors.drive as drive
+    import ingest.parsers.text as text_parser
+
+    monkeypatch.setattr(drive, "MAX_TEXT_CHARS", 100_000)
+    root = tmp_path / "drive"
+    root.mkdir()
+    (root / "server.txt").write_bytes(b"GET /health 200\n" * 40_000)  # 640 kB > 4 x 100k characters
+    (root / "ok.txt").write_text("fine")
+    real = text_parser.read_text
+    read = []
+    monkeypatch.setattr(text_parser, "read_text", lambda p: read.append(p.name) or real(p))
+    conn = DriveConnector(root, source="d", default_acl="public")
+    assert [d.id for d in conn.documents()] == ["d:ok.txt"]
+    assert read == ["ok.txt"]  # the big one was never read
+    [f] = conn.failures
+    assert f.path == "server.txt" and "MB of text" in f.reason and "split it" in f.reason
