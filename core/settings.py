@@ -11,7 +11,7 @@ import ipaddress
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -23,6 +23,10 @@ ENV_PREFIX = "KB_"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+#: A count of at least 1, or "auto" (chosen for the machine / backend).
+CountOrAuto = Union[Annotated[int, Field(ge=1)], Literal["auto"]]
 
 
 class SourceConfig(_Section):
@@ -119,20 +123,13 @@ class GeneratorConfig(_Section):
     adapter: Path | None = None
     #: CPU threads for llama.cpp / torch: "auto" = every physical core (a dedicated server;
     #: with another busy process on the same cores, 2 threads collapse, STACK.md), or a number.
-    threads: int | Literal["auto"] = "auto"
+    threads: CountOrAuto = "auto"
     context_tokens: int = Field(default=4096, ge=512)
     max_tokens: int = Field(default=256, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     #: transformers on CUDA: load in 4-bit nf4 via bitsandbytes.
     load_in_4bit: bool = True
     openai: OpenAIEndpoint | None = None
-
-    @field_validator("threads")
-    @classmethod
-    def _threads_positive(cls, v: int | str) -> int | str:
-        if v != "auto" and int(v) < 1:
-            raise ValueError("threads must be 'auto' or a number of at least 1")
-        return v
 
     @model_validator(mode="after")
     def _openai_needs_endpoint(self) -> "GeneratorConfig":
@@ -198,16 +195,10 @@ class ServerConfig(_Section):
     #: Concurrent generations; further requests wait in line (never refused, told their place).
     #: "auto": 1 for llama.cpp and transformers (one model context; its threads use every
     #: core), 8 for an OpenAI-compatible server (vLLM batches), 4 for the fake generator.
-    concurrency: int | Literal["auto"] = "auto"
+    concurrency: CountOrAuto = "auto"
     #: Questions that may wait in line at once before new ones are refused (a runaway client).
     queue_limit: int = Field(default=200, ge=1)
 
-    @field_validator("concurrency")
-    @classmethod
-    def _concurrency_positive(cls, v: int | str) -> int | str:
-        if v != "auto" and int(v) < 1:
-            raise ValueError("concurrency must be 'auto' or a number of at least 1")
-        return v
     #: Other origins (scheme://host[:port]) whose pages may call the chat page's API with the
     #: user's login. None by default: only the page's own origin.
     allowed_origins: list[str] = Field(default_factory=list)

@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from core.errors import ConfigError
 from core.settings import AuthConfig
@@ -186,6 +186,36 @@ def _is_admin(username: str, email: str | None, groups: tuple[str, ...], admins:
     return ADMIN_GROUP in {g.lower() for g in groups}
 
 
+class Backoff:
+    """Consecutive failures per key (a user name, a client address) -> how long it must wait:
+    nothing for the first ``free_failures``, then 2 s, 4 s, 8 s … at most ``lock_max_s``."""
+
+    def __init__(self, free_failures: int, lock_max_s: float = 900.0, clock: Callable[[], float] = time.monotonic):
+        self.free_failures = free_failures
+        self.lock_max_s = lock_max_s
+        self.clock = clock
+        self._failures: dict[str, tuple[int, float]] = {}  # key -> (failures, locked until)
+        self._lock = threading.Lock()
+
+    def wait_for(self, key: str) -> float:
+        """Seconds until ``key`` may try again (0: now)."""
+        with self._lock:
+            _n, until = self._failures.get(key, (0, 0.0))
+        return max(0.0, until - self.clock())
+
+    def record(self, key: str, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self._failures.pop(key, None)
+                return
+            n = self._failures.get(key, (0, 0.0))[0] + 1
+            wait = 0.0 if n < self.free_failures else min(self.lock_max_s, 2.0 ** (n - self.free_failures + 1))
+            self._failures[key] = (n, self.clock() + wait)
+            if len(self._failures) > 100_000:  # bounded memory under a spray of keys
+                now = self.clock()
+                self._failures = {k: v for k, v in self._failures.items() if v[1] > now}
+
+
 class UserDirectory:
     """The users file turned into password checks and Principals."""
 
@@ -201,7 +231,7 @@ class UserDirectory:
         self.path = Path(path) if path is not None else None
         self._stamp = self._file_stamp()
         self._checked = time.monotonic()
-        self._failures: dict[str, tuple[int, float]] = {}  # user -> (failures, locked until)
+        self._backoff = Backoff(self.FREE_FAILURES, self.LOCK_MAX_S)
         self._lock = threading.Lock()
 
     @classmethod
@@ -246,19 +276,10 @@ class UserDirectory:
 
     def locked_for(self, username: str) -> float:
         """Seconds until ``username`` may try again (0: now)."""
-        with self._lock:
-            _n, until = self._failures.get((username or "").strip().lower(), (0, 0.0))
-        return max(0.0, until - time.monotonic())
+        return self._backoff.wait_for((username or "").strip().lower())
 
     def _record(self, key: str, ok: bool) -> None:
-        with self._lock:
-            if ok:
-                self._failures.pop(key, None)
-                return
-            n, _until = self._failures.get(key, (0, 0.0))
-            n += 1
-            wait = 0.0 if n < self.FREE_FAILURES else min(self.LOCK_MAX_S, 2.0 ** (n - self.FREE_FAILURES + 1))
-            self._failures[key] = (n, time.monotonic() + wait)
+        self._backoff.record(key, ok)
 
     def verify(self, username: str, password: str) -> bool:
         """True when the password matches (and the user is not backing off)."""

@@ -24,6 +24,8 @@ import time
 from http.cookies import SimpleCookie
 from typing import Any, Callable
 
+from web.auth import Backoff
+
 log = logging.getLogger(__name__)
 
 TOKEN_COOKIE_PREFIX = "access-token"
@@ -43,33 +45,13 @@ def _cookie_tokens(scope: dict) -> list[str]:
     return out
 
 
-class AddressBackoff:
+class AddressBackoff(Backoff):
     """Failed logins per client address -> how long that address must wait."""
 
     FREE_FAILURES = 10
-    LOCK_MAX_S = 900.0
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self.clock = clock
-        self._failures: dict[str, tuple[int, float]] = {}
-        self._lock = threading.Lock()
-
-    def wait_for(self, addr: str) -> float:
-        with self._lock:
-            _n, until = self._failures.get(addr, (0, 0.0))
-        return max(0.0, until - self.clock())
-
-    def record(self, addr: str, ok: bool) -> None:
-        with self._lock:
-            if ok:
-                self._failures.pop(addr, None)
-                return
-            n = self._failures.get(addr, (0, 0.0))[0] + 1
-            wait = 0.0 if n < self.FREE_FAILURES else min(self.LOCK_MAX_S, 2.0 ** (n - self.FREE_FAILURES + 1))
-            self._failures[addr] = (n, self.clock() + wait)
-            if len(self._failures) > 100_000:  # bounded memory under a spray of addresses
-                now = self.clock()
-                self._failures = {a: v for a, v in self._failures.items() if v[1] > now}
+        super().__init__(self.FREE_FAILURES, 900.0, clock)
 
 
 class SessionGuard:
