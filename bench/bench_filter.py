@@ -20,7 +20,7 @@ runs are interleaved per question (naive, filtered, unfiltered), so no prompt di
 an identical one (llama.cpp reuses a cached prompt prefix: only the shared system prompt).
 ``correct``: the answer contains every keyword of the fact (a rough quality signal).
 
-Writes bench/results/bench_answer-<model>.json and .png.
+Writes bench/results/bench_filter-<model>.json and .png.
 """
 from __future__ import annotations
 
