@@ -90,32 +90,38 @@ def ask(ctx: click.Context, question: str, username: str | None, groups: str | N
         raise click.BadParameter("the question is empty", param_hint="QUESTION")
     service = services.answer_service
     answer = None
-    streamed = ""
+    # Only the verified answer goes to stdout. The draft streams to the terminal's stderr, dim
+    # and labelled, as progress: a terminal cannot take back a printed line, and a draft may
+    # hold a sentence the checks then remove (the invented "$5,000 deductible" of a plan that
+    # does not exist was printed before the abstention replaced it).
+    live = sys.stderr.isatty() and not as_json
+    drafting = False
     for ev in service.stream(question, user=user, history=history):
         if ev.kind == "answer":
             answer = ev.answer
         elif as_json:
             continue
         elif ev.kind == "discard":
-            if streamed:
-                click.echo("")
-            streamed = ""
+            if drafting:
+                click.secho("  [discarded: not supported by the sources]", fg="bright_black", err=True)
+            drafting = False
         elif ev.kind == "status":
+            if drafting:
+                click.echo("", err=True)
+                drafting = False
             click.secho(f"[{ev.text}]", fg="bright_black", err=True)
-        elif ev.kind == "token":
-            streamed += ev.text
-            click.echo(ev.text, nl=False)
-            sys.stdout.flush()
+        elif ev.kind == "token" and live:
+            if not drafting:
+                click.secho("[draft, being checked] ", fg="bright_black", err=True, nl=False)
+                drafting = True
+            click.secho(ev.text, fg="bright_black", err=True, nl=False)
     assert answer is not None
     if as_json:
         click.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
         return
-    if streamed:
-        click.echo("")
-    if answer.text.strip() != streamed.strip():
-        if streamed:
-            click.secho("[final answer]", fg="bright_black", err=True)
-        click.echo(answer.text)
+    if drafting:
+        click.echo("", err=True)
+    click.echo(answer.text)
     if answer.citations:
         click.echo("\nSources:")
         for c in answer.citations:

@@ -319,3 +319,32 @@ def test_slm_grounding_check_asks_the_generator(tmp_path):
             assert ans.route == "answered" and ans.scores["support_mean"] == pytest.approx(p_yes)
         confidences.append(ans.confidence)
     assert confidences[0] < 0.5 <= confidences[1]
+
+
+def test_kb_ask_never_prints_a_discarded_draft_to_stdout(tmp_path, monkeypatch):
+    """A terminal cannot take a printed line back: a draft the checks discard (an invented
+    amount) must not reach stdout, which gets the verified answer only."""
+    import kb.services
+    from core.types import Answer, AnswerEvent
+    from kb.cli import main
+
+    cfg = _cli_config(tmp_path)
+    real = kb.services.build_services
+
+    class Invents:
+        def stream(self, question, *, user, history=()):
+            yield AnswerEvent("status", "Writing the answer…")
+            for t in ("The deductible of the Gold plan ", "is $5,000 [1]."):
+                yield AnswerEvent("token", t)
+            yield AnswerEvent("discard")
+            yield AnswerEvent("answer", answer=Answer(question, question, ABSTAIN_TEXT, (), 0.0, "abstained"))
+
+    def services(settings, **kw):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(has_index=real(settings, **kw).has_index, answer_service=Invents())
+
+    monkeypatch.setattr(kb.services, "build_services", services)
+    r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "What is the Gold plan deductible?"])
+    assert r.exit_code == 0, r.output
+    assert "$5,000" not in r.stdout and ABSTAIN_TEXT in r.stdout
