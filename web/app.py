@@ -35,6 +35,9 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 TITLE = "Knowledge assistant"
 WARMING_UP = "Warming up the model… your question will be answered as soon as it is ready."
 WAITING = "Starting…"
+NOT_ANSWERED = "This question was not answered: the server was too busy. Please ask it again."
+EMPTY_INDEX = ("The index is empty: run `kb reindex` (or ask an admin to press “Re-index now” in the "
+               "Admin tab), then ask again.")
 
 
 def in_line_note(ahead: int) -> str:
@@ -74,9 +77,6 @@ class AnswerLine:
     def finish(self) -> None:
         with self._lock:
             self._busy = max(0, self._busy - 1)
-NOT_ANSWERED = "This question was not answered: the server was too busy. Please ask it again."
-EMPTY_INDEX = ("The index is empty: run `kb reindex` (or ask an admin to press “Re-index now” in the "
-               "Admin tab), then ask again.")
 #: Warm-up failures that make answering impossible until the server is fixed and restarted.
 _FATAL = (ModelNotFoundError, ConfigError, IndexError_)
 
@@ -370,7 +370,6 @@ def asgi_app(demo: gr.Blocks, settings: Settings, directory: UserDirectory | Non
     so a CORS middleware that allows only ``server.allowed_origins`` is installed too."""
     from fastapi import FastAPI
     from starlette.middleware.cors import CORSMiddleware
-
     from starlette.routing import Mount
 
     from web.origin import SameOriginMiddleware
