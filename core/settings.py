@@ -8,8 +8,8 @@ Relative paths in the file are resolved against the file's folder.
 from __future__ import annotations
 
 import ipaddress
-
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -29,10 +29,52 @@ class _Section(BaseModel):
 CountOrAuto = Union[Annotated[int, Field(ge=1)], Literal["auto"]]
 
 
+#: Sources read through a service's API (the others read an export folder).
+LIVE_TYPES = frozenset({"slack-api", "confluence", "gdrive"})
+
+
 class SourceConfig(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    type: Literal["wiki", "slack", "drive"]
-    path: Path
+    type: Literal["wiki", "slack", "drive", "slack-api", "confluence", "gdrive"]
+    #: The export folder (wiki, slack, drive); unused by the API sources.
+    path: Path | None = None
+    #: API sources: the service's address. Confluence: the site (https://acme.atlassian.net/wiki
+    #: or the Data Center base URL), required. Slack and Google: optional override of the API
+    #: endpoint (an egress proxy; the local fixture servers of the tests).
+    url: str | None = None
+    #: API sources: the environment variable holding the secret (a Slack bot token, a
+    #: Confluence token, the path of a Google service-account key file); default
+    #: KB_SECRET_<NAME> (the source name upper-cased, non-alphanumerics as "_").
+    token_env: str | None = None
+    #: API sources: a YAML file outside kb.yaml, mode 0600, mapping source names to secrets
+    #: (``{acme-slack: {token: xoxb-...}}``); used when the environment variable is not set.
+    secrets_file: Path | None = None
+    #: slack-api: conversation types to read; DMs ("im") and group DMs ("mpim") are opt-in.
+    slack_types: list[Literal["public_channel", "private_channel", "mpim", "im"]] = Field(
+        default_factory=lambda: ["public_channel", "private_channel"])
+    #: slack-api: every sync re-reads this many days of history (edits, deletions and new
+    #: replies to the threads started in them reach the index); older history is read once.
+    slack_lookback_days: int = Field(default=14, ge=1, le=365)
+    #: confluence: space keys to read (empty: every space the account can see).
+    spaces: list[str] = Field(default_factory=list)
+    #: confluence: Cloud (email + API token) or Data Center (personal access token); None:
+    #: Cloud when the url is on atlassian.net.
+    cloud: bool | None = None
+    #: confluence Cloud: the account email that goes with the API token.
+    username: str | None = None
+    #: gdrive: the Workspace user the service account acts for (domain-wide delegation).
+    delegated_user: str | None = None
+    #: gdrive: "anyone with the link" sharing: "ignore" (only the file's other permissions
+    #: count; fail closed) or "public" (every user of the chatbot may read it).
+    link_sharing: Literal["ignore", "public"] = "ignore"
+    #: gdrive: Google Groups in permissions: "directory" expands them to their members with the
+    #: Admin SDK (refreshed every sync); "principal" keeps them as group:<email> for the users
+    #: file or the proxy's groups header to match.
+    google_groups: Literal["directory", "principal"] = "directory"
+    #: API sources: retries of a rate-limited (429) or failed (5xx) call before the source fails.
+    api_retries: int = Field(default=5, ge=0, le=20)
+    #: API sources: seconds a single API call may take.
+    api_timeout_s: float = Field(default=60.0, gt=0)
     #: Files without an entry in the permissions sidecar: readable by all, or by nobody.
     #: Default: "deny" for drive (a file nobody listed stays private), "public" for wiki.
     default_acl: Literal["public", "deny"] | None = None
@@ -54,7 +96,27 @@ class SourceConfig(_Section):
     def _default_acl_by_type(self) -> "SourceConfig":
         if self.default_acl is None:
             self.default_acl = "deny" if self.type == "drive" else "public"
+        if self.type in LIVE_TYPES:
+            if self.type == "confluence" and not self.url:
+                raise ValueError("a confluence source needs url: the site address, e.g. "
+                                 "https://acme.atlassian.net/wiki")
+        elif self.path is None:
+            raise ValueError(f"a {self.type} source needs path: the export folder")
         return self
+
+    @property
+    def is_live(self) -> bool:
+        return self.type in LIVE_TYPES
+
+    def location(self) -> str:
+        """Where the source is read from, for reports: the folder, or the API address."""
+        if self.path is not None:
+            return str(self.path)
+        return self.url or {"slack-api": "https://slack.com/api/", "gdrive": "https://www.googleapis.com/"}.get(
+            self.type, "")
+
+    def secret_env(self) -> str:
+        return self.token_env or "KB_SECRET_" + re.sub(r"[^A-Za-z0-9]", "_", self.name).upper()
 
 
 class EmbeddingConfig(_Section):
@@ -353,7 +415,8 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     s.config_dir = base
     s.data_dir = _resolve(base, s.data_dir)
     for src in s.sources:
-        src.path = _resolve(base, src.path)
+        src.path = _resolve(base, src.path) if src.path is not None else None
+        src.secrets_file = _resolve(base, src.secrets_file) if src.secrets_file is not None else None
     s.generator.adapter = _resolve(base, s.generator.adapter)
     if s.embedding.model not in ("packaged", "hash"):
         s.embedding.model = str(_resolve(base, Path(s.embedding.model)))

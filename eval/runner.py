@@ -64,7 +64,7 @@ def eval_principal(index) -> EvalPrincipal:
 def index_fingerprint(settings: Settings, sources: Sequence[SourceConfig]) -> str:
     """Hash of what changes the index: the sources, embedding, chunking and index settings."""
     payload = {
-        "sources": [src.model_dump(mode="json") for src in sources],
+        "sources": [src.model_dump(mode="json", exclude_defaults=True) for src in sources],
         "embedding": settings.embedding.model_dump(mode="json"),
         "chunking": settings.chunking.model_dump(mode="json"),
         "index": settings.index.model_dump(mode="json"),

@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS doc_acl (
     principal TEXT NOT NULL, doc_id TEXT NOT NULL, PRIMARY KEY (principal, doc_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS doc_acl_doc ON doc_acl(doc_id);
+CREATE TABLE IF NOT EXISTS source_state (source TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
     text, title, content='chunks', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2'
 );
@@ -262,6 +263,43 @@ class Store:
                 self.conn.execute("RELEASE kb_write")
                 raise
             self.conn.execute("RELEASE kb_write")
+
+    def source_state(self, source: str) -> dict[str, Any] | None:
+        """What an API connector stored after its last published sync (cursors, watermarks, the
+        permission inputs of each document); None before the first one."""
+        with self._lock:
+            try:
+                row = self.conn.execute("SELECT state FROM source_state WHERE source=?", (source,)).fetchone()
+            except sqlite3.OperationalError:  # a generation written before the table existed
+                return None
+        return json.loads(row[0]) if row else None
+
+    def set_source_state(self, source: str, state: dict[str, Any]) -> None:
+        with self._lock:
+            self.conn.execute("INSERT OR REPLACE INTO source_state(source, state) VALUES (?, ?)",
+                              (source, json.dumps(state, sort_keys=True, ensure_ascii=False)))
+
+    def source_acls(self, source: str) -> dict[str, frozenset[str]]:
+        """Every document of ``source`` with the ACL it was indexed with."""
+        with self._lock:
+            rows = self.conn.execute("SELECT doc_id, acl FROM documents WHERE source=?", (source,)).fetchall()
+        return {r[0]: frozenset(json.loads(r[1])) for r in rows}
+
+    def set_document_acl(self, doc_id: str, acl: frozenset[str]) -> bool:
+        """Replace a document's readers without touching its text, chunks or vectors (a sharing
+        or membership change at the source). False when the document is not indexed."""
+        with self._atomic():
+            c = self.conn
+            row = c.execute("SELECT content_hash FROM documents WHERE doc_id=?", (doc_id,)).fetchone()
+            if row is None:
+                return False
+            acl_json = json.dumps(sorted(acl), ensure_ascii=False)
+            # not the hash of any real content: the next full read of the document rewrites it
+            new_hash = "acl:" + hashlib.sha256((row[0] + acl_json).encode("utf-8")).hexdigest()
+            c.execute("UPDATE documents SET acl=?, content_hash=? WHERE doc_id=?", (acl_json, new_hash, doc_id))
+            c.execute("DELETE FROM doc_acl WHERE doc_id=?", (doc_id,))
+            c.executemany("INSERT INTO doc_acl(principal, doc_id) VALUES (?, ?)", [(p, doc_id) for p in sorted(acl)])
+            return True
 
     def doc_hashes(self, source: str) -> dict[str, str]:
         with self._lock:

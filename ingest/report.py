@@ -54,6 +54,10 @@ class SourceReport:
     notes: list[str] = field(default_factory=list)
     chunks_embedded: int = 0
     seconds: float = 0.0
+    #: API sources: documents whose readers changed at the source while their content did not.
+    acl_updated: int = 0
+    #: API sources: calls made, by endpoint.
+    api_calls: dict[str, int] = field(default_factory=dict)
 
     def fail_file(self, failure: IngestFailure) -> None:
         self.failures.append(failure)

@@ -12,6 +12,7 @@ run, even one that was killed), so only new chunk texts reach the model.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -146,7 +147,7 @@ ProgressFn = Callable[[str, int, "int | None"], None]
 
 def _sync_source(src: SourceConfig, *, writer: GenerationWriter, sink: _Sink, chunker: Any,
                  factory: ConnectorFactory, progress: ProgressFn | None) -> SourceReport:
-    rep = SourceReport(name=src.name, type=src.type, path=str(src.path))
+    rep = SourceReport(name=src.name, type=src.type, path=src.location())
     t0 = time.monotonic()
     try:
         connector = factory(src)
@@ -168,7 +169,11 @@ def _sync_source(src: SourceConfig, *, writer: GenerationWriter, sink: _Sink, ch
     embedded_before = sink.embedded
     report_progress = progress or (lambda _s, _n, _t: None)
     report_progress(src.name, 0, total)
+    incremental = bool(getattr(connector, "incremental", False))
     try:
+        if incremental:  # an API source: it reads what changed since its stored state
+            connector.begin(None if rechunk else writer.read_store.source_state(src.name),
+                            writer.read_store.source_acls(src.name))
         for n, doc in enumerate(connector.documents(), start=1):
             report_progress(src.name, n, total)
             if doc.id in seen:
@@ -202,15 +207,49 @@ def _sync_source(src: SourceConfig, *, writer: GenerationWriter, sink: _Sink, ch
     for f in getattr(connector, "failures", []):
         rep.fail_file(f)
         log.warning("file skipped source=%s path=%s reason=%s", src.name, f.path, f.reason)
+    if incremental:
+        rep.api_calls = dict(sorted(connector.calls.items()))
     if rep.status != "failed":
-        _prune(src, rep, stored, seen, writer, sink)
+        if incremental and not connector.full_read:
+            _apply_changes(src, rep, connector, stored, seen, writer, sink)
+        else:
+            _prune(src, rep, stored, seen, writer, sink)
+        state = connector.state() if incremental else None
+        if incremental and _canonical(state) != _canonical(writer.read_store.source_state(src.name)):
+            writer.store.set_source_state(src.name, state)
     if writer.changed or (rep.status != "failed" and writer.read_store.source_chunker(src.name) != fingerprint):
-        writer.store.set_source(src.name, src.type, str(src.path), last_run_at=utc_now().isoformat(timespec="seconds"),
+        writer.store.set_source(src.name, src.type, src.location(), last_run_at=utc_now().isoformat(timespec="seconds"),
                                 last_status=rep.status, chunker=fingerprint if rep.status != "failed" else None)
     rep.seconds = time.monotonic() - t0
     log.info("source synced source=%s added=%d updated=%d deleted=%d unchanged=%d failed=%d seconds=%.1f",
              src.name, rep.added, rep.updated, rep.deleted, rep.unchanged, rep.failed, rep.seconds)
     return rep
+
+
+def _apply_changes(src: SourceConfig, rep: SourceReport, connector: Any, stored: dict[str, str], seen: set[str],
+                   writer: GenerationWriter, sink: _Sink) -> None:
+    """An API source's deletions and permission changes (its unchanged documents were not
+    yielded, so nothing is pruned for being unseen). Fail closed: a document whose access
+    could not be confirmed (a failure with ``drop``) is removed."""
+    _keep, _prefixes, _blocking, drop_ids = _failure_prefixes(src, rep.failures, writer.read_store.document_acl)
+    gone = sorted(d for d in set(connector.removed) | drop_ids if d in stored and d not in seen)
+    acl = {d: a for d, a in connector.acl_changes.items() if d in stored and d not in seen and d not in gone}
+    if not gone and not acl:
+        return
+    with writer.store.transaction():
+        for doc_id in gone:
+            sink.removed.extend(writer.store.delete_document(doc_id))
+        for doc_id, readers in sorted(acl.items()):
+            writer.store.set_document_acl(doc_id, frozenset(readers))
+    rep.deleted += len(gone)
+    rep.acl_updated += len(acl)
+    if acl:
+        rep.notes.append(f"{len(acl)} documents have new readers at the source (content unchanged): "
+                         "their access was updated")
+
+
+def _canonical(state: Any) -> str:
+    return json.dumps(state, sort_keys=True, ensure_ascii=False, default=str)
 
 
 def _prune(src: SourceConfig, rep: SourceReport, stored: dict[str, str], seen: set[str],

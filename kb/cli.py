@@ -91,6 +91,9 @@ def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    from core.secrets import install_redaction
+
+    install_redaction()  # an API token that reaches a log line is printed as [secret]
     for noisy in ("httpx", "urllib3", "bitsandbytes", "sentence_transformers", "faiss", "openai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # pypdf warns about every malformed cross-reference of real-world PDFs; the text is fine.

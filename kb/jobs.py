@@ -169,6 +169,9 @@ def _report_facts(report: Any) -> dict[str, Any]:
 def _reindex_child(settings: Settings, names: list[str], conn: Any) -> None:
     """The re-index process: sync the named sources, send progress and the outcome."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from core.secrets import install_redaction
+
+    install_redaction()
     from ingest.sync import sync_sources
 
     try:

@@ -35,4 +35,16 @@ def make_connector(src: SourceConfig) -> Connector:
             permissions_file=src.permissions_file, default_acl=src.default_acl, exclude=src.exclude,
             parser=_isolated(src),
         )
+    if src.type == "slack-api":
+        from ingest.connectors.slack_api import SlackApiConnector
+
+        return SlackApiConnector(src)
+    if src.type == "confluence":
+        from ingest.connectors.confluence import ConfluenceConnector
+
+        return ConfluenceConnector(src, parser=_isolated(src))
+    if src.type == "gdrive":
+        from ingest.connectors.gdrive import GoogleDriveConnector
+
+        return GoogleDriveConnector(src, parser=_isolated(src))
     raise ValueError(f"unknown source type {src.type!r}")

@@ -1,0 +1,208 @@
+"""Local stand-ins for the Slack Web API, Confluence REST API and Google Drive API v3, served on
+127.0.0.1 for the real SDKs to talk to (no internet here, and none needed by the tests).
+
+Each fake keeps the service's state in plain dicts that a test changes between two syncs
+(post a reply, archive a channel, restrict a page, unshare a file, remove a group member), and
+answers with the JSON documented in the service's API reference: cursor / start+limit /
+pageToken pagination with small pages, the error bodies, 429 with ``Retry-After``, expired
+tokens. Every request is logged as (method, endpoint) so tests count the calls a sync made.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+
+class Reply:
+    def __init__(self, status: int = 200, body: Any = None, headers: dict[str, str] | None = None,
+                 raw: bytes | None = None, content_type: str = "application/json"):
+        self.status, self.body, self.headers, self.raw, self.content_type = status, body, headers or {}, raw, content_type
+
+
+class FakeService:
+    """A threaded HTTP server on 127.0.0.1; subclasses implement :meth:`route`."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.log: list[str] = []
+        #: endpoint -> replies to send first (e.g. a 429), consumed one per request
+        self.faults: dict[str, list[Reply]] = {}
+        self.lock = threading.RLock()
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_a: Any) -> None:
+                pass
+
+            def _serve(self, verb: str) -> None:
+                url = urlparse(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+                with service.lock:
+                    reply = service.dispatch(verb, url.path, query, body, dict(self.headers))
+                data = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type)
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in reply.headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._serve("GET")
+
+            def do_POST(self) -> None:
+                self._serve("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def dispatch(self, verb: str, path: str, query: dict[str, str], body: bytes, headers: dict[str, str]) -> Reply:
+        endpoint = self.endpoint(verb, path)
+        self.calls[endpoint] += 1
+        self.log.append(endpoint)
+        queued = self.faults.get(endpoint)
+        if queued:
+            return queued.pop(0)
+        return self.route(endpoint, verb, path, query, body, headers)
+
+    def endpoint(self, verb: str, path: str) -> str:
+        return path
+
+    def route(self, endpoint: str, verb: str, path: str, query: dict[str, str], body: bytes,
+              headers: dict[str, str]) -> Reply:
+        raise NotImplementedError
+
+    def reset_calls(self) -> None:
+        self.calls.clear()
+        self.log.clear()
+
+
+# --- Slack ------------------------------------------------------------------------------
+
+
+class FakeSlack(FakeService):
+    """The Slack Web API methods the connector uses (api.slack.com/methods), form-encoded POSTs
+    with ``Authorization: Bearer``; errors are HTTP 200 with ``{"ok": false, "error": ...}``,
+    rate limits HTTP 429 with ``Retry-After``. Pages hold 2 items (``limit`` is honoured up to it)."""
+
+    PAGE = 2
+
+    def __init__(self, token: str = "xoxb-test-token-123456") -> None:
+        self.token = token
+        self.expired = False
+        self.users: list[dict[str, Any]] = []
+        self.channels: dict[str, dict[str, Any]] = {}
+        self.messages: dict[str, list[dict[str, Any]]] = {}
+        super().__init__()
+
+    # test helpers
+    def add_user(self, uid: str, name: str, email: str | None) -> None:
+        profile = {"display_name": name, "real_name": name}
+        if email:
+            profile["email"] = email
+        self.users.append({"id": uid, "name": name.lower(), "profile": profile, "deleted": False, "is_bot": False})
+
+    def add_channel(self, cid: str, name: str, *, private: bool = False, members: list[str] = (),
+                    bot_member: bool = True) -> None:
+        self.channels[cid] = {"id": cid, "name": name, "is_channel": not private, "is_group": private,
+                              "is_private": private, "is_archived": False, "is_member": bot_member,
+                              "members": list(members)}
+        self.messages.setdefault(cid, [])
+
+    def post(self, cid: str, ts: str, user: str, text: str, thread_ts: str | None = None,
+             broadcast: bool = False) -> None:
+        m: dict[str, Any] = {"type": "message", "ts": ts, "user": user, "text": text}
+        if thread_ts:
+            m["thread_ts"] = thread_ts
+            if broadcast:
+                m["subtype"] = "thread_broadcast"
+        self.messages[cid].append(m)
+
+    def edit(self, cid: str, ts: str, text: str, edit_ts: str) -> None:
+        for m in self.messages[cid]:
+            if m["ts"] == ts:
+                m["text"], m["edited"] = text, {"user": m["user"], "ts": edit_ts}
+
+    def delete(self, cid: str, ts: str) -> None:
+        self.messages[cid] = [m for m in self.messages[cid] if m["ts"] != ts]
+
+    # the API
+    def endpoint(self, verb: str, path: str) -> str:
+        return path.rsplit("/", 1)[-1]
+
+    def _page(self, items: list[Any], params: dict[str, str], key: str, extra: dict[str, Any] | None = None) -> Reply:
+        start = int(params.get("cursor") or 0)
+        limit = min(int(params.get("limit") or self.PAGE), self.PAGE)
+        part = items[start:start + limit]
+        nxt = str(start + limit) if start + limit < len(items) else ""
+        return Reply(body={"ok": True, key: part, **(extra or {}), "response_metadata": {"next_cursor": nxt}})
+
+    def _thread_view(self, cid: str, m: dict[str, Any]) -> dict[str, Any]:
+        replies = [r for r in self.messages[cid] if r.get("thread_ts") == m["ts"] and r["ts"] != m["ts"]]
+        out = dict(m)
+        if replies:
+            out["thread_ts"] = m["ts"]
+            out["reply_count"] = len(replies)
+            out["latest_reply"] = max(r["ts"] for r in replies)
+        return out
+
+    def route(self, endpoint, verb, path, query, body, headers) -> Reply:
+        params = {k: v[-1] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()}
+        params.update(query)
+        if headers.get("Authorization") != f"Bearer {self.token}":
+            return Reply(body={"ok": False, "error": "invalid_auth"})
+        if self.expired:
+            return Reply(body={"ok": False, "error": "token_expired"})
+        if endpoint == "auth.test":
+            return Reply(body={"ok": True, "url": "https://acme.slack.com/", "team": "Acme", "user_id": "UBOT"})
+        if endpoint == "users.list":
+            return self._page(self.users, params, "members")
+        if endpoint == "conversations.list":
+            types = set((params.get("types") or "public_channel").split(","))
+            chans = [{k: v for k, v in c.items() if k != "members"} for c in self.channels.values()
+                     if ("private_channel" if c["is_private"] else "public_channel") in types
+                     and (not c["is_private"] or c["is_member"])]  # private: only those the bot is in
+            if params.get("exclude_archived") in ("true", "1", "True"):
+                chans = [c for c in chans if not c["is_archived"]]
+            return self._page(chans, params, "channels")
+        cid = params.get("channel", "")
+        chan = self.channels.get(cid)
+        if chan is None or (chan["is_private"] and not chan["is_member"]):
+            return Reply(body={"ok": False, "error": "channel_not_found"})
+        if endpoint == "conversations.members":
+            return self._page(chan["members"], params, "members")
+        if not chan["is_member"]:
+            return Reply(body={"ok": False, "error": "not_in_channel"})
+        if endpoint == "conversations.history":
+            oldest = float(params.get("oldest") or 0)
+            top = [self._thread_view(cid, m) for m in self.messages[cid]
+                   if (not m.get("thread_ts") or m["thread_ts"] == m["ts"] or m.get("subtype") == "thread_broadcast")
+                   and float(m["ts"]) > oldest]
+            top.sort(key=lambda m: float(m["ts"]), reverse=True)  # newest first, as documented
+            return self._page(top, params, "messages", {"has_more": False})
+        if endpoint == "conversations.replies":
+            ts = params.get("ts", "")
+            parent = next((m for m in self.messages[cid] if m["ts"] == ts), None)
+            if parent is None:
+                return Reply(body={"ok": False, "error": "thread_not_found"})
+            thread = [self._thread_view(cid, parent)] + sorted(
+                (r for r in self.messages[cid] if r.get("thread_ts") == ts and r["ts"] != ts),
+                key=lambda r: float(r["ts"]))
+            return self._page(thread, params, "messages", {"has_more": False})
+        return Reply(body={"ok": False, "error": "unknown_method"})
