@@ -206,3 +206,141 @@ class FakeSlack(FakeService):
                 key=lambda r: float(r["ts"]))
             return self._page(thread, params, "messages", {"has_more": False})
         return Reply(body={"ok": False, "error": "unknown_method"})
+
+
+# --- Confluence -------------------------------------------------------------------------
+
+
+class FakeConfluence(FakeService):
+    """Confluence Data Center REST API v1 (developer.atlassian.com/server/confluence/rest):
+    ``start``/``limit`` pages with ``_links.next``, ``Authorization: Bearer <PAT>``, 401 on a bad
+    token. Pages of 2. Users are named by ``username`` (Data Center)."""
+
+    PAGE = 2
+
+    def __init__(self, token: str = "confluence-pat-987654") -> None:
+        self.token = token
+        self.spaces: dict[str, dict[str, Any]] = {}
+        self.pages: dict[str, dict[str, Any]] = {}
+        self.groups: dict[str, list[str]] = {}
+        super().__init__()
+
+    def add_space(self, key: str, *, users: list[str] = (), groups: list[str] = (), anonymous: bool = False) -> None:
+        self.spaces[key] = {"users": list(users), "groups": list(groups), "anonymous": anonymous}
+
+    def add_page(self, pid: str, space: str, title: str, body: str, *, parent: str | None = None,
+                 users: list[str] = (), groups: list[str] = (), when: str = "2026-11-01T10:00:00.000Z") -> None:
+        self.pages[pid] = {"id": pid, "space": space, "title": title, "body": body, "parent": parent,
+                           "version": 1, "when": when, "users": list(users), "groups": list(groups),
+                           "status": "current", "attachments": []}
+
+    def edit_page(self, pid: str, body: str, when: str) -> None:
+        p = self.pages[pid]
+        p["body"], p["when"], p["version"] = body, when, p["version"] + 1
+
+    def add_attachment(self, pid: str, aid: str, name: str, data: bytes) -> None:
+        self.pages[pid]["attachments"].append({"id": aid, "title": name, "data": data, "version": 1})
+
+    # the API
+    def endpoint(self, verb: str, path: str) -> str:
+        parts = path.strip("/").split("/")
+        if parts[:1] == ["download"]:
+            return "download"
+        if parts[:3] == ["rest", "api", "space"]:
+            return "space" if len(parts) > 3 else "spaces"
+        if parts[:3] == ["rest", "api", "group"]:
+            return "group.members"
+        if parts[:3] == ["rest", "api", "content"]:
+            if len(parts) == 3:
+                return "pages"
+            if parts[3] == "search":
+                return "search"
+            return "attachments" if parts[-1] == "attachment" else "page"
+        return path
+
+    @staticmethod
+    def _user(name: str) -> dict[str, Any]:
+        return {"type": "known", "username": name, "userKey": f"key-{name}", "displayName": name.title()}
+
+    def _paged(self, items: list[Any], query: dict[str, str], path: str) -> Reply:
+        start, limit = int(query.get("start") or 0), min(int(query.get("limit") or self.PAGE), self.PAGE)
+        part = items[start:start + limit]
+        links: dict[str, str] = {"base": self.url}
+        if start + limit < len(items):
+            links["next"] = f"{path}?start={start + limit}&limit={limit}"
+        return Reply(body={"results": part, "start": start, "limit": limit, "size": len(part), "_links": links})
+
+    def _ancestors(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        chain: list[dict[str, Any]] = []
+        parent = p["parent"]
+        while parent:
+            chain.insert(0, {"id": parent, "type": "page", "title": self.pages[parent]["title"]})
+            parent = self.pages[parent]["parent"]
+        return chain
+
+    def _content(self, p: dict[str, Any], body: bool = False) -> dict[str, Any]:
+        out = {"id": p["id"], "type": "page", "status": p["status"], "title": p["title"],
+               "version": {"number": p["version"], "when": p["when"]},
+               "ancestors": self._ancestors(p),
+               "restrictions": {"read": {"operation": "read", "restrictions": {
+                   "user": {"results": [self._user(u) for u in p["users"]], "size": len(p["users"])},
+                   "group": {"results": [{"type": "group", "name": g} for g in p["groups"]], "size": len(p["groups"])},
+               }}},
+               "_links": {"webui": f"/display/{p['space']}/{p['title'].replace(' ', '+')}"}}
+        if body:
+            out["body"] = {"storage": {"value": p["body"], "representation": "storage"}}
+        return out
+
+    def route(self, endpoint, verb, path, query, body, headers) -> Reply:
+        if headers.get("Authorization") != f"Bearer {self.token}":
+            return Reply(401, {"statusCode": 401, "message": "This request requires authentication"})
+        parts = path.strip("/").split("/")
+        if endpoint == "spaces":
+            return self._paged([{"key": k, "name": k, "type": "global"} for k in self.spaces], query, path)
+        if endpoint == "space":
+            key = parts[3]
+            sp = self.spaces.get(key)
+            if sp is None:
+                return Reply(404, {"statusCode": 404, "message": f"No space with key : {key}"})
+            return Reply(body={"key": key, "name": key, "permissions": [
+                {"operation": {"operation": "read", "targetType": "space"}, "anonymousAccess": sp["anonymous"],
+                 "subjects": {"user": {"results": [self._user(u) for u in sp["users"]], "size": len(sp["users"])},
+                              "group": {"results": [{"type": "group", "name": g} for g in sp["groups"]],
+                                        "size": len(sp["groups"])}}},
+                {"operation": {"operation": "administer", "targetType": "space"}, "anonymousAccess": False,
+                 "subjects": {"user": {"results": [self._user("admin")], "size": 1}}},
+            ]})
+        if endpoint == "group.members":
+            name = parts[3]
+            if name not in self.groups:
+                return Reply(404, {"statusCode": 404, "message": "group not found"})
+            return self._paged([self._user(u) for u in self.groups[name]], query, path)
+        if endpoint == "pages":
+            items = [self._content(p) for p in self.pages.values()
+                     if p["space"] == query.get("spaceKey") and p["status"] == query.get("status", "current")]
+            return self._paged(items, query, path)
+        if endpoint == "search":
+            import re
+
+            cql = query.get("cql", "")
+            space = re.search(r'space = "([^"]+)"', cql).group(1)
+            since = re.search(r'lastmodified >= "([^"]+)"', cql)
+            items = [self._content(p, body=True) for p in self.pages.values()
+                     if p["space"] == space and p["status"] == "current"
+                     and (since is None or p["when"][:16].replace("T", " ") >= since.group(1))]
+            return self._paged(items, query, path)
+        if endpoint in ("page", "attachments"):
+            p = self.pages.get(parts[3])
+            if p is None or p["status"] != "current":
+                return Reply(404, {"statusCode": 404, "message": "No content found with id"})
+            if endpoint == "page":
+                return Reply(body=self._content(p, body=True))
+            atts = [{"id": a["id"], "type": "attachment", "title": a["title"], "version": {"number": a["version"]},
+                     "_links": {"download": f"/download/attachments/{p['id']}/{a['title']}?version={a['version']}"}}
+                    for a in p["attachments"]]
+            return self._paged(atts, query, path)
+        if endpoint == "download":
+            p = self.pages[parts[2]]
+            a = next(a for a in p["attachments"] if a["title"] == parts[3])
+            return Reply(raw=a["data"], content_type="application/octet-stream")
+        return Reply(404, {"message": "not found"})
