@@ -13,7 +13,8 @@ from typing import Any, Literal, Mapping
 
 SourceType = Literal["wiki", "slack", "drive"]
 
-#: ACL principal strings, stored on every document and chunk (Onyx style).
+#: ACL principal strings, stored on every document and chunk (Onyx style): ``public``,
+#: ``user:<login or email>``, ``group:<name>``, ``domain:<email domain>``.
 PUBLIC = "public"
 
 
@@ -24,6 +25,11 @@ def user_principal(name: str) -> str:
 
 def group_principal(name: str) -> str:
     return f"group:{name.strip().lower()}"
+
+
+def domain_principal(domain: str) -> str:
+    """Everyone whose email is in ``domain`` (a Drive file shared with the whole domain)."""
+    return f"domain:{domain.strip().lower()}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +146,9 @@ class Principal:
         out = {PUBLIC, user_principal(self.username)}
         if self.email:
             out.add(user_principal(self.email))
+            domain = self.email.strip().lower().rpartition("@")[2]
+            if "@" in self.email and domain:
+                out.add(domain_principal(domain))  # Google Drive's "anyone at acme.example"
         out.update(group_principal(g) for g in self.groups)
         return frozenset(out)
 

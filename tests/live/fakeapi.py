@@ -14,7 +14,7 @@ import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 
 class Reply:
@@ -44,7 +44,7 @@ class FakeService:
                 body = self.rfile.read(length) if length else b""
                 query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
                 with service.lock:
-                    reply = service.dispatch(verb, url.path, query, body, dict(self.headers))
+                    reply = service.dispatch(verb, unquote(url.path), query, body, {k.title(): v for k, v in self.headers.items()})
                 data = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
                 self.send_response(reply.status)
                 self.send_header("Content-Type", reply.content_type)
@@ -344,3 +344,144 @@ class FakeConfluence(FakeService):
             a = next(a for a in p["attachments"] if a["title"] == parts[3])
             return Reply(raw=a["data"], content_type="application/octet-stream")
         return Reply(404, {"message": "not found"})
+
+
+# --- Google Drive -------------------------------------------------------------------------
+
+
+class FakeGoogle(FakeService):
+    """Google's OAuth token endpoint (the service-account JWT grant), Drive API v3 and the Admin
+    SDK Directory members.list (developers.google.com/drive/api/reference/rest/v3): pageToken
+    pagination with pages of 2, a change log read by ``changes.list``, ``Authorization: Bearer``."""
+
+    PAGE = 2
+    ACCESS = "ya29.fake-access-token-abcdef"
+
+    def __init__(self) -> None:
+        self.files: dict[str, dict[str, Any]] = {}
+        self.groups: dict[str, list[str]] = {}
+        self.changes: list[dict[str, Any]] = []
+        self.revoked = False
+        self.assertions: list[str] = []
+        super().__init__()
+
+    def _touch(self, fid: str, removed: bool = False) -> None:
+        self.changes.append({"fileId": fid, "removed": removed})
+
+    def add_file(self, fid: str, name: str, mime: str, content: bytes, perms: list[dict[str, Any]],
+                 modified: str = "2026-11-01T10:00:00.000Z") -> None:
+        import hashlib
+
+        self.files[fid] = {"id": fid, "name": name, "mimeType": mime, "modifiedTime": modified,
+                           "webViewLink": f"https://docs.google.com/d/{fid}", "trashed": False,
+                           "content": content, "perms": perms}
+        if not mime.startswith("application/vnd.google-apps."):
+            self.files[fid].update(md5Checksum=hashlib.md5(content).hexdigest(), size=str(len(content)))
+        self._touch(fid)
+
+    def modify(self, fid: str, content: bytes, modified: str) -> None:
+        import hashlib
+
+        f = self.files[fid]
+        f["content"], f["modifiedTime"] = content, modified
+        if "md5Checksum" in f:
+            f.update(md5Checksum=hashlib.md5(content).hexdigest(), size=str(len(content)))
+        self._touch(fid)
+
+    def set_perms(self, fid: str, perms: list[dict[str, Any]]) -> None:
+        self.files[fid]["perms"] = perms  # a sharing change: the file shows in the change log
+        self._touch(fid)
+
+    def trash(self, fid: str) -> None:
+        self.files[fid]["trashed"] = True
+        self._touch(fid)
+
+    def endpoint(self, verb: str, path: str) -> str:
+        if path == "/token":
+            return "token"
+        p = path.strip("/").split("/")
+        if p[:3] == ["admin", "directory", "v1"]:
+            return "members.list"
+        if p[:2] == ["drive", "v3"]:
+            rest = p[2:]
+            if rest == ["changes", "startPageToken"]:
+                return "changes.getStartPageToken"
+            if rest == ["changes"]:
+                return "changes.list"
+            if rest == ["files"]:
+                return "files.list"
+            if len(rest) == 3 and rest[2] == "permissions":
+                return "permissions.list"
+            if len(rest) == 3 and rest[2] == "export":
+                return "files.export"
+            if len(rest) == 2:
+                return "files.get"
+        return path
+
+    def _meta(self, f: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in f.items() if k not in ("content", "perms")}
+
+    def _page(self, items: list[Any], query: dict[str, str], key: str, extra: dict[str, Any] | None = None) -> Reply:
+        start = int(query.get("pageToken") or 0)
+        part = items[start:start + self.PAGE]
+        body: dict[str, Any] = {key: part}
+        if start + self.PAGE < len(items):
+            body["nextPageToken"] = str(start + self.PAGE)
+        elif extra:
+            body.update(extra)
+        return Reply(body=body)
+
+    def route(self, endpoint, verb, path, query, body, headers) -> Reply:
+        if endpoint == "token":
+            form = parse_qs(body.decode())
+            self.assertions.append((form.get("assertion") or [""])[0])
+            if self.revoked:
+                return Reply(400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."})
+            return Reply(body={"access_token": self.ACCESS, "expires_in": 3600, "token_type": "Bearer"})
+        if headers.get("Authorization") != f"Bearer {self.ACCESS}":
+            return Reply(401, {"error": {"code": 401, "message": "Request had invalid authentication credentials."}})
+        p = path.strip("/").split("/")
+        if endpoint == "members.list":
+            group = p[4]
+            if group not in self.groups:
+                return Reply(404, {"error": {"code": 404, "message": "Resource Not Found: groupKey"}})
+            return self._page([{"email": m, "type": "USER", "role": "MEMBER", "status": "ACTIVE"}
+                               for m in self.groups[group]], query, "members")
+        if endpoint == "changes.getStartPageToken":
+            return Reply(body={"startPageToken": str(len(self.changes) + 1)})
+        if endpoint == "changes.list":
+            # the token is the 1-based position in the change log; pages continue with "<token>:<offset>"
+            token = query.get("pageToken", "1")
+            base, _, off = token.partition(":")
+            log = self.changes[int(base) - 1:]
+            start = int(off or 0)
+            part = log[start:start + self.PAGE]
+            out = []
+            for c in part:
+                f = self.files.get(c["fileId"])
+                item = {"changeType": "file", "fileId": c["fileId"], "removed": c["removed"] or f is None}
+                if f is not None and not item["removed"]:
+                    item["file"] = self._meta(f)
+                out.append(item)
+            resp: dict[str, Any] = {"changes": out}
+            if start + self.PAGE < len(log):
+                resp["nextPageToken"] = f"{base}:{start + self.PAGE}"
+            else:
+                resp["newStartPageToken"] = str(len(self.changes) + 1)
+            return Reply(body=resp)
+        if endpoint == "files.list":
+            items = [self._meta(f) for f in self.files.values() if not f["trashed"]]
+            return self._page(items, query, "files")
+        f = self.files.get(p[3]) if len(p) > 3 else None
+        if f is None:
+            return Reply(404, {"error": {"code": 404, "message": "File not found"}})
+        if endpoint == "permissions.list":
+            return self._page([{"id": f"p{i}", "kind": "drive#permission", **perm} for i, perm in enumerate(f["perms"])],
+                              query, "permissions")
+        if endpoint == "files.export":
+            return Reply(raw=f["content"], content_type=query.get("mimeType", "application/octet-stream"))
+        if endpoint == "files.get":
+            if query.get("alt") == "media":
+                return Reply(raw=f["content"], content_type=f["mimeType"])
+            return Reply(body=self._meta(f))
+        return Reply(404, {"error": {"code": 404, "message": "not found"}})
