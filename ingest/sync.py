@@ -146,7 +146,7 @@ ProgressFn = Callable[[str, int, "int | None"], None]
 
 
 def _sync_source(src: SourceConfig, *, writer: GenerationWriter, sink: _Sink, chunker: Any,
-                 factory: ConnectorFactory, progress: ProgressFn | None) -> SourceReport:
+                 factory: ConnectorFactory, progress: ProgressFn | None, full: bool = False) -> SourceReport:
     rep = SourceReport(name=src.name, type=src.type, path=src.location())
     t0 = time.monotonic()
     try:
@@ -172,7 +172,7 @@ def _sync_source(src: SourceConfig, *, writer: GenerationWriter, sink: _Sink, ch
     incremental = bool(getattr(connector, "incremental", False))
     try:
         if incremental:  # an API source: it reads what changed since its stored state
-            connector.begin(None if rechunk else writer.read_store.source_state(src.name),
+            connector.begin(None if rechunk or full else writer.read_store.source_state(src.name),
                             writer.read_store.source_acls(src.name))
         for n, doc in enumerate(connector.documents(), start=1):
             report_progress(src.name, n, total)
@@ -306,7 +306,7 @@ def sync_sources(settings: Settings, sources: Sequence[SourceConfig], *, progres
                  embedder: Embedder | None = None, chunker: Any = None,
                  connector_factory: ConnectorFactory | None = None,
                  lock_timeout: float | None = None,
-                 on_stage: Callable[[str], None] | None = None) -> IngestReport:
+                 on_stage: Callable[[str], None] | None = None, full: bool = False) -> IngestReport:
     """Sync ``sources`` into a new index generation and publish it atomically.
 
     Holds ``data_dir/ingest.lock`` for the whole run: if another ingest holds it, waits
@@ -314,7 +314,8 @@ def sync_sources(settings: Settings, sources: Sequence[SourceConfig], *, progres
     When nothing changed, nothing is published. The report is saved as JSON under ``reports_dir`` and recorded in ``app_db``.
     ``progress`` is told of every document read (see :data:`ProgressFn`). ``on_stage(name)``
     is called at "embedding" (after each embedded batch was cached), "faiss_written" and
-    "manifest_written": crash tests pause or slow the run there.
+    "manifest_written": crash tests pause or slow the run there. ``full``: the API sources read
+    everything again instead of the changes since their stored state (``kb reindex --full``).
     """
     from index.embedder import load_embedder
     from ingest.chunking import make_chunker
@@ -340,7 +341,7 @@ def sync_sources(settings: Settings, sources: Sequence[SourceConfig], *, progres
                 report.notes.append(f"index kind changed to {settings.index.kind}: vectors rebuilt")
             for src in sources:
                 report.sources.append(_sync_source(src, writer=writer, sink=sink, chunker=chunker,
-                                                   factory=factory, progress=progress))
+                                                   factory=factory, progress=progress, full=full))
             if sink.removed:
                 writer.vectors.remove(sink.removed)
             if writer.recovered_from:

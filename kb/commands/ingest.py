@@ -58,14 +58,14 @@ def _resolve_source(settings: Any, source_type: str, path: Path, name: str | Non
         raise click.UsageError(f"--source-name {name!r}: {e.errors()[0]['msg']}") from None
 
 
-def _run_sync(settings: Any, sources: list[Any], *, as_json: bool, progress: bool) -> int:
+def _run_sync(settings: Any, sources: list[Any], *, as_json: bool, progress: bool, full: bool = False) -> int:
     """Sync, print the summary (or JSON), return the exit code."""
     from index.generation import IngestBusyError
     from ingest.sync import sync_sources
 
     try:
         with TqdmProgress(enabled=progress and not as_json) as bars:
-            report = sync_sources(settings, sources, progress=bars)
+            report = sync_sources(settings, sources, progress=bars, full=full)
     except IngestBusyError as e:
         click.secho(f"error: {e}", fg="red", err=True)
         return EXIT_BUSY
@@ -79,13 +79,15 @@ def _run_sync(settings: Any, sources: list[Any], *, as_json: bool, progress: boo
 def _print_summary(report: Any) -> None:
     cols = ("added", "updated", "deleted", "unchanged", "failed")
     width = max([len("source")] + [len(s.name) for s in report.sources])
+    tw = max([len("type")] + [len(s.type) for s in report.sources])
     click.echo()
-    click.echo(f"{'source':<{width}}  {'type':<5}  " + "  ".join(f"{c:>9}" for c in cols) + "  status")
+    click.echo(f"{'source':<{width}}  {'type':<{tw}}  " + "  ".join(f"{c:>9}" for c in cols) + "  status")
     for s in report.sources:
         status = click.style(s.status, fg={"ok": "green", "partial": "yellow"}.get(s.status, "red"))
-        click.echo(f"{s.name:<{width}}  {s.type:<5}  " + "  ".join(f"{getattr(s, c):>9}" for c in cols) + f"  {status}")
+        click.echo(f"{s.name:<{width}}  {s.type:<{tw}}  " + "  ".join(f"{getattr(s, c):>9}" for c in cols)
+                   + f"  {status}")
     t = report.totals()
-    click.echo(f"{'total':<{width}}  {'':<5}  " + "  ".join(f"{t[c]:>9}" for c in cols))
+    click.echo(f"{'total':<{width}}  {'':<{tw}}  " + "  ".join(f"{t[c]:>9}" for c in cols))
     for s in report.sources:
         if s.error:
             click.secho(f"source {s.name} failed: {s.error}", fg="red")
@@ -93,6 +95,9 @@ def _print_summary(report: Any) -> None:
             click.secho(f"  skipped {s.name}: {f.path}: {f.reason}", fg="yellow")
         for note in s.notes:
             click.echo(f"  note {s.name}: {note}")
+        if s.api_calls:
+            calls = ", ".join(f"{k} {v}" for k, v in s.api_calls.items())
+            click.echo(f"  api {s.name}: {sum(s.api_calls.values())} calls ({calls})")
     for note in report.notes:
         click.echo(f"note: {note}")
     if report.generation:
@@ -134,12 +139,16 @@ Examples:
   kb reindex                          # every enabled source in kb.yaml
   kb reindex --source acme-wiki       # only this one (repeatable)
   kb --config /etc/kb/kb.yaml reindex --json > last-run.json
+  kb reindex --source acme-slack --full   # an API source read whole again, not by its cursor
 """ + _EXIT_HELP)
 @click.option("--source", "-s", "names", multiple=True, help="Only this configured source (repeatable).")
+@click.option("--full", is_flag=True,
+              help="API sources (slack-api, confluence, gdrive): read everything again instead of the changes "
+                   "since the last sync; what the source no longer has is removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress bars).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.pass_context
-def reindex(ctx: click.Context, names: tuple[str, ...], as_json: bool, no_progress: bool) -> None:
+def reindex(ctx: click.Context, names: tuple[str, ...], full: bool, as_json: bool, no_progress: bool) -> None:
     """Sync every source in the settings: add new, update changed, delete vanished documents."""
     settings = get_settings(ctx)
     if names:
@@ -149,7 +158,7 @@ def reindex(ctx: click.Context, names: tuple[str, ...], as_json: bool, no_progre
         if not sources:
             raise click.UsageError("no enabled sources in the settings: add some under 'sources:' "
                                    "or use `kb ingest wiki|slack|drive PATH`")
-    ctx.exit(_run_sync(settings, sources, as_json=as_json, progress=not no_progress))
+    ctx.exit(_run_sync(settings, sources, as_json=as_json, progress=not no_progress, full=full))
 
 
 @click.command(epilog="""\b
