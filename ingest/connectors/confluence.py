@@ -129,8 +129,9 @@ class ConfluenceConnector(LiveConnector):
             listing = {str(p["id"]): p for p in self.paged("pages", "rest/api/content", spaceKey=key, type="page",
                                                             status="current", expand=LISTING_EXPAND)}
             restrictions = {pid: self._restriction(p) for pid, p in listing.items()}
-            changed = {pid for pid, p in listing.items()
-                       if self.full_read or (old_pages.get(pid) or {}).get("v") != _version(p)}
+            changed = {pid for pid, p in listing.items()  # edited, new, or moved here from another space
+                       if self.full_read or (old_pages.get(pid) or {}).get("v") != _version(p)
+                       or (old_pages.get(pid) or {}).get("space") != key}
             bodies = self._bodies(key, watermark, changed)
             for pid, page in listing.items():
                 acl = self._acl(space_readers, restrictions, page)
@@ -156,10 +157,9 @@ class ConfluenceConnector(LiveConnector):
                     for d in [d for d in self._indexed if d.startswith(doc_id + ":att:")]:
                         self.set_acl(d, acl)
                 pages_state[pid] = entry
-            for pid in [p for p, v in old_pages.items() if (v or {}).get("space") == key and p not in listing]:
-                self.remove_prefix(f"{self.source}:page:{pid}:")
-                self.remove(f"{self.source}:page:{pid}")
-        for doc_id in list(self._indexed):  # a space no longer listed (deleted, or access lost)
+        # pages in no listing (deleted, trashed, in a space no longer listed or readable), with
+        # their attachments; a page moved between spaces is in the other space's listing
+        for doc_id in list(self._indexed):
             pid = doc_id[len(self.source) + len(":page:"):].split(":", 1)[0]
             if pid not in pages_state:
                 self.remove(doc_id)

@@ -80,7 +80,9 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_principals():
     alice = Principal("Alice", email="Alice@Acme.example", groups=("Engineering",))
-    assert alice.principals() == {"public", "user:alice", "user:alice@acme.example", "group:engineering"}
+    assert alice.principals() == {"public", "user:alice", "user:alice@acme.example", "group:engineering",
+                                  "domain:acme.example"}  # Drive's "anyone at acme.example"
+    assert "domain:acme.example" not in Principal("bob").principals()  # no e-mail, no domain
     assert alice.can_read(frozenset({"group:engineering"}))
     assert not alice.can_read(frozenset())
     assert Principal.anonymous().principals() == {"public"}

@@ -135,3 +135,14 @@ def test_rate_limit_honours_retry_after(tmp_path, conf):
     rep = sync(s, _src(conf))
     assert rep.sources[0].status == "ok" and time.monotonic() - t0 >= 1.0
     assert "acme-wiki:page:1" in doc_acls(s, "acme-wiki")
+
+
+def test_a_page_moved_to_another_space_takes_that_space_s_readers(tmp_path, conf):
+    s = settings(tmp_path)
+    sync(s, _src(conf))
+    conf.pages["1"]["space"] = "PUB"  # moved from ENG (staff only) to PUB (anonymous), not edited
+    sync(s, _src(conf))
+    acls = doc_acls(s, "acme-wiki")
+    assert acls["acme-wiki:page:1"] == {"public"} == acls["acme-wiki:page:1:att:att9"]
+    sync(s, _src(conf))  # and it stays
+    assert doc_acls(s, "acme-wiki")["acme-wiki:page:1"] == {"public"}
