@@ -154,6 +154,7 @@ class GoogleDriveConnector(LiveConnector):
         old_files: Mapping[str, Any] = self._state.get("files") or {}
         self._groups = {}
         state_files: dict[str, Any] = {} if self.full_read else {k: dict(v) for k, v in old_files.items()}
+        self._retry: list[str] = []
         if self.full_read:
             token = self.call("changes.getStartPageToken",
                               self.drive().changes().getStartPageToken(supportsAllDrives=True))["startPageToken"]
@@ -162,6 +163,7 @@ class GoogleDriveConnector(LiveConnector):
                                       q="trashed = false", fields=f"nextPageToken, files({FILE_FIELDS})"))
         else:
             token, changed = self._changes(str(self._state.get("page_token")), state_files)
+            changed += self._retries([f for f in self._state.get("retry") or [] if f not in {c["id"] for c in changed}])
         touched: set[str] = set()
         for f in changed:
             fid = str(f["id"])
@@ -173,7 +175,22 @@ class GoogleDriveConnector(LiveConnector):
         for fid, entry in state_files.items():
             if fid not in touched:
                 self.set_acl(f"{self.source}:{fid}", self._acl(entry.get("perms") or []))
-        self._state = {"page_token": token, "files": state_files}
+        self._state = {"page_token": token, "files": state_files, "retry": sorted(set(self._retry))}
+
+    def _retries(self, fids: list[str]) -> list[dict[str, Any]]:
+        """Files whose last read failed: the changes feed will not name them again, so their
+        metadata is fetched directly (a file gone since then is removed)."""
+        out = []
+        for fid in fids:
+            try:
+                out.append(self.call("files.get", self.drive().files().get(
+                    fileId=fid, supportsAllDrives=True, fields=FILE_FIELDS)))
+            except _CallError as e:
+                if e.status == 404:
+                    self.remove(f"{self.source}:{fid}")
+                else:
+                    self._retry.append(fid)
+        return [f for f in out if isinstance(f, dict) and f.get("id") and not f.get("trashed")]
 
     def _changes(self, token: str, state_files: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         changes = self.drive().changes()
@@ -215,7 +232,9 @@ class GoogleDriveConnector(LiveConnector):
                 if not p.get("deleted")]
         except _CallError as e:  # who may read it is unknown now: fail closed
             state_files.pop(fid, None)
-            self.fail(name, f"sharing not readable ({e}); removed until the next sync", doc_id, drop=True)
+            self._retry.append(fid)
+            self.fail(name, f"sharing not readable ({e}); removed until it is, tried again at the next sync",
+                      doc_id, drop=True)
             return None
         acl = self._acl(perms)
         rev = [str(f.get("modifiedTime") or ""), str(f.get("md5Checksum") or ""), str(f.get("size") or "")]
@@ -240,8 +259,9 @@ class GoogleDriveConnector(LiveConnector):
             state_files.pop(fid, None)
             self.fail(name, e.reason, doc_id, drop=True)
             return None
-        except _CallError as e:  # retried at the next sync: its state is not recorded
+        except _CallError as e:  # retried at the next sync
             state_files.pop(fid, None)
+            self._retry.append(fid)
             self.fail(name, f"not downloaded ({e}); tried again at the next sync", doc_id, drop=True)
             return None
         state_files[fid] = entry

@@ -178,3 +178,13 @@ def test_rate_limit_is_retried(tmp_path, google):
     rep = sync(s, _src(google))
     assert rep.sources[0].status == "ok" and google.calls["files.list"] >= 4  # the 429, then 3 pages of 2
     assert len(doc_acls(s, "acme-drive")) == 5
+
+
+def test_a_file_that_failed_to_download_is_retried_at_the_next_sync(tmp_path, google):
+    s = settings(tmp_path)
+    google.faults["files.export"] = [Reply(403, {"error": {"code": 403, "message": "This file cannot be exported"}})]
+    rep = sync(s, _src(google))
+    assert rep.sources[0].status == "partial" and "acme-drive:doc1" not in doc_acls(s, "acme-drive")
+    rep = sync(s, _src(google))  # the changes feed is empty now; the failed file is fetched again
+    assert rep.sources[0].status == "ok" and rep.sources[0].added == 1
+    assert "Reykjavik" in doc_texts(s, "acme-drive")["acme-drive:doc1"]
