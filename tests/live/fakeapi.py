@@ -218,8 +218,11 @@ class FakeConfluence(FakeService):
 
     PAGE = 2
 
-    def __init__(self, token: str = "confluence-pat-987654") -> None:
+    def __init__(self, token: str = "confluence-pat-987654", *, cloud_user: str | None = None) -> None:
         self.token = token
+        #: Cloud flavour: basic auth with this account e-mail and the API token, users known by
+        #: accountId and e-mail (no username), group members at rest/api/group/member?name=
+        self.cloud_user = cloud_user
         self.spaces: dict[str, dict[str, Any]] = {}
         self.pages: dict[str, dict[str, Any]] = {}
         self.groups: dict[str, list[str]] = {}
@@ -244,6 +247,8 @@ class FakeConfluence(FakeService):
     # the API
     def endpoint(self, verb: str, path: str) -> str:
         parts = path.strip("/").split("/")
+        if parts[:1] == ["wiki"]:
+            parts = parts[1:]
         if parts[:1] == ["download"]:
             return "download"
         if parts[:3] == ["rest", "api", "space"]:
@@ -258,9 +263,19 @@ class FakeConfluence(FakeService):
             return "attachments" if parts[-1] == "attachment" else "page"
         return path
 
-    @staticmethod
-    def _user(name: str) -> dict[str, Any]:
+    def _user(self, name: str) -> dict[str, Any]:
+        if self.cloud_user:
+            return {"type": "known", "accountId": f"5b10-{name}", "email": f"{name}@acme.example",
+                    "displayName": name.title(), "accountType": "atlassian"}
         return {"type": "known", "username": name, "userKey": f"key-{name}", "displayName": name.title()}
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        if self.cloud_user:
+            import base64
+
+            want = base64.b64encode(f"{self.cloud_user}:{self.token}".encode()).decode()
+            return headers.get("Authorization") == f"Basic {want}"
+        return headers.get("Authorization") == f"Bearer {self.token}"
 
     def _paged(self, items: list[Any], query: dict[str, str], path: str) -> Reply:
         start, limit = int(query.get("start") or 0), min(int(query.get("limit") or self.PAGE), self.PAGE)
@@ -292,9 +307,11 @@ class FakeConfluence(FakeService):
         return out
 
     def route(self, endpoint, verb, path, query, body, headers) -> Reply:
-        if headers.get("Authorization") != f"Bearer {self.token}":
+        if not self._authorized(headers):
             return Reply(401, {"statusCode": 401, "message": "This request requires authentication"})
         parts = path.strip("/").split("/")
+        if parts[:1] == ["wiki"]:  # Cloud serves the REST API under /wiki
+            parts = parts[1:]
         if endpoint == "spaces":
             return self._paged([{"key": k, "name": k, "type": "global"} for k in self.spaces], query, path)
         if endpoint == "space":
@@ -311,7 +328,7 @@ class FakeConfluence(FakeService):
                  "subjects": {"user": {"results": [self._user("admin")], "size": 1}}},
             ]})
         if endpoint == "group.members":
-            name = parts[3]
+            name = query.get("name", "") if parts[3] == "member" else parts[3]
             if name not in self.groups:
                 return Reply(404, {"statusCode": 404, "message": "group not found"})
             return self._paged([self._user(u) for u in self.groups[name]], query, path)
@@ -340,7 +357,7 @@ class FakeConfluence(FakeService):
                     for a in p["attachments"]]
             return self._paged(atts, query, path)
         if endpoint == "download":
-            p = self.pages[parts[2]]
+            p = self.pages[parts[2]]  # /download/attachments/<page>/<name>
             a = next(a for a in p["attachments"] if a["title"] == parts[3])
             return Reply(raw=a["data"], content_type="application/octet-stream")
         return Reply(404, {"message": "not found"})

@@ -146,3 +146,26 @@ def test_a_page_moved_to_another_space_takes_that_space_s_readers(tmp_path, conf
     assert acls["acme-wiki:page:1"] == {"public"} == acls["acme-wiki:page:1:att:att9"]
     sync(s, _src(conf))  # and it stays
     assert doc_acls(s, "acme-wiki")["acme-wiki:page:1"] == {"public"}
+
+
+def test_cloud_flavour_basic_auth_emails_and_group_members_by_name(tmp_path, monkeypatch):
+    fake = FakeConfluence(TOKEN, cloud_user="kb-bot@acme.example")
+    try:
+        fake.groups = {"staff": ["alice", "bob"], "hr": ["alice"]}
+        fake.add_space("ENG", groups=["staff"])
+        fake.add_page("1", "ENG", "Salaries", "<p>The platypus salary bands are reviewed in May.</p>", groups=["hr"])
+        fake.add_page("2", "ENG", "Onboarding", "<p>New hires get a narwhal laptop.</p>")
+        monkeypatch.setenv("KB_SECRET_ACME_WIKI", TOKEN)
+        s = settings(tmp_path)
+        src = SourceConfig(name="acme-wiki", type="confluence", url=fake.url + "/wiki", cloud=True,
+                           username="kb-bot@acme.example")
+        rep = sync(s, src)
+        assert rep.sources[0].status == "ok", rep.sources[0].error
+        acls = doc_acls(s, "acme-wiki")
+        assert acls["acme-wiki:page:1"] == {"user:alice@acme.example"}
+        assert acls["acme-wiki:page:2"] == {"user:alice@acme.example", "user:bob@acme.example"}
+        assert "acme-wiki:page:1" in readable(s, Principal("alice", email="alice@acme.example"), "platypus salary")
+        rep = sync(s, SourceConfig(name="acme-wiki", type="confluence", url=fake.url + "/wiki", cloud=True))
+        assert rep.sources[0].status == "failed" and "username" in rep.sources[0].error
+    finally:
+        fake.close()
