@@ -69,20 +69,11 @@ def _confluence(monkeypatch, tmp_path):
 
 
 def _gdrive(monkeypatch, tmp_path):
-    import json
-
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
     from ingest.connectors.gdrive import GoogleDriveConnector
-    from tests.live.fakeapi import FakeGoogle
+    from tests.live.fakeapi import FakeGoogle, write_service_account_key
 
     fake = FakeGoogle()
-    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    key = tmp_path / "sa.json"
-    key.write_text(json.dumps({"type": "service_account", "private_key": pem, "private_key_id": "k",
-                               "client_email": "kb@x.iam.gserviceaccount.com", "token_uri": fake.url + "/token"}))
+    key = write_service_account_key(tmp_path / "sa.json", fake.url + "/token")
     fake.add_file("f1", "notes.txt", "text/plain", b"Robots charge in bay seven.",
                   [{"type": "user", "role": "reader", "emailAddress": "alice@acme.example"}])
     fake.add_file("f2", "menu.md", "text/markdown", b"# Menu\n\nTuesday is pasta day.",

@@ -502,3 +502,40 @@ class FakeGoogle(FakeService):
                 return Reply(raw=f["content"], content_type=f["mimeType"])
             return Reply(body=self._meta(f))
         return Reply(404, {"error": {"code": 404, "message": "not found"}})
+
+
+_PEM: list[str] = []
+
+
+def write_service_account_key(path: Any, token_uri: str) -> Any:
+    """A Google service-account JSON key (a real RSA key, made once per test session) whose
+    ``token_uri`` is the fake's token endpoint; written mode 0600, as the docs ask."""
+    from pathlib import Path
+
+    if not _PEM:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        _PEM.append(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()).decode())
+    path = Path(path)
+    path.write_text(json.dumps({"type": "service_account", "project_id": "acme-kb", "private_key_id": "k1",
+                                "private_key": _PEM[0], "client_email": "kb@acme-kb.iam.gserviceaccount.com",
+                                "client_id": "1", "token_uri": token_uri}))
+    path.chmod(0o600)
+    return path
+
+
+def docx_bytes(heading: str, text: str) -> bytes:
+    """A real .docx (python-docx) with one heading and one paragraph."""
+    import io
+
+    import docx
+
+    d = docx.Document()
+    d.add_heading(heading, level=1)
+    d.add_paragraph(text)
+    buf = io.BytesIO()
+    d.save(buf)
+    return buf.getvalue()

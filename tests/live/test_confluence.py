@@ -2,7 +2,6 @@
 inherited read restrictions, group members, CQL increments, attachments, trash, 429, tokens."""
 from __future__ import annotations
 
-import io
 import time
 
 import pytest
@@ -10,21 +9,14 @@ import pytest
 from core.settings import SourceConfig
 from core.types import Principal
 from tests.live.conftest import CountingEmbedder, doc_acls, doc_texts, readable, settings, sync
-from tests.live.fakeapi import FakeConfluence, Reply
+from tests.live.fakeapi import FakeConfluence, Reply, docx_bytes
 
 TOKEN = "confluence-pat-987654"
 ALICE, BOB, CAROL = Principal("alice"), Principal("bob"), Principal("carol")
 
 
 def _docx(text: str) -> bytes:
-    import docx
-
-    d = docx.Document()
-    d.add_heading("Fleet policy", level=1)
-    d.add_paragraph(text)
-    buf = io.BytesIO()
-    d.save(buf)
-    return buf.getvalue()
+    return docx_bytes("Fleet policy", text)
 
 
 @pytest.fixture

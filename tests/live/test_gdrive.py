@@ -13,7 +13,7 @@ import pytest
 from core.settings import SourceConfig
 from core.types import Principal
 from tests.live.conftest import CountingEmbedder, db, doc_acls, doc_texts, readable, settings, sync
-from tests.live.fakeapi import FakeGoogle, Reply
+from tests.live.fakeapi import FakeGoogle, Reply, docx_bytes, write_service_account_key
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 ALICE = Principal("alice", email="alice@acme.example")
@@ -22,14 +22,7 @@ OUTSIDER = Principal("eve", email="eve@other.example")
 
 
 def _docx(text: str) -> bytes:
-    import docx
-
-    d = docx.Document()
-    d.add_heading("Travel", level=1)
-    d.add_paragraph(text)
-    buf = io.BytesIO()
-    d.save(buf)
-    return buf.getvalue()
+    return docx_bytes("Travel", text)
 
 
 def _pdf(pages: list[str]) -> bytes:
@@ -54,24 +47,10 @@ def _xlsx(rows: list[list[str]]) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def key_pem() -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
-
-
 @pytest.fixture
-def google(monkeypatch, tmp_path, key_pem):
+def google(monkeypatch, tmp_path):
     fake = FakeGoogle()
-    key = tmp_path / "sa.json"
-    key.write_text(json.dumps({"type": "service_account", "project_id": "acme-kb", "private_key_id": "k1",
-                               "private_key": key_pem, "client_email": "kb@acme-kb.iam.gserviceaccount.com",
-                               "client_id": "1", "token_uri": fake.url + "/token"}))
-    key.chmod(0o600)
+    key = write_service_account_key(tmp_path / "sa.json", fake.url + "/token")
     monkeypatch.setenv("KB_SECRET_ACME_DRIVE", str(key))
     fake.groups = {"eng@acme.example": ["bob@acme.example"]}
     fake.add_file("doc1", "Travel policy", "application/vnd.google-apps.document",

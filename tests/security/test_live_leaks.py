@@ -22,7 +22,7 @@ from index.embedder import HashEmbedder
 from index.generation import open_index
 from index.retriever import HybridRetriever
 from ingest.sync import sync_sources
-from tests.live.fakeapi import FakeConfluence, FakeGoogle, FakeSlack
+from tests.live.fakeapi import FakeConfluence, FakeGoogle, FakeSlack, write_service_account_key
 
 PEOPLE = ["ann", "ben", "cat", "dan", "eve"]
 ROUNDS, QUESTIONS = 12, 90
@@ -42,11 +42,6 @@ def _body(kind: str, key: str) -> str:
 
 @pytest.fixture
 def world(monkeypatch, tmp_path):
-    import json as _json
-
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
     slack, conf, google = FakeSlack("xoxb-leak-test-0000"), FakeConfluence("leak-pat-0000"), FakeGoogle()
     for i, p in enumerate(PEOPLE):
         slack.add_user(f"U{i}", p.title(), _email(p))
@@ -63,11 +58,7 @@ def world(monkeypatch, tmp_path):
     google.groups = {"eng@acme.example": ["ben@acme.example"]}
     for fid in ("F1", "F2", "F3"):
         google.add_file(fid, f"{fid}.txt", "text/plain", _body("D", fid).encode(), [])
-    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    key = tmp_path / "sa.json"
-    key.write_text(_json.dumps({"type": "service_account", "private_key": pem, "private_key_id": "k",
-                                "client_email": "kb@x.iam.gserviceaccount.com", "token_uri": google.url + "/token"}))
+    key = write_service_account_key(tmp_path / "sa.json", google.url + "/token")
     monkeypatch.setenv("KB_SECRET_S", slack.token)
     monkeypatch.setenv("KB_SECRET_C", conf.token)
     monkeypatch.setenv("KB_SECRET_G", str(key))
