@@ -61,3 +61,14 @@ def readable(s: Settings, user: Principal, query: str, k: int = 20) -> set[str]:
     """Doc ids of what ``user`` gets back for ``query`` (through the real retriever and its ACL filter)."""
     r = HybridRetriever(open_index(s), HashEmbedder(), s.retrieval)
     return {h.chunk.doc_id for h in r.retrieve(query, user=user, top_k=k)}
+
+
+def resync_unchanged(s: Settings, src: SourceConfig, fake):
+    """Sync twice with nothing changed at the source in between; the second sync must embed
+    nothing and publish nothing. Returns its report (``fake.calls`` holds its calls)."""
+    sync(s, src)
+    fake.reset_calls()
+    emb = CountingEmbedder()
+    rep = sync(s, src, emb)
+    assert emb.seen == [] and rep.generation is None
+    return rep

@@ -8,7 +8,7 @@ import pytest
 
 from core.settings import SourceConfig
 from core.types import Principal
-from tests.live.conftest import CountingEmbedder, doc_acls, doc_texts, readable, settings, sync
+from tests.live.conftest import CountingEmbedder, doc_acls, doc_texts, readable, resync_unchanged, settings, sync
 from tests.live.fakeapi import FakeConfluence, Reply, docx_bytes
 
 TOKEN = "confluence-pat-987654"
@@ -69,12 +69,7 @@ def test_headings_are_kept(tmp_path, conf):
 
 
 def test_unchanged_site_resyncs_with_list_calls_only(tmp_path, conf):
-    s = settings(tmp_path)
-    sync(s, _src(conf))
-    conf.reset_calls()
-    emb = CountingEmbedder()
-    rep = sync(s, _src(conf), emb)
-    assert emb.seen == [] and rep.generation is None
+    resync_unchanged(settings(tmp_path), _src(conf), conf)
     assert set(conf.calls) <= {"spaces", "space", "pages", "group.members"}, conf.calls
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 
 import pytest
 
 from core.settings import SourceConfig
 from core.types import Principal
-from tests.live.conftest import CountingEmbedder, db, doc_acls, doc_texts, readable, settings, sync
+from tests.live.conftest import CountingEmbedder, db, doc_acls, doc_texts, readable, resync_unchanged, settings, sync
 from tests.live.fakeapi import FakeGoogle, Reply, docx_bytes, write_service_account_key
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -103,12 +102,7 @@ def test_link_sharing_can_be_public(tmp_path, google):
 
 
 def test_unchanged_drive_resyncs_with_changes_and_group_calls_only(tmp_path, google):
-    s = settings(tmp_path)
-    sync(s, _src(google))
-    google.reset_calls()
-    emb = CountingEmbedder()
-    rep = sync(s, _src(google), emb)
-    assert emb.seen == [] and rep.generation is None
+    resync_unchanged(settings(tmp_path), _src(google), google)
     assert set(google.calls) <= {"token", "changes.list", "members.list"}, google.calls
 
 

@@ -4,14 +4,13 @@ nothing embedded), late thread replies, edits, deletions, membership changes, ar
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import pytest
 
 from core.settings import SourceConfig
 from core.types import Principal
-from tests.live.conftest import CountingEmbedder, doc_acls, doc_texts, readable, settings, sync
+from tests.live.conftest import CountingEmbedder, doc_acls, doc_texts, readable, resync_unchanged, settings, sync
 from tests.live.fakeapi import FakeSlack, Reply
 
 TOKEN = "xoxb-test-token-123456"
@@ -71,13 +70,7 @@ def test_first_sync_reads_threads_windows_and_members(tmp_path, slack):
 
 
 def test_unchanged_workspace_resyncs_with_list_calls_only(tmp_path, slack):
-    s = settings(tmp_path)
-    sync(s, _src(slack))
-    slack.reset_calls()
-    emb = CountingEmbedder()
-    rep = sync(s, _src(slack), emb)
-    assert emb.seen == []  # nothing re-embedded
-    assert rep.generation is None  # nothing changed, nothing published
+    rep = resync_unchanged(settings(tmp_path), _src(slack), slack)  # nothing embedded, nothing published
     assert set(slack.calls) <= {"auth.test", "users.list", "conversations.list", "conversations.members",
                                 "conversations.history"}
     assert "conversations.replies" not in slack.calls
