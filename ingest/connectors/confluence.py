@@ -65,9 +65,7 @@ class ConfluenceConnector(LiveConnector):
             from atlassian import Confluence
 
             token = read_secret(self.src)
-            common: dict[str, Any] = dict(
-                timeout=self.src.api_timeout_s, backoff_and_retry=True, max_backoff_retries=self.src.api_retries,
-                max_backoff_seconds=120, retry_status_codes=[429, 500, 502, 503, 504])
+            common: dict[str, Any] = dict(timeout=self.src.api_timeout_s)
             if self.cloud:
                 if not self.src.username:
                     raise SourceError(f"source {self.source}: Confluence Cloud needs username (the account email "
@@ -76,6 +74,7 @@ class ConfluenceConnector(LiveConnector):
                                           **common)
             else:
                 self._client = Confluence(url=self.url, token=token, cloud=False, **common)
+            self._client.session.mount(self.url, _retrying_adapter(self.src.api_retries))
         return self._client
 
     def get(self, endpoint: str, path: str, **params: Any) -> Any:
@@ -319,6 +318,19 @@ class ConfluenceConnector(LiveConnector):
         for d in [d for d in self._indexed if d.startswith(prefix) and d[len(prefix):] not in now]:
             self.remove(d)
         entry["att"] = now
+
+
+def _retrying_adapter(retries: int) -> Any:
+    """requests' adapter with urllib3 retries: 429 and 5xx after ``Retry-After`` (else
+    exponential back-off, at most 120 s a wait), connection errors ``retries`` times too.
+    (atlassian-python-api's own ``backoff_and_retry`` retries a refused connection forever.)"""
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    return HTTPAdapter(max_retries=Retry(
+        total=retries, connect=retries, read=retries, status=retries, allowed_methods=None,
+        status_forcelist=[429, 500, 502, 503, 504], backoff_factor=1.0, backoff_max=120,
+        respect_retry_after_header=True, raise_on_status=False))
 
 
 class _CallError(Exception):

@@ -113,12 +113,15 @@ class GoogleDriveConnector(LiveConnector):
 
     def call(self, endpoint: str, request: Any) -> Any:
         """Execute one request (counted, retried); a refused credential is a SourceError."""
-        from google.auth.exceptions import GoogleAuthError, RefreshError
+        from google.auth.exceptions import GoogleAuthError, RefreshError, TransportError
         from googleapiclient.errors import HttpError
 
         self.count(endpoint)
         try:
             return request.execute(num_retries=self.src.api_retries)
+        except TransportError as e:
+            raise SourceError(f"source {self.source}: cannot reach Google's token endpoint "
+                              f"({type(e).__name__}); check the network or sources[].url") from None
         except RefreshError as e:
             reason = str(e.args[0]) if e.args else "refused"
             raise SourceError(f"source {self.source}: Google refused the service account ({reason.split(':')[0]}); "

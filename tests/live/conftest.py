@@ -72,3 +72,7 @@ def resync_unchanged(s: Settings, src: SourceConfig, fake):
     rep = sync(s, src, emb)
     assert emb.seen == [] and rep.generation is None
     return rep
+
+
+def sync_many(s: Settings, sources: list[SourceConfig]):
+    return sync_sources(s, sources, embedder=CountingEmbedder())
