@@ -81,3 +81,55 @@ def nothing_about(missing: Sequence[MissingTerm]) -> str:
     names = [f"'{m.label}'" for m in missing]
     listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
     return f"The knowledge base has nothing about {listed}, so it cannot answer this question."
+
+
+#: A question word is specific to what is asked when at most this share of the knowledge base's
+#: chunks contains it (and at most :data:`SPECIFIC_MIN` chunks whatever the size).
+SPECIFIC_SHARE = 0.005
+SPECIFIC_MIN = 2
+#: Below this many chunks rarity says nothing (in a 50-page wiki "regarding" is in no chunk):
+#: the subject check is off.
+SUBJECT_CHECK_MIN_CHUNKS = 300
+_WORD = re.compile(r"[a-z][a-z0-9'-]+")
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ed", "es", "s", "ly"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
+            return word[: -len(suffix)]
+    return word
+
+
+def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_chunks: int) -> list[str]:
+    """Specific words of ``question`` that none of the ``cited`` sources contains.
+
+    An answer whose sources never mention a word that is rare in the whole knowledge base
+    ("juice" in "How many bottles of juice were delivered?" answered from a memo about bottles of
+    water; "headquarters" answered from the San Francisco office page) answers another question.
+    Ordinary words ("long", "often", "needed") are in many chunks and never count; names and
+    numbers are the premise check's and the fact check's. ``chunk_count(word)`` is the number
+    of chunks containing the word (:meth:`index.store.Store.term_chunk_count`).
+    """
+    if not cited or total_chunks < SUBJECT_CHECK_MIN_CHUNKS:
+        return []
+    limit = max(SPECIFIC_MIN, int(SPECIFIC_SHARE * max(total_chunks, 0)))
+    text = " ".join(f"{h.doc_title} {h.prompt_text}" for h in cited).lower()
+    have = {_stem(w) for w in _WORD.findall(text)}
+    out: list[str] = []
+    for word in dict.fromkeys(_WORD.findall(question.lower())):
+        if word in FILLER_WORDS or len(word) < 4:
+            continue
+        st = _stem(word)
+        if st in have or (len(st) >= 6 and any(t.startswith(st[:6]) for t in have)):
+            continue
+        if chunk_count(word) <= limit:
+            out.append(word)
+    return out
+
+
+def not_in_cited(terms: Sequence[str]) -> str:
+    """The reply when the draft's sources never mention what the question is about."""
+    names = [f"'{t}'" for t in terms]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    return (f"The sources found do not mention {listed}, so the knowledge base does not answer this "
+            "question as asked.")

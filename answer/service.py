@@ -34,7 +34,7 @@ from answer.citations import CitationResult, extract_citations, source_citations
 from answer.condense import condense_question, rewrite_query
 from answer.confidence import ConfidenceModel, answer_features, sentence_support
 from answer.context_filter import ContextFilter
-from answer.premise import missing_terms, nothing_about
+from answer.premise import missing_terms, not_in_cited, nothing_about, off_subject_terms
 from answer.prompts import ABSTAIN_TEXT, build_correction_messages, build_messages, is_abstention
 from answer.verify import Verification, Verifier, unsupported_claims
 from core.errors import GeneratorError
@@ -100,6 +100,8 @@ class KnowledgeAnswerService:
         confidence: ConfidenceModel | None = None,
         context_filter: ContextFilter | None = None,
         acl_lookup: AclLookup | None = None,
+        term_count: Callable[[str], int] | None = None,
+        chunk_total: Callable[[], int] | None = None,
     ):
         self.retriever = retriever
         self.generator = generator
@@ -113,6 +115,10 @@ class KnowledgeAnswerService:
         if self.context_filter is None and rcfg.context_filter:
             self.context_filter = ContextFilter.from_settings(embedder, rcfg)
         self.acl_lookup = acl_lookup
+        #: how many chunks of the knowledge base hold a word, and how many there are (the
+        #: subject check); without them the check is off
+        self.term_count = term_count
+        self.chunk_total = chunk_total
         if acl_lookup is None:
             log.warning("answer_service acl_check=off reason=no_acl_lookup (relying on the retriever's filter)")
 
@@ -195,6 +201,14 @@ class KnowledgeAnswerService:
         scores = dict(best.features)
         scores["confidence_draft"] = round(draft.confidence, 4)
         if best.confidence >= threshold:
+            off = self._off_subject(standalone, best)
+            if off:
+                log.info("answer route=abstained reason=off_subject terms=%d", len(off))
+                scores["off_subject"] = float(len(off))
+                cites = source_citations(best.hits, standalone)
+                text = not_in_cited(off) + (f" {CLOSEST_NOTE}" if cites else "")
+                return Answer(run.question, standalone, text, cites, 0.0, "abstained", corrected=corrected,
+                              sources=best.hits, scores=scores, model_id=best.model_id)
             route: Route = "corrected" if corrected and best is not draft else "answered"
             return self._answer(run, standalone, best, route, corrected=corrected, scores=scores)
         if self.escalation is not None:
@@ -209,6 +223,17 @@ class KnowledgeAnswerService:
                 return self._answer(run, standalone, esc, "escalated", corrected=corrected, escalated=True, scores=scores)
             return self._abstain(run, standalone, esc, corrected=corrected, escalated=True, scores=scores)
         return self._abstain(run, standalone, best, corrected=corrected, scores=scores)
+
+    def _off_subject(self, question: str, att: _Attempt) -> list[str]:
+        """Rare words of the question that no source the answer cites contains."""
+        if not self.settings.answer.subject_check or self.term_count is None or self.chunk_total is None:
+            return []
+        cited = [att.hits[n - 1] for n in sorted({c.n for c in att.result.citations}) if 0 < n <= len(att.hits)]
+        try:
+            return off_subject_terms(question, cited, self.term_count, self.chunk_total())
+        except Exception as e:  # the check is a gate, never a crash: an error keeps the answer
+            log.warning("subject check failed: %r", e)
+            return []
 
     def _retrieve(self, query: str, run: _Run) -> list[Hit]:
         rcfg = self.settings.retrieval

@@ -211,6 +211,10 @@ class AnswerConfig(_Section):
     #: Abstain without generating when a name, number or identifier of the question is in
     #: no readable source ("The knowledge base has nothing about 'Gold plan'").
     premise_check: bool = True
+    #: Abstain when the sources an answer cites never mention a word of the question that is
+    #: rare in the knowledge base (asked about "juice", answered from a memo about water);
+    #: active from 300 chunks (in a smaller knowledge base rarity says nothing).
+    subject_check: bool = True
     history_turns: int = Field(default=3, ge=0)
     #: Larger OpenAI-compatible model used when confidence stays low after correction.
     escalation: OpenAIEndpoint | None = None

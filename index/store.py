@@ -440,6 +440,17 @@ class Store:
                         AND a.principal IN ({_placeholders(len(ps))}))""", (*ids, *ps)).fetchall()
         return {int(r[0]): _row_to_chunk_row(r) for r in rows}
 
+    def term_chunk_count(self, word: str) -> int:
+        """In how many chunks ``word`` occurs (FTS5's porter-stemmed terms, text or title): how
+        specific a question's word is to this knowledge base."""
+        term = '"' + word.replace('"', " ") + '"'
+        with self._lock:
+            try:
+                return int(self.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?",
+                                             (term,)).fetchone()[0])
+            except sqlite3.OperationalError:  # not a term FTS5 can look up: treat as common
+                return 1 << 30
+
     def document_acl(self, doc_id: str) -> frozenset[str]:
         with self._lock:
             return frozenset(r[0] for r in self.conn.execute("SELECT principal FROM doc_acl WHERE doc_id=?", (doc_id,)))

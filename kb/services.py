@@ -106,6 +106,8 @@ class Services:
             return KnowledgeAnswerService(
                 self.retriever, self.generator, self.embedder, self.settings, self.answer_log,
                 escalation=self.escalation, confidence=self.confidence, acl_lookup=acl_lookup,
+                term_count=lambda word: index.store.term_chunk_count(word),
+                chunk_total=lambda: index.store.counts()["chunks"],
             )
 
         return self._once("answer_service", build)

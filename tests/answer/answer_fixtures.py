@@ -80,6 +80,7 @@ def make_rig(root: Path, docs: Sequence[Document], *, generator=None, escalation
     service = KnowledgeAnswerService(
         retriever or real_retriever, generator, embedder, settings, log, escalation=escalation,
         acl_lookup=lambda d: index.store.document_acl(d),
+        term_count=lambda w: index.store.term_chunk_count(w), chunk_total=lambda: index.store.counts()["chunks"],
     )
     return Rig(settings, index, retriever or real_retriever, embedder, generator, log, service)
 
