@@ -39,3 +39,43 @@ def test_numbers_and_tickers():
 
 def test_a_title_counts_as_text():
     assert missing_terms("What does the Benefits overview say?", HITS) == []
+
+
+# --- the subject check: rare question words that the cited sources never mention -----------
+
+from answer.premise import SUBJECT_CHECK_MIN_CHUNKS, not_in_cited, off_subject_terms  # noqa: E402
+
+#: chunk counts of a 1,000-chunk knowledge base (limit: 5 chunks)
+COUNTS = {"juice": 1, "headquarters": 2, "wi-fi": 3, "memo": 40, "according": 40, "bottles": 12,
+          "delivered": 30, "guest": 20, "network": 60, "name": 112, "building": 131}
+
+
+def count(word: str) -> int:
+    return COUNTS.get(word, 500)
+
+
+def test_an_answer_about_another_subject_is_caught():
+    memo = [hit("20,000 bottles of water were delivered on January 23, 2023.", title="Supplies memo")]
+    q = "How many bottles of juice were delivered according to the memo?"
+    assert off_subject_terms(q, memo, count, 1000) == ["juice"]
+    sf = [hit("San Francisco office: the guest Wi-Fi network is GSA-Guest; the password changes monthly.",
+              title="San Francisco")]
+    assert off_subject_terms("What is the guest Wi-Fi network name in the GSA headquarters building?", sf,
+                             count, 1000) == ["headquarters"]
+    assert not_in_cited(["juice"]).startswith("The sources found do not mention 'juice'")
+
+
+def test_right_answers_and_ordinary_words_pass():
+    memo = [hit("20,000 bottles of water were delivered on January 23, 2023.", title="Supplies memo")]
+    assert off_subject_terms("How many bottles of water were delivered according to the memo?", memo, count,
+                             1000) == []  # "memo", "according": in 40 chunks each, not specific
+    moving = [hit("If you are relocating for 120 days or less, you do not need to notify PeopleOps.")]
+    assert off_subject_terms("If I relocate for a short period, how long can I stay without notifying "
+                             "PeopleOps?", moving, count, 1000) == []  # stems and common words
+
+
+def test_a_small_knowledge_base_is_not_checked():
+    memo = [hit("20,000 bottles of water were delivered.")]
+    q = "How many bottles of juice were delivered?"
+    assert off_subject_terms(q, memo, count, SUBJECT_CHECK_MIN_CHUNKS - 1) == []
+    assert off_subject_terms(q, [], count, 1000) == []

@@ -348,3 +348,19 @@ def test_kb_ask_never_prints_a_discarded_draft_to_stdout(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "What is the Gold plan deductible?"])
     assert r.exit_code == 0, r.output
     assert "$5,000" not in r.stdout and ABSTAIN_TEXT in r.stdout
+
+
+def test_an_answer_whose_sources_never_mention_the_subject_abstains(tmp_path):
+    """The subject check in the service, on a real index of 321 documents: "juice" is in no
+    chunk, the memo the answer would come from speaks of water."""
+    topics = ["parking", "lunch", "badges", "printers", "laptops", "travel", "payroll", "security", "plants"]
+    filler = [doc(f"note-{i}", f"Note {i} about {topics[i % len(topics)]}: the {topics[(i * 7) % len(topics)]} "
+                                f"desk opens at {8 + i % 3} am on floor {i % 12}.") for i in range(320)]
+    memo = doc("supplies-memo", "Supplies memo. 20,000 bottles of water were delivered on January 23, 2023.")
+    rig = make_rig(tmp_path, [memo, *filler])
+    assert rig.index.store.counts()["chunks"] >= 300
+    ans = rig.service.answer("How many bottles of juice were delivered?", user=BOB)
+    assert ans.route == "abstained" and "do not mention 'juice'" in ans.text, ans.text
+    assert ans.scores.get("off_subject") == 1.0 and ans.citations  # the closest sources are listed
+    ok = rig.service.answer("How many bottles of water were delivered?", user=BOB)
+    assert ok.route == "answered" and "20,000" in ok.text
