@@ -100,8 +100,8 @@ class KnowledgeAnswerService:
         confidence: ConfidenceModel | None = None,
         context_filter: ContextFilter | None = None,
         acl_lookup: AclLookup | None = None,
-        term_count: Callable[[str], int] | None = None,
-        chunk_total: Callable[[], int] | None = None,
+        term_count: Callable[[str, frozenset[str]], int] | None = None,
+        chunk_total: Callable[[frozenset[str]], int] | None = None,
     ):
         self.retriever = retriever
         self.generator = generator
@@ -115,8 +115,8 @@ class KnowledgeAnswerService:
         if self.context_filter is None and rcfg.context_filter:
             self.context_filter = ContextFilter.from_settings(embedder, rcfg)
         self.acl_lookup = acl_lookup
-        #: how many chunks of the knowledge base hold a word, and how many there are (the
-        #: subject check); without them the check is off
+        #: how many chunks the asker may read hold a word, and how many they may read (the
+        #: subject check; unreadable chunks never count); without them the check is off
         self.term_count = term_count
         self.chunk_total = chunk_total
         if acl_lookup is None:
@@ -201,7 +201,7 @@ class KnowledgeAnswerService:
         scores = dict(best.features)
         scores["confidence_draft"] = round(draft.confidence, 4)
         if best.confidence >= threshold:
-            off = self._off_subject(standalone, best)
+            off = self._off_subject(standalone, best, run.user)
             if off:
                 log.info("answer route=abstained reason=off_subject terms=%d", len(off))
                 scores["off_subject"] = float(len(off))
@@ -224,13 +224,15 @@ class KnowledgeAnswerService:
             return self._abstain(run, standalone, esc, corrected=corrected, escalated=True, scores=scores)
         return self._abstain(run, standalone, best, corrected=corrected, scores=scores)
 
-    def _off_subject(self, question: str, att: _Attempt) -> list[str]:
-        """Rare words of the question that no source the answer cites contains."""
+    def _off_subject(self, question: str, att: _Attempt, user: Principal) -> list[str]:
+        """Rare words of the question that no source the answer cites contains; rarity is over
+        what ``user`` may read, so the outcome says nothing about documents they cannot."""
         if not self.settings.answer.subject_check or self.term_count is None or self.chunk_total is None:
             return []
         cited = [att.hits[n - 1] for n in sorted({c.n for c in att.result.citations}) if 0 < n <= len(att.hits)]
+        mine = user.principals()
         try:
-            return off_subject_terms(question, cited, self.term_count, self.chunk_total())
+            return off_subject_terms(question, cited, lambda w: self.term_count(w, mine), self.chunk_total(mine))
         except Exception as e:  # the check is a gate, never a crash: an error keeps the answer
             log.warning("subject check failed: %r", e)
             return []

@@ -440,16 +440,32 @@ class Store:
                         AND a.principal IN ({_placeholders(len(ps))}))""", (*ids, *ps)).fetchall()
         return {int(r[0]): _row_to_chunk_row(r) for r in rows}
 
-    def term_chunk_count(self, word: str) -> int:
-        """In how many chunks ``word`` occurs (FTS5's porter-stemmed terms, text or title): how
-        specific a question's word is to this knowledge base."""
+    def term_chunk_count(self, word: str, principals: Iterable[str]) -> int:
+        """In how many chunks that ``principals`` may read ``word`` occurs (FTS5's porter-stemmed
+        terms, text or title): how specific a question's word is to what the asker can see.
+        Unreadable chunks never count, so the answer reveals nothing about them."""
+        ps = sorted(set(principals))
+        if not ps:
+            return 0
         term = '"' + word.replace('"', " ") + '"'
         with self._lock:
             try:
-                return int(self.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?",
-                                             (term,)).fetchone()[0])
+                return int(self.conn.execute(
+                    f"""SELECT count(*) FROM chunks_fts f JOIN chunks c ON c.id = f.rowid
+                        WHERE chunks_fts MATCH ? AND EXISTS (SELECT 1 FROM doc_acl a WHERE a.doc_id = c.doc_id
+                        AND a.principal IN ({_placeholders(len(ps))}))""", [term, *ps]).fetchone()[0])
             except sqlite3.OperationalError:  # not a term FTS5 can look up: treat as common
                 return 1 << 30
+
+    def readable_chunk_count(self, principals: Iterable[str]) -> int:
+        """How many chunks ``principals`` may read."""
+        ps = sorted(set(principals))
+        if not ps:
+            return 0
+        with self._lock:
+            return int(self.conn.execute(
+                f"""SELECT count(*) FROM chunks c WHERE EXISTS (SELECT 1 FROM doc_acl a WHERE a.doc_id = c.doc_id
+                    AND a.principal IN ({_placeholders(len(ps))}))""", ps).fetchone()[0])
 
     def document_acl(self, doc_id: str) -> frozenset[str]:
         with self._lock:

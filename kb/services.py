@@ -106,8 +106,8 @@ class Services:
             return KnowledgeAnswerService(
                 self.retriever, self.generator, self.embedder, self.settings, self.answer_log,
                 escalation=self.escalation, confidence=self.confidence, acl_lookup=acl_lookup,
-                term_count=lambda word: index.store.term_chunk_count(word),
-                chunk_total=lambda: index.store.counts()["chunks"],
+                term_count=lambda word, principals: index.store.term_chunk_count(word, principals),
+                chunk_total=lambda principals: index.store.readable_chunk_count(principals),
             )
 
         return self._once("answer_service", build)

@@ -80,7 +80,8 @@ def make_rig(root: Path, docs: Sequence[Document], *, generator=None, escalation
     service = KnowledgeAnswerService(
         retriever or real_retriever, generator, embedder, settings, log, escalation=escalation,
         acl_lookup=lambda d: index.store.document_acl(d),
-        term_count=lambda w: index.store.term_chunk_count(w), chunk_total=lambda: index.store.counts()["chunks"],
+        term_count=lambda w, ps: index.store.term_chunk_count(w, ps),
+        chunk_total=lambda ps: index.store.readable_chunk_count(ps),
     )
     return Rig(settings, index, retriever or real_retriever, embedder, generator, log, service)
 

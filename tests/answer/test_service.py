@@ -364,3 +364,21 @@ def test_an_answer_whose_sources_never_mention_the_subject_abstains(tmp_path):
     assert ans.scores.get("off_subject") == 1.0 and ans.citations  # the closest sources are listed
     ok = rig.service.answer("How many bottles of water were delivered?", user=BOB)
     assert ok.route == "answered" and "20,000" in ok.text
+
+
+def test_the_subject_check_counts_only_what_the_asker_may_read(tmp_path):
+    """Documents Bob cannot read mention juice often: were they counted, "juice" would not be
+    rare, the water answer would be shown, and Bob would learn that hidden documents speak of
+    juice. His outcome is the same as with no such documents."""
+    topics = ["parking", "lunch", "badges", "printers", "laptops", "travel", "payroll", "security", "plants"]
+    filler = [doc(f"note-{i}", f"Note {i} about {topics[i % len(topics)]}: the {topics[(i * 7) % len(topics)]} "
+                                f"desk opens at {8 + i % 3} am on floor {i % 12}.") for i in range(320)]
+    memo = doc("supplies-memo", "Supplies memo. 20,000 bottles of water were delivered on January 23, 2023.")
+    hidden = [doc(f"juice-{i}", f"Board juice tasting {i}: the orange juice supplier changes in March.", acl=["group:board"])
+              for i in range(12)]
+    rig = make_rig(tmp_path, [memo, *filler, *hidden])
+    ans = rig.service.answer("How many bottles of juice were delivered?", user=BOB)
+    assert ans.route == "abstained" and "do not mention 'juice'" in ans.text, ans.text
+    assert "tasting" not in json.dumps(ans.to_dict())
+    board = Principal("dora", "dora@acme.example", ("board",))
+    assert rig.service.answer("How many bottles of juice were delivered?", user=board).route != "error"
