@@ -261,7 +261,7 @@ class ConfluenceConnector(LiveConnector):
             self.fail(title, e.reason, f"{self.source}:page:{pid}", drop=True)
             return None
         if not parsed.text.strip():
-            self.skipped.append(_skip(title, "no text to index (an empty page)"))
+            self.skip(title, "no text to index (an empty page)")
             self.remove(f"{self.source}:page:{pid}")
             return None
         webui = str((page.get("_links") or {}).get("webui") or f"/pages/viewpage.action?pageId={pid}")
@@ -344,10 +344,4 @@ def _version(obj: Mapping[str, Any]) -> int:
         return int((obj.get("version") or {}).get("number") or 0)
     except (TypeError, ValueError):
         return 0
-
-
-def _skip(path: str, reason: str) -> Any:
-    from core.types import IngestFailure
-
-    return IngestFailure(path=path, reason=reason, report_only=True)
 

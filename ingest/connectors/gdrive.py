@@ -35,7 +35,7 @@ from typing import Any, Iterator, Mapping
 
 from core.errors import ParseError, SourceError
 from core.secrets import read_secret
-from core.types import PUBLIC, Document, domain_principal, group_principal, user_principal
+from core.types import PUBLIC, Document, IngestFailure, domain_principal, group_principal, user_principal
 from ingest.connectors.live import LiveConnector, parse_time
 from ingest.parsers import FORMATS
 
@@ -248,8 +248,8 @@ class GoogleDriveConnector(LiveConnector):
             return None
         if int(f.get("size") or 0) > MAX_DOWNLOAD_BYTES:
             state_files.pop(fid, None)
-            self.skipped.append(_skip(name, f"{int(f['size']) / 2**20:.0f} MB: larger than the "
-                                            f"{MAX_DOWNLOAD_BYTES // 2**20} MB read per file"))
+            self.skip(name, f"{int(f['size']) / 2**20:.0f} MB: larger than the {MAX_DOWNLOAD_BYTES // 2**20} MB "
+                            "read per file")
             self.remove(doc_id)
             return None
         try:
@@ -269,7 +269,7 @@ class GoogleDriveConnector(LiveConnector):
             return None
         state_files[fid] = entry
         if not parsed.text.strip():
-            self.skipped.append(_skip(name, "no text to index"))
+            self.skip(name, "no text to index")
             self.remove(doc_id)
             return None
         return Document(
@@ -292,8 +292,10 @@ class GoogleDriveConnector(LiveConnector):
             except _CallError as e:
                 log.warning("google group not readable source=%s group=%s: its members get no access (%s)",
                             self.source, group, e)
-                self.failures.append(_skip(group, f"group members not readable ({e}): the files shared with "
-                                                  "this group are not readable by its members until it is"))
+                self.failures.append(IngestFailure(
+                    path=group, report_only=True,
+                    reason=f"group members not readable ({e}): the files shared with this group are not "
+                           "readable by its members until it is"))
                 people = set()
             self._groups[group] = frozenset(people)
         return self._groups[group]
@@ -324,8 +326,3 @@ def _perm(p: Mapping[str, Any]) -> list[Any]:
     who = str(p.get("domain") if kind == "domain" else p.get("emailAddress") or "").strip().lower()
     return [kind, who, bool(p.get("allowFileDiscovery"))]
 
-
-def _skip(path: str, reason: str) -> Any:
-    from core.types import IngestFailure
-
-    return IngestFailure(path=path, reason=reason, report_only=True)

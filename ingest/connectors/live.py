@@ -1,7 +1,7 @@
 """What the API connectors (slack-api, confluence, gdrive) share: incremental state, the
 documents a change removes or re-permissions, call counts, and parsing fetched files.
 
-Sync drives an :class:`IncrementalConnector` so:
+Sync drives a :class:`LiveConnector` (``incremental = True``) so:
 
 1. ``begin(state, indexed)``: ``state`` is what :meth:`state` returned after the last
    *published* sync (stored in the index generation, so a crash or a failed run never moves a
@@ -73,8 +73,7 @@ class LiveConnector:
         return None
 
     def documents(self) -> Iterator[Document]:
-        if not hasattr(self, "_indexed"):
-            self.begin(None, {})
+        """The new and changed documents since :meth:`begin`'s state (all of them, before any)."""
         try:
             yield from self._read()
         finally:
@@ -105,6 +104,11 @@ class LiveConnector:
         for d in ids:
             self.remove(d)
         return len(ids)
+
+    def skip(self, path: str, reason: str) -> None:
+        """An item read but not indexed (no text, too large, the bot not in a channel): listed
+        in the report, not a failure."""
+        self.skipped.append(IngestFailure(path=path, reason=reason, report_only=True))
 
     def fail(self, path: str, reason: str, doc_id: str | None, *, drop: bool = False) -> None:
         """An item that could not be read: its indexed version stays (``drop``: is removed,

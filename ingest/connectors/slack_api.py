@@ -140,8 +140,8 @@ class SlackApiConnector(LiveConnector, SlackConnector):
             if kind in ("public", "private") and c.get("is_member") is False:
                 self.remove_prefix(f"{self.source}:{cid}:")
                 if kind == "public":
-                    self.skipped.append(_note(cid, f"#{c.get('name')}: the bot is not in this channel; "
-                                                   "invite it (/invite @bot) to index it"))
+                    self.skip(cid, f"#{c.get('name')}: the bot is not in this channel; invite it "
+                                   "(/invite @bot) to index it")
                 continue
             try:
                 members = None if kind == "public" else [str(m) for m in self.pages("conversations.members", "members",
@@ -270,8 +270,3 @@ def _window_start(label: str) -> float:
     except ValueError:
         return 0.0
 
-
-def _note(cid: str, reason: str) -> Any:
-    from core.types import IngestFailure
-
-    return IngestFailure(path=cid, reason=reason, report_only=True)
