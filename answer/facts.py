@@ -326,3 +326,52 @@ def same_fact(a: Fact, b: Fact) -> bool:
 def phrase_tokens(text: str) -> list[str]:
     """Lower-case word tokens with hyphens and underscores inside words removed."""
     return _tokens(text)
+
+
+# --- what kind of answer a question asks for ------------------------------------------------
+AskedKind = Literal["money", "quantity"]
+
+#: "What fee is charged…", "How much does it cost…", "What is the price of…": an amount of money.
+_ASKS_MONEY = re.compile(
+    r"\b(?:what|which)\s+(?:\w+\s+){0,2}(?:fee|fees|cost|costs|price|prices|charge|charges|fine|rent|premium|deductible|copay|co-pay)\b"
+    r"(?!\s+(?:center|centre|code|account|category|type|structure|schedule|table|list|card|object|string|estimate))"
+    r"|\bhow\s+much\b(?:\s+\w+){0,6}?\s+(?:cost|costs|charge|charged|pay|paid|spend|spent|reimburse[ds]?|owe)\b"
+    r"|\bhow\s+much\s+(?:money|is\s+the\s+(?:fee|cost|price|charge))\b",
+    re.IGNORECASE,
+)
+#: "How many days…", "How long…", "How far in advance…", "What percentage…": a number.
+_ASKS_QUANTITY = re.compile(
+    r"\bhow\s+(?:many|much|long|far|old|large|big|tall|high|often)\b"
+    r"|\bwhat\s+(?:percentage|percent|share|portion|fraction|proportion|number|amount)\b",
+    re.IGNORECASE,
+)
+_NO_CHARGE = re.compile(r"\b(?:free|no\s+(?:fee|charge|cost)s?|(?:without|at\s+no)\s+(?:charge|cost)|not\s+charged)\b", re.I)
+#: Quantities written without digits ("a week", "half the rate", "twice a year", "none").
+_WORDY_QUANTITY = re.compile(
+    r"\b(?:none|no|half|quarter|third|once|twice|thrice|several|few|dozen|daily|weekly|monthly|quarterly|"
+    r"yearly|annually|hourly|biweekly|all|every|unlimited|same\s+day|next\s+day|immediately)\b"
+    r"|\ban?\s+(?:minute|hour|day|week|month|year|mile|kilometer|page|percent)\b",
+    re.IGNORECASE,
+)
+
+
+def asked_kind(question: str) -> AskedKind | None:
+    """The kind of fact a question asks for, when its wording says so plainly: "money" for a
+    fee, cost or price; "quantity" for how many, how long, how far, what share; None otherwise
+    (a yes/no, who, what, why or when question: anything could answer it)."""
+    if _ASKS_MONEY.search(question):
+        return "money"
+    if _ASKS_QUANTITY.search(question):
+        return "quantity"
+    return None
+
+
+def states_kind(text: str, kind: AskedKind) -> bool:
+    """True when ``text`` states a fact of that kind: for money an amount ("$35", "35 dollars")
+    or that there is none ("free", "no fee"); for a quantity any number, percentage, amount or
+    date, or a quantity in words ("a week", "twice a year", "none")."""
+    facts = extract_facts(text, weak_numbers=True)
+    if kind == "money":  # "80% of the premium" and "65.5 cents a mile" answer how much is paid too
+        return (any(f.kind in ("money", "percent") or f.unit in ("cent", "penny", "pennie") for f in facts)
+                or bool(_NO_CHARGE.search(text)))
+    return any(f.kind in ("money", "percent", "number", "date") for f in facts) or bool(_WORDY_QUANTITY.search(text))

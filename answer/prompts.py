@@ -203,26 +203,6 @@ def _sources_head(answer_messages: Sequence[Message]) -> tuple[Message, str]:
     return system, head
 
 
-def build_locate_messages(answer_messages: Sequence[Message], question: str, n: int) -> list[Message]:
-    """'Does source [n] state the answer to the question?' over the answer prompt's own sources
-    block (its KV cache is reused: a check reads the question again, not the sources)."""
-    system, head = _sources_head(answer_messages)
-    q = neutralise(" ".join(question.split()))
-    return [
-        system,
-        Message("user", f"{head}\n\n{QUESTION_PREFIX}Does source [{n}] state the answer to the question "
-                        f"\"{q}\"? Reply with one word: yes or no."),
-    ]
-
-
-def build_rescue_messages(question: str, hits: Sequence[Hit], n: int) -> list[Message]:
-    """The answer prompt again, after a draft that abstained although source [n] was judged to
-    state the answer: the same sources (same prefix, same KV cache), pointed at [n]."""
-    extra = (f"Source [{n}] states the answer to the question below. Answer with what source [{n}] says, "
-             f"in one or two sentences, and cite it like [{n}].")
-    return [Message("system", SYSTEM_PROMPT), Message("user", _user_message(question, hits, extra))]
-
-
 def build_relevance_messages(question: str, passage: str) -> list[Message]:
     """'Does the passage help answer the question?' for the SLM relevance filter."""
     return [

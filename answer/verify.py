@@ -6,12 +6,19 @@ Each sentence of a draft answer goes through three checks, cheapest first:
    those listed in [5]") says nothing the question did not: it is *vacuous*.
 2. **Facts**: every specific fact of the sentence (money, percentages, dates, numbers, names,
    identifiers, quoted strings: :mod:`answer.facts`) must occur, after normalisation, in a
-   source the sentence cites (a fact restated from the question only in some source). An uncited sentence may use any source; the one that holds its
-   facts becomes its citation.
+   source the sentence cites (a fact restated from the question only in some source). An
+   uncited sentence may use any source; the one that holds its facts becomes its citation, and
+   so does it for a sentence whose marker names a source without them (a wrong marker is not a
+   wrong fact).
 3. **Entailment**: what remains is put to the answer model as a yes/no question, as a
    continuation of the answer conversation itself (sources, question, the model's answer,
    then "does source [n] state this claim?"). llama.cpp reuses the KV cache of the common
    prefix, so a check costs the answer's and the claim's tokens, not a re-read of the sources.
+
+Then the answer as a whole: a question that asks for a fee or a number ("What fee is
+charged…", "How many days…") is not answered by sentences that state none (the 1.5B model
+answered a fee question with "30-60 minutes after booking", every word of it in a source);
+they fail as vacuous.
 
 Hard gates, not a blend: a sentence that fails any check is removed. What is left is the
 answer; nothing left means the caller abstains (or regenerates once, for a vacuous draft).
@@ -20,11 +27,11 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Sequence
 
 from answer.citations import AnswerSentence, extract_citations, strip_markers
-from answer.facts import Fact, SourceFacts, extract_facts
+from answer.facts import Fact, SourceFacts, asked_kind, extract_facts, states_kind
 from answer.prompts import build_check_messages, build_support_messages, is_abstention
 from core.protocols import Generator
 from core.text import content_words, overlap
@@ -62,6 +69,9 @@ class SentenceCheck:
     #: or the mode is not "slm").
     support: float | None = None
     reason: str = ""
+    #: True when the sentence's own marker named a source without its facts and ``sources``
+    #: is the one found to hold them (the shown answer carries the corrected marker).
+    recited: bool = False
 
     @property
     def passed(self) -> bool:
@@ -141,12 +151,13 @@ class Verifier:
         checks: list[SentenceCheck] = []
         for s in result.sentences:
             checks.append(self._facts(s, prepared, hits, question, asked))
+        checks = _answers_the_kind_asked(checks, question)
         t_facts = time.perf_counter() - t0
         if self.mode == "slm":
             checks = [self._entailment(c, hits, result.text, messages) if c.passed else c for c in checks]
         passed = [c for c in checks if c.passed]
-        text = " ".join(c.sentence.text if c.sentence.cited else _with_marker(c.sentence.text, c.sources[0])
-                        for c in passed)
+        text = " ".join(c.sentence.text if c.sentence.cited and not c.recited
+                        else _with_marker(c.sentence.claim, c.sources[0]) for c in passed)
         if passed:
             status = "ok" if len(passed) == len(checks) else "partial"
         elif all(c.vacuous for c in checks):
@@ -154,6 +165,8 @@ class Verifier:
         else:
             status = "none"
         for c in checks:
+            if c.recited and c.passed:
+                log.info("verify moved citation from=%s to=%s", ",".join(map(str, c.sentence.cited)), c.sources[0])
             if not c.passed:
                 log.info("verify removed sentence reason=%s support=%s sources=%s", c.reason,
                          "-" if c.support is None else f"{c.support:.2f}", ",".join(map(str, c.sources)))
@@ -176,10 +189,16 @@ class Verifier:
         if s.cited:
             cited = [prepared[n - 1] for n in s.cited]
             missing = tuple(f for f in facts if not any(p.has(f) for p in cited))
-            if missing:
-                return SentenceCheck(s, s.cited, missing=missing,
-                                     reason="not in the cited source: " + ", ".join(f.text for f in missing))
-            return SentenceCheck(s, s.cited)
+            if not missing:
+                return SentenceCheck(s, s.cited)
+            # a wrong marker is not a wrong fact: the small model often cites [2] for what [1]
+            # says. Another source that holds every fact (and shares words with the sentence)
+            # becomes its citation, and the entailment check reads that source.
+            other = self._holder(s, facts, prepared, hits, exclude=s.cited)
+            if other is not None:
+                return SentenceCheck(s, (other,), recited=True)
+            return SentenceCheck(s, s.cited, missing=missing,
+                                 reason="not in the cited source: " + ", ".join(f.text for f in missing))
         # uncited: the source that holds all its facts and shares the most words becomes its citation
         holders = [i for i, p in enumerate(prepared) if all(p.has(f) for f in facts)]
         if not holders:
@@ -190,6 +209,22 @@ class Verifier:
         if overlap(s.claim, hits[best].prompt_text) <= 0:
             return SentenceCheck(s, (), reason="uncited, and no source is about it")
         return SentenceCheck(s, (best + 1,))
+
+    @staticmethod
+    def _holder(s: AnswerSentence, facts: Sequence[Fact], prepared: list[SourceFacts], hits: Sequence[Hit],
+                exclude: Sequence[int] = ()) -> int | None:
+        """The source number (from 1) outside ``exclude`` that holds every fact of ``s`` and
+        shares the most words with it; None when there is none, or the sentence has no fact to
+        place it by."""
+        if not facts:
+            return None
+        words = {w for w in content_words(s.claim) if w.isalpha()}  # about the same thing, not just the number
+        holders = [i for i, p in enumerate(prepared)
+                   if i + 1 not in exclude and all(p.has(f) for f in facts)
+                   and words & content_words(hits[i].prompt_text)]
+        if not holders:
+            return None
+        return max(holders, key=lambda i: overlap(s.claim, hits[i].prompt_text)) + 1
 
     def _entailment(self, c: SentenceCheck, hits: Sequence[Hit], answer_text: str,
                     messages: Sequence[Message]) -> SentenceCheck:
@@ -202,9 +237,22 @@ class Verifier:
             check = build_support_messages(claim, evidence)
         p = float(self.generator.yes_probability(check))
         if p < self.support_min:
-            return SentenceCheck(c.sentence, c.sources, support=p,
-                                 reason=f"the model does not find it in source {', '.join(map(str, c.sources))}")
-        return SentenceCheck(c.sentence, c.sources, support=p)
+            return replace(c, support=p, reason=f"the model does not find it in source {', '.join(map(str, c.sources))}")
+        return replace(c, support=p)
+
+
+def _answers_the_kind_asked(checks: list[SentenceCheck], question: str) -> list[SentenceCheck]:
+    """A question that asks for a fee or a number ("What fee is charged…", "How many days…")
+    is not answered by sentences that state none ("The fee … is 30-60 minutes after booking"
+    states a time): when no sentence still standing states that kind of fact, they all fail as
+    vacuous (the answer is regenerated once, then abstains)."""
+    kind = asked_kind(question)
+    standing = [c for c in checks if c.passed]
+    if kind is None or not standing or any(states_kind(c.sentence.claim, kind) for c in standing):
+        return checks
+    what = "an amount of money" if kind == "money" else "a number"
+    return [replace(c, vacuous=True, reason=f"the question asks for {what}; the answer states none") if c.passed else c
+            for c in checks]
 
 
 def unsupported_claims(v: Verification) -> list[str]:

@@ -6,7 +6,9 @@ import datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from answer.facts import SourceFacts, extract_facts, missing_facts, same_fact, words_to_number
+import pytest
+
+from answer.facts import SourceFacts, asked_kind, extract_facts, missing_facts, same_fact, states_kind, words_to_number
 
 amounts = st.integers(min_value=1, max_value=9_999_999)
 
@@ -75,3 +77,35 @@ def test_sentence_starts_and_filler_are_not_names():
 def test_quoted_strings_must_occur():
     assert missing_facts('Name the file "Final Report".', ["Save it as Draft Report."])
     assert not missing_facts('Name the file "final report".', ["Save it as Final Report."])
+
+
+@pytest.mark.parametrize("question, kind", [
+    ("What fee is charged for using AdTrav when changing a ticketed flight?", "money"),
+    ("How much does a parking permit cost?", "money"),
+    ("What is the deductible of the Gold plan?", "money"),
+    ("How much will I be reimbursed for mileage?", "money"),
+    ("What is the cost center for travel?", None),
+    ("How much unpaid leave does FMLA give me in a 12-month period?", "quantity"),
+    ("What share of the M&IE rate do I get on the first and last days of a trip?", "quantity"),
+    ("Within how many days of starting work must I enroll?", "quantity"),
+    ("How far in advance must foreign travel be requested?", "quantity"),
+    ("Who approves travel?", None),
+    ("When were the supplies delivered?", None),
+    ("Which CL command changes function usage?", None),
+])
+def test_the_kind_a_question_asks_for(question, kind):
+    assert asked_kind(question) == kind
+
+
+@given(st.integers(min_value=1, max_value=10**6))
+def test_any_amount_states_money_and_a_quantity(n):
+    for text in (f"The fee is ${n:,}.", f"It costs {n} dollars.", f"You pay {n}% of it."):
+        assert states_kind(text, "money") and states_kind(text, "quantity")
+    assert states_kind(f"It takes {n} days.", "quantity") and not states_kind(f"It takes {n} days.", "money")
+
+
+def test_answers_without_the_kind_asked():
+    assert not states_kind("The fee is 30-60 minutes after booking the flight.", "money")
+    assert states_kind("There is no fee for changes.", "money")
+    assert states_kind("Up to twelve weeks.", "quantity") and states_kind("About a week.", "quantity")
+    assert not states_kind("Members are converted after a period of inactivity.", "quantity")

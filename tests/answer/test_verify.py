@@ -88,3 +88,44 @@ def test_a_fact_restated_from_the_question_is_not_a_claim_of_the_answer():
     assert v.status == "ok"
     v = Verifier(None, mode="facts").verify("For a 5-day week, you bill 36 hours to project work [1].", hits, question=q)
     assert v.status == "none" and [f.text for f in v.checks[0].missing] == ["36"]
+
+
+def test_a_wrong_marker_moves_to_the_source_that_holds_the_facts():
+    """The 1.5B model cites [2] for what [1] says (hb-24 of the dev set: "After 90 days ... [2]"
+    with the 90 days in [1]): the sentence is kept, with the marker of the source that holds it,
+    and the entailment check reads that source."""
+    q = "What is the Silver plan deductible?"
+    v = facts_only("The Silver plan deductible is $1,500 per person [3].", q)
+    assert v.status == "ok" and v.text == "The Silver plan deductible is $1,500 per person [1]."
+    assert v.checks[0].recited and v.checks[0].sources == (1,)
+    gen = FakeGenerator(yes=[0.9])
+    v = Verifier(gen, mode="slm").verify("The Silver plan deductible is $1,500 per person [3].", HITS,
+                                         question=q, messages=build_messages(q, HITS))
+    assert v.text.endswith("[1].") and "[1]" in gen.yes_calls[0][1].content.split("Claim:")[0].split("Question: ")[-1]
+    # an invented fact no source holds is still removed, whichever source it cites
+    assert facts_only("The Silver plan deductible is $1,800 per person [3].", q).status == "none"
+    # a source must share words with the sentence to take its citation
+    hits = [hit(1, "Room 1,500 is on the fifth floor."), hit(2, "Parking is free.")]
+    v = Verifier(None, mode="facts").verify("The deductible is $1,500 [2].", hits, question=q)
+    assert v.status == "none"
+
+
+def test_an_answer_that_states_no_fee_to_a_fee_question_is_vacuous():
+    """hb-35 of the dev set: "What fee is charged for using AdTrav when changing a ticketed
+    flight?" answered "The fee ... is 30-60 minutes after booking the flight" (every word in a
+    source, the entailment check let it through): no amount, no answer."""
+    hits = [hit(1, "Change the flight in AdTrav 30-60 minutes after booking; a $35 fee applies.", "Travel")]
+    q = "What fee is charged for using AdTrav when changing a ticketed flight?"
+    v = Verifier(None, mode="facts").verify("The fee charged is 30-60 minutes after booking [1].", hits, question=q)
+    assert v.status == "vacuous" and "amount of money" in v.checks[0].reason
+    assert Verifier(None, mode="facts").verify("A $35 fee applies [1].", hits, question=q).status == "ok"
+    # a number question needs a number: the sentence about inactivity without the 90 days fails
+    hits = [hit(1, "Mural members inactive for more than 90 days are converted to guests.", "Mural")]
+    q = "After how many days of inactivity are Mural members converted to guests?"
+    v = Verifier(None, mode="facts").verify("Inactive Mural members are converted to guests [1].", hits, question=q)
+    assert v.status == "vacuous"
+    assert Verifier(None, mode="facts").verify("After 90 days [1].", hits, question=q).status == "ok"
+    # other questions are not held to a kind
+    v = Verifier(None, mode="facts").verify("Inactive Mural members become guests [1].", hits,
+                                            question="What happens to inactive Mural members?")
+    assert v.status == "ok"
