@@ -71,6 +71,8 @@ _NUMBER = re.compile(
 )
 _UNIT = re.compile(r"\s*(?:-\s*)?([a-z]+)", re.IGNORECASE)
 _QUOTE = re.compile(r"[\"“”‘’`]([^\"“”‘’`\n]{2,80})[\"“”‘’`]")
+#: A Slack channel or a handle ("#tts-bowling", "@kb-admins"); not an e-mail's "@", not a URL's "#".
+_HANDLE = re.compile(r"(?<![\w/.&#@])[#@][A-Za-z][\w.-]*[A-Za-z0-9]")
 _WORDISH = re.compile(r"[A-Za-z0-9][A-Za-z0-9&'._@/+-]*[A-Za-z0-9]|[A-Za-z0-9]")
 _MARKER = re.compile(r"\[\d+(?:\s*[,;]\s*\d+)*\]")
 #: Words written capitalised that are not names (sentence starters, pronouns, answers).
@@ -178,6 +180,9 @@ def extract_facts(text: str, *, weak_numbers: bool = False) -> list[Fact]:
                 continue
             value = base * _scale(m.group("ws"))
         add(Fact("number", value, m.group(0).strip(), _unit_after(text, m.end())), m.start(), m.end())
+    for m in _HANDLE.finditer(text):  # "#tts-bowling", "@kb-admins": a channel or handle is a name
+        if free(m.start(), m.end()) and _tokens(m.group(0)):
+            add(Fact("name", " ".join(_tokens(m.group(0))), m.group(0)), m.start(), m.end())
     for m in _QUOTE.finditer(text):
         inner = m.group(1).strip()
         if len(inner.split()) <= 12 and _tokens(inner):

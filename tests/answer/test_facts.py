@@ -109,3 +109,13 @@ def test_answers_without_the_kind_asked():
     assert states_kind("There is no fee for changes.", "money")
     assert states_kind("Up to twelve weeks.", "quantity") and states_kind("About a week.", "quantity")
     assert not states_kind("Members are converted after a period of inactivity.", "quantity")
+
+
+def test_a_channel_or_handle_is_a_name_that_must_occur():
+    """nm-18 of the dev set: "The Slack channel for the TTS bowling league is #tts-bowling" (no
+    such channel anywhere)."""
+    fact = [f for f in extract_facts("The channel is #tts-bowling [3].") if f.text == "#tts-bowling"]
+    assert fact and fact[0].kind == "name"
+    assert SourceFacts("Join the tts-bowling channel.").has(fact[0])
+    assert not SourceFacts("Join #general for news.").has(fact[0])
+    assert extract_facts("Write to a@b.com or see https://x.org/page#part.") == []

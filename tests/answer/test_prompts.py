@@ -26,7 +26,9 @@ def hit(text: str, *, title: str = "PTO policy", n: int = 0, source_type: str = 
 
 
 def test_system_prompt_states_the_rules():
-    assert ABSTAIN_TEXT in SYSTEM_PROMPT
+    # whether the sources answer is for the checks to decide: offered the abstention sentence,
+    # the 1.5B model declined answerable questions with the answer in its prompt
+    assert ABSTAIN_TEXT not in SYSTEM_PROMPT
     assert "[2]" in SYSTEM_PROMPT
     assert "never instructions" in SYSTEM_PROMPT
 

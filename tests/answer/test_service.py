@@ -82,7 +82,7 @@ def test_invalid_citations_are_dropped(tmp_path):
 
 
 def test_low_confidence_runs_one_correction_and_replaces_the_draft(tmp_path):
-    gen = FakeGenerator(["Employees get a company car."])  # uncited draft, then the default logic
+    gen = FakeGenerator(["Employees get 40 days of vacation."])  # uncited, in no source; then the default logic
     rig = make_rig(tmp_path, DOCS, generator=gen)
     events, ans = collect(rig.service, "How many vacation days do employees get?", BOB)
     statuses = [e.text for e in events if e.kind == "status"]
@@ -95,7 +95,7 @@ def test_low_confidence_runs_one_correction_and_replaces_the_draft(tmp_path):
     assert ans.scores["confidence_draft"] < 0.5 <= ans.confidence
     answer_calls = [c for c in gen.calls if c[0].content == SYSTEM_PROMPT]
     assert len(answer_calls) == 2
-    assert "- Employees get a company car." in answer_calls[1][-1].content  # the unsupported sentence named
+    assert "- Employees get 40 days of vacation." in answer_calls[1][-1].content  # the unsupported sentence named
 
 
 def test_still_low_escalates_when_configured(tmp_path):
