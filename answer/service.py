@@ -4,8 +4,9 @@ Flow (DESIGN.md "Flow of one question"): condense the follow-up with the chat hi
 retrieve (ACL-filtered inside the retriever, re-checked here against the document ACL) ->
 premise check (a name, number or identifier of the question that no readable source contains:
 say so, generate nothing) -> rerank and trim (context filter) -> numbered sources in the prompt
--> stream the draft -> verify every sentence against its source (:mod:`answer.verify`: facts,
-then the model's own yes/no check on its KV cache) -> hard gates: failed sentences removed ->
+-> stream the draft, pausing after each sentence to verify it against its source
+(:mod:`answer.verify`: facts, then the model's own yes/no check on its KV cache) and stream
+what passed -> the whole answer verified -> hard gates: failed sentences removed ->
 confidence of what is left -> below ``answer.confidence_threshold`` (nothing left is 0): one
 targeted correction (the removed sentences named, a vacuous draft asked for the facts, or a
 rewritten query) -> still low: the escalation model if configured, else the abstention
@@ -16,8 +17,12 @@ How a UI consumes :meth:`KnowledgeAnswerService.stream`:
 
 - ``AnswerEvent("status", text)``: show as a transient note ("Searching the knowledge base…").
 - ``AnswerEvent("discard")``: the tokens streamed so far were a draft that is being replaced
-  (a correction or an escalation follows): clear it; the tokens that follow are the new draft.
-- ``AnswerEvent("token", text)``: append to the visible answer.
+  (a correction or an escalation follows): clear it and its verified text; the tokens that
+  follow are the new draft.
+- ``AnswerEvent("token", text)``: the draft as written, unchecked (a terminal may show it
+  dimmed, as being checked; the chat page does not show it).
+- ``AnswerEvent("verified", text)``: the sentences checked so far that passed (the whole text
+  each time): show it as the answer being written.
 - ``AnswerEvent("answer", answer=Answer)``: always last. ``answer.text`` is authoritative:
   replace whatever was streamed with it (an abstention or an answer with invalid citation
   markers removed differs from the raw tokens), then show citations, confidence and route.
@@ -25,12 +30,13 @@ How a UI consumes :meth:`KnowledgeAnswerService.stream`:
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
-from answer.citations import CitationResult, extract_citations, source_citations
+from answer.citations import CitationResult, answer_sentences, extract_citations, source_citations
 from answer.condense import condense_question, rewrite_query
 from answer.confidence import ConfidenceModel, answer_features, sentence_support
 from answer.context_filter import ContextFilter
@@ -55,6 +61,16 @@ ERROR_TEXT = "The answer model failed; please try again later."
 CANDIDATE_FACTOR = 3
 
 AclLookup = Callable[[str], frozenset[str]]
+
+
+def _complete_sentences(text: str, n_sources: int) -> list:
+    """The sentences of a reply still being written that are complete: all but the last, once
+    the last has begun with a word (markers after a full stop still belong to the sentence
+    before: "… weeks. [1]" is complete only when the next sentence starts)."""
+    sentences = answer_sentences(text, n_sources)
+    if len(sentences) < 2 or not re.match(r"\s*[^\s\[]", sentences[-1].text) or not re.search(r"\w", sentences[-1].text):
+        return []
+    return sentences[:-1]
 
 
 def _verify_mode(grounding_check: str) -> str:
@@ -277,39 +293,86 @@ class KnowledgeAnswerService:
 
     def _attempt(self, generator, question: str, messages: list[Message], hits: Sequence[Hit], run: _Run,
                  first: bool = False):
+        """Generate an answer and check it sentence by sentence while it is written.
+
+        When a sentence is complete, generation pauses, the sentence is checked (facts, then the
+        model's yes/no on its KV cache of the sources), the sentences that passed so far are
+        streamed as ``verified`` text, and generation resumes where it stopped (the reply so far
+        is prefilled; llama.cpp re-reads only the question and that reply). A backend that
+        cannot continue a reply (``continues_assistant`` False) is checked at the end instead.
+        """
         gcfg = self.settings.generator
-        params = GenParams(max_tokens=gcfg.max_tokens, temperature=gcfg.temperature, logprobs=True)
+        verifier = self._verifier(generator)
+        stepwise = verifier.mode != "off" and (verifier.mode == "facts" or getattr(generator, "continues_assistant", False))
         pieces: list[str] = []
         logprobs: list[float] = []
+        checked, shown, budget = 0, "", gcfg.max_tokens
+        conversation = list(messages)
         t = time.perf_counter()
-        try:
-            for tok in generator.stream(messages, params):
-                if not pieces and first and "first_token" not in run.timings:
-                    run.timings["first_token"] = time.perf_counter() - run.t0
-                if tok.text:
+        t_checks = 0.0
+        while budget > 0:
+            params = GenParams(max_tokens=budget, temperature=gcfg.temperature, logprobs=True)
+            complete: list = []
+            stream = generator.stream(conversation, params)
+            try:
+                for tok in stream:
+                    if not pieces and first and "first_token" not in run.timings:
+                        run.timings["first_token"] = time.perf_counter() - run.t0
+                    budget -= 1
+                    if tok.logprob is not None:
+                        logprobs.append(tok.logprob)
+                    if not tok.text:
+                        continue
                     pieces.append(tok.text)
                     yield AnswerEvent("token", tok.text)
-                if tok.logprob is not None:
-                    logprobs.append(tok.logprob)
-        except GeneratorError:
-            raise
-        except Exception as e:  # a backend failure is an error answer, not a crash of the UI
-            raise GeneratorError(f"{getattr(generator, 'model_id', 'generator')}: {e}") from e
-        run.add("generate", time.perf_counter() - t)
+                    if stepwise:
+                        complete = _complete_sentences("".join(pieces), len(hits))
+                        if len(complete) > checked:
+                            break  # a sentence is complete: check it before writing on
+                else:
+                    complete = []
+            except GeneratorError:
+                raise
+            except Exception as e:  # a backend failure is an error answer, not a crash of the UI
+                raise GeneratorError(f"{getattr(generator, 'model_id', 'generator')}: {e}") from e
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+            if not complete:
+                break  # the reply ended (or the budget did)
+            t0 = time.perf_counter()
+            for sentence in complete[checked:]:
+                verifier.check_sentence(sentence, hits, question=question,
+                                        messages=messages if verifier.generator is generator else ())
+            checked = len(complete)
+            now = verifier.shown_so_far(complete, question)
+            t_checks += time.perf_counter() - t0
+            if now != shown:
+                shown = now
+                yield AnswerEvent("verified", now)
+            conversation = list(messages) + [Message("assistant", "".join(pieces))]
+        run.add("generate", time.perf_counter() - t - t_checks)
+        run.add("verify", t_checks)
         text = "".join(pieces).strip()
         return self._score(text, tuple(hits), logprobs, getattr(generator, "model_id", ""), run, question,
-                           messages, generator)
+                           messages, generator, verifier)
+
+    def _verifier(self, generator) -> Verifier:
+        """The checker of ``generator``'s answers: the model that wrote the answer checks it (its
+        KV cache holds the prompt); an escalation model is checked by the local one."""
+        judge = generator if generator is self.generator else self.generator
+        return Verifier(judge, mode=_verify_mode(self.settings.answer.grounding_check))
 
     def _score(self, text: str, hits: tuple[Hit, ...], logprobs: list[float], model_id: str, run: _Run,
-               question: str, messages: Sequence[Message] = (), generator=None) -> _Attempt:
+               question: str, messages: Sequence[Message] = (), generator=None,
+               verifier: Verifier | None = None) -> _Attempt:
         """Verify the draft, keep what passed, and score the confidence of what is left."""
         t = time.perf_counter()
         mode = self.settings.answer.grounding_check
-        # the model that wrote the answer checks it (its KV cache holds the prompt); the
-        # escalation model is checked by the local one, on the sources alone
-        judge = generator if generator is self.generator else self.generator
-        verifier = Verifier(judge, mode=_verify_mode(mode))
-        v = verifier.verify(text, hits, question=question, messages=messages if judge is generator else ())
+        verifier = verifier or self._verifier(generator)
+        # the escalation model's answer is checked on the sources alone, not on its prompt
+        v = verifier.verify(text, hits, question=question, messages=messages if verifier.generator is generator else ())
         run.add("verify", time.perf_counter() - t)
         t = time.perf_counter()
         kept = v.text if v.status not in ("abstained", "empty") else text

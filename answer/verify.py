@@ -127,6 +127,37 @@ class Verifier:
         self.generator = generator
         self.mode = mode
         self.support_min = support_min
+        #: Sentences already checked (by their text with markers), so a sentence checked while
+        #: the answer streamed is not checked again when the whole answer is verified.
+        self._done: dict[str, SentenceCheck] = {}
+        self._prepared: tuple[tuple[str, ...], list[SourceFacts]] | None = None
+
+    def _sources(self, hits: Sequence[Hit]) -> list[SourceFacts]:
+        key = tuple(h.chunk.id for h in hits)
+        if self._prepared is None or self._prepared[0] != key:
+            self._prepared = (key, [SourceFacts(h.prompt_text + "\n" + h.doc_title) for h in hits])
+        return self._prepared[1]
+
+    def check_sentence(self, s: AnswerSentence, hits: Sequence[Hit], *, question: str,
+                       messages: Sequence[Message] = ()) -> SentenceCheck:
+        """Facts, then (mode "slm") entailment, for one sentence of an answer that is still being
+        written; remembered, so :meth:`verify` of the whole answer does not repeat it."""
+        if s.text not in self._done:
+            c = self._facts(s, self._sources(hits), hits, question, SourceFacts(question))
+            if self.mode == "slm" and c.passed:
+                c = self._entailment(c, hits, messages)
+            self._done[s.text] = c
+        return self._done[s.text]
+
+    def shown_so_far(self, sentences: Sequence[AnswerSentence], question: str) -> str:
+        """The checked ``sentences`` that passed, as they may be shown while the answer is still
+        being written: nothing until one of them states the kind of fact the question asks for
+        (a fee, a number), since the whole answer fails without one."""
+        passed = [self._done[s.text] for s in sentences if s.text in self._done and self._done[s.text].passed]
+        kind = asked_kind(question)
+        if kind is not None and not any(states_kind(c.sentence.claim, kind) for c in passed):
+            return ""
+        return _joined(passed)
 
     def verify(self, answer_text: str, hits: Sequence[Hit], *, question: str,
                messages: Sequence[Message] = ()) -> Verification:
@@ -146,18 +177,18 @@ class Verifier:
         if self.mode == "off":
             checks = tuple(SentenceCheck(s, s.cited) for s in result.sentences)
             return Verification(checks, result.text, "ok")
-        prepared = [SourceFacts(h.prompt_text + "\n" + h.doc_title) for h in hits]
+        prepared = self._sources(hits)
         asked = SourceFacts(question)
         checks: list[SentenceCheck] = []
         for s in result.sentences:
-            checks.append(self._facts(s, prepared, hits, question, asked))
+            checks.append(self._done.get(s.text) or self._facts(s, prepared, hits, question, asked))
         checks = _answers_the_kind_asked(checks, question)
         t_facts = time.perf_counter() - t0
         if self.mode == "slm":
-            checks = [self._entailment(c, hits, result.text, messages) if c.passed else c for c in checks]
+            checks = [self._entailment(c, hits, messages) if c.passed and c.sentence.text not in self._done else c
+                      for c in checks]
         passed = [c for c in checks if c.passed]
-        text = " ".join(c.sentence.text if c.sentence.cited and not c.recited
-                        else _with_marker(c.sentence.claim, c.sources[0]) for c in passed)
+        text = _joined(passed)
         if passed:
             status = "ok" if len(passed) == len(checks) else "partial"
         elif all(c.vacuous for c in checks):
@@ -226,8 +257,7 @@ class Verifier:
             return None
         return max(holders, key=lambda i: overlap(s.claim, hits[i].prompt_text)) + 1
 
-    def _entailment(self, c: SentenceCheck, hits: Sequence[Hit], answer_text: str,
-                    messages: Sequence[Message]) -> SentenceCheck:
+    def _entailment(self, c: SentenceCheck, hits: Sequence[Hit], messages: Sequence[Message]) -> SentenceCheck:
         assert self.generator is not None
         claim = c.sentence.claim
         if messages:
@@ -239,6 +269,12 @@ class Verifier:
         if p < self.support_min:
             return replace(c, support=p, reason=f"the model does not find it in source {', '.join(map(str, c.sources))}")
         return replace(c, support=p)
+
+
+def _joined(passed: Sequence[SentenceCheck]) -> str:
+    """The answer made of the sentences that passed, each with the marker of its source."""
+    return " ".join(c.sentence.text if c.sentence.cited and not c.recited
+                    else _with_marker(c.sentence.claim, c.sources[0]) for c in passed)
 
 
 def _answers_the_kind_asked(checks: list[SentenceCheck], question: str) -> list[SentenceCheck]:

@@ -307,9 +307,12 @@ class Answer:
 class AnswerEvent:
     """What the answer service streams to a UI: status notes, tokens, then the final answer.
 
-    ``discard``: the tokens streamed so far were a draft that is being replaced (a correction
-    or an escalation follows); clear them. ``answer`` is always last and authoritative."""
+    ``token``: the draft as the model writes it, unchecked. ``verified``: the part of the
+    draft checked so far that passed (the whole of it each time, not a delta): what a page
+    shows while the answer is written. ``discard``: the tokens streamed so far were a draft
+    that is being replaced (a correction or an escalation follows); clear them and any
+    verified text. ``answer`` is always last and authoritative."""
 
-    kind: Literal["status", "token", "discard", "answer"]
+    kind: Literal["status", "token", "verified", "discard", "answer"]
     text: str = ""
     answer: Answer | None = None

@@ -26,6 +26,11 @@ class GeneratorBase:
     """Shared conveniences; subclasses implement ``stream``, ``yes_probability``, ``count_tokens``."""
 
     model_id: str = ""
+    #: True when ``stream`` continues a conversation that ends with an assistant message: the
+    #: reply extends that message's text instead of starting a new turn (the answer service
+    #: pauses after a sentence to check it, then resumes). Backends that cannot prefill a
+    #: reply (an OpenAI-compatible server) leave it False: their answers are checked at the end.
+    continues_assistant: bool = False
 
     def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[Token]:  # pragma: no cover
         raise NotImplementedError
@@ -47,6 +52,14 @@ class GeneratorBase:
         return f"{type(self).__name__}(model_id={self.model_id!r})"
 
 
+def split_continuation(messages: Sequence[Message]) -> tuple[Sequence[Message], str]:
+    """(the conversation to open a new assistant turn for, the text that turn starts with):
+    a trailing assistant message is a reply to continue; otherwise there is none ("")."""
+    if messages and messages[-1].role == "assistant":
+        return messages[:-1], messages[-1].content
+    return messages, ""
+
+
 def to_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
     """Chat messages in the OpenAI / HF chat-template shape."""
     return [{"role": m.role, "content": m.content} for m in messages]
@@ -59,15 +72,20 @@ def merge_finish(tokens: Iterable[Token]) -> Iterator[Token]:
     nothing visible and keeps the contract "finish_reason is set on the last token".
     """
     held: Token | None = None
-    for tok in tokens:
+    try:
+        for tok in tokens:
+            if held is not None:
+                if tok.finish_reason and not tok.text:
+                    yield replace(held, finish_reason=tok.finish_reason, logprob=_add(held.logprob, tok.logprob))
+                    return
+                yield held
+            held = tok
         if held is not None:
-            if tok.finish_reason and not tok.text:
-                yield replace(held, finish_reason=tok.finish_reason, logprob=_add(held.logprob, tok.logprob))
-                return
             yield held
-        held = tok
-    if held is not None:
-        yield held
+    finally:  # a caller that stops early (the answer service pauses to check a sentence) frees the model now
+        close = getattr(tokens, "close", None)
+        if close is not None:
+            close()
 
 
 def _add(a: float | None, b: float | None) -> float | None:

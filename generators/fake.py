@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Sequence
 
 from core.text import content_words, overlap, split_sentences, words
 from core.types import ABSTAIN_TEXT, GenParams, Message, Token
-from generators.base import GeneratorBase
+from generators.base import GeneratorBase, split_continuation
 
 _SOURCE = re.compile(r'<source id="(\d+)"[^>]*>\n(.*?)\n</source>', re.DOTALL)
 _BARE_SOURCE = re.compile(r"<source>\n(.*?)\n</source>", re.DOTALL)
@@ -24,7 +24,10 @@ _UNSUPPORTED = re.compile(r"which the sources do not support:\n((?:- .*\n)+)")
 
 
 class FakeGenerator(GeneratorBase):
-    """No-arg constructible, deterministic. ``calls`` records every ``stream`` call's messages."""
+    """No-arg constructible, deterministic. ``calls`` records every ``stream`` call's messages.
+    A conversation that ends with the start of its own last reply continues that reply."""
+
+    continues_assistant = True
 
     def __init__(self, replies: Iterable[str] = (), *, model_id: str = "fake", yes: Iterable[float] = ()):
         self.model_id = model_id
@@ -32,11 +35,17 @@ class FakeGenerator(GeneratorBase):
         self.yes: deque[float] = deque(yes)  # consumed by yes_probability, then word overlap
         self.calls: list[list[Message]] = []
         self.yes_calls: list[list[Message]] = []
+        self._last: tuple[str, float] | None = None  # the last reply, for a continuation of it
 
     # --- the Generator protocol --------------------------------------------------------
     def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[Token]:
         self.calls.append(list(messages))
-        text, confidence = self._reply(messages, params.task)
+        convo, start = split_continuation(messages)
+        if start and self._last and self._last[0].startswith(start):  # continuing its own reply
+            text, confidence = self._last[0][len(start):], self._last[1]
+        else:
+            text, confidence = self._reply(convo, params.task)
+            self._last = (start + text, confidence)
         for stop in params.stop:  # like a real backend: end before the stop string
             if stop and stop in text:
                 text = text[: text.index(stop)]

@@ -19,6 +19,7 @@ from generators.base import (
     StopFilter,
     merge_finish,
     single_token_ids,
+    split_continuation,
     to_dicts,
     yes_share_from_logprobs,
 )
@@ -34,6 +35,8 @@ _TOKEN_TIMEOUT_S = 600.0
 
 class HFGenerator(GeneratorBase):
     """``source``: an HF model folder, or a :class:`ModelRef` (a GGUF is converted on first load)."""
+
+    continues_assistant = True
 
     def __init__(
         self,
@@ -135,7 +138,8 @@ class HFGenerator(GeneratorBase):
 
     def _encode_chat(self, messages: Sequence[Message]):
         model, tok = self._load()
-        prompt = tok.apply_chat_template(to_dicts(messages), tokenize=False, add_generation_prompt=True)
+        messages, reply_start = split_continuation(messages)
+        prompt = tok.apply_chat_template(to_dicts(messages), tokenize=False, add_generation_prompt=True) + reply_start
         enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
         return model, tok, enc.to(model.device)
 

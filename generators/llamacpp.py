@@ -26,6 +26,7 @@ from generators.base import (
     StopFilter,
     merge_finish,
     single_token_ids,
+    split_continuation,
     to_dicts,
     yes_share_from_logprobs,
 )
@@ -68,6 +69,7 @@ def resolve_lora(path: Path | None) -> Path | None:
 
 
 class LlamaCppGenerator(GeneratorBase):
+    continues_assistant = True  # the reply so far is appended after the generation prompt
     def __init__(
         self,
         model_path: Path,
@@ -145,13 +147,17 @@ class LlamaCppGenerator(GeneratorBase):
 
     def _prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
         llm = self._load()
+        messages, reply_start = split_continuation(messages)
         resp = self._formatter(messages=to_dicts(messages))
         add_bos = not getattr(resp, "added_special", False) and llm.token_bos() >= 0
         text = resp.prompt
         bos = _piece(llm, llm.token_bos()) if llm.token_bos() >= 0 else ""
         if bos and text.startswith(bos):  # the template wrote BOS itself
             add_bos = False
-        return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        tokens = llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        if reply_start:  # the assistant turn is open (generation prompt); its text so far follows
+            tokens += llm.tokenize(reply_start.encode("utf-8"), add_bos=False, special=False)
+        return tokens
 
     def count_tokens(self, text: str) -> int:
         llm = self._load()

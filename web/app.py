@@ -252,17 +252,20 @@ class ChatController:
                                       "Please try again; the details are in the server log."))
 
     def _stream(self, question: str, session: ChatSession, user: Principal, idx: int, show):
-        status, draft = "Thinking…", ""
+        # the page shows checked text only: the sentences of the draft that passed their check
+        # ("verified"), never the raw draft, which may still hold an invented fact
+        status, verified = "Thinking…", ""
         history = list(session.history)
         for ev in self.services.answer_service.stream(question, user=user, history=history):
             if ev.kind == "status":
                 status = ev.text
-                yield show(R.render_streaming(status, draft))
+                yield show(R.render_streaming(status, verified))
             elif ev.kind == "discard":
-                draft = ""  # the draft is being replaced
-            elif ev.kind == "token":
-                draft += ev.text
-                yield show(R.render_streaming(status, draft))
+                verified = ""  # the draft is being replaced
+                yield show(R.render_streaming(status, verified))
+            elif ev.kind == "verified":
+                verified = ev.text
+                yield show(R.render_streaming(status, verified))
             elif ev.kind == "answer" and ev.answer is not None:
                 a = ev.answer
                 key = R.answer_key(a, fallback=f"m{idx}")

@@ -382,3 +382,37 @@ def test_the_subject_check_counts_only_what_the_asker_may_read(tmp_path):
     assert "tasting" not in json.dumps(ans.to_dict())
     board = Principal("dora", "dora@acme.example", ("board",))
     assert rig.service.answer("How many bottles of juice were delivered?", user=board).route != "error"
+
+
+def test_each_sentence_is_checked_while_the_answer_is_written(tmp_path):
+    """Generation pauses when a sentence is complete; the sentence is checked and, having
+    passed, streamed as verified text before the next one is written; the invented second
+    sentence never reaches the verified stream, and no sentence is checked twice."""
+    gen = FakeGenerator(["Full-time employees get 25 days of paid vacation per year [1]. "
+                         "Employees also get 12 days of paid sick leave [1]."])
+    rig = make_rig(tmp_path, DOCS, generator=gen)
+    events, ans = collect(rig.service, "How many paid vacation days do full-time employees get?", BOB)
+    kinds = [e.kind for e in events]
+    first_verified = kinds.index("verified")
+    assert events[first_verified].text == "Full-time employees get 25 days of paid vacation per year [1]."
+    later_tokens = "".join(e.text for e in events[first_verified:] if e.kind == "token")
+    assert "sick leave" in later_tokens  # the second sentence was written after the first was shown
+    assert not any("12 days" in e.text for e in events if e.kind == "verified")
+    # the reply was continued, not restarted: the second call carries the first sentence as the
+    # start of the assistant's reply
+    assert gen.calls[1][-1].role == "assistant"
+    assert gen.calls[1][-1].content.startswith("Full-time employees get 25 days")
+    assert len(gen.yes_calls) == 1  # sentence 1 once (entailment); sentence 2 failed its facts
+    assert ans.text == "Full-time employees get 25 days of paid vacation per year [1]."
+
+
+def test_a_backend_that_cannot_continue_a_reply_is_checked_at_the_end(tmp_path):
+    class NoPrefill(FakeGenerator):
+        continues_assistant = False
+
+    gen = NoPrefill(["Full-time employees get 25 days of paid vacation per year [1]. "
+                     "Unused vacation days carry over up to 5 days [1]."])
+    rig = make_rig(tmp_path, DOCS, generator=gen)
+    events, ans = collect(rig.service, "How many paid vacation days do full-time employees get?", BOB)
+    assert not any(e.kind == "verified" for e in events) and len(gen.calls) == 1
+    assert ans.route == "answered" and ans.text.count("[1]") == 2

@@ -84,8 +84,8 @@ def test_member_gets_streamed_answer_with_private_slack_card(ctl, users):
     alice = users.principal_for("alice")
     frames, session = run_turn(ctl, QUESTION, alice)
     assert any("Searching the knowledge base" in f for f in frames)  # status lines stream
-    drafts = [f for f in frames if "kb-streaming" in f and "kb-answer-text" in f]
-    assert len(drafts) >= 2  # tokens arrive one by one
+    # one sentence: shown once checked, with its sources; the unchecked draft never is
+    assert not any("kb-answer-text" in f for f in frames[:-1])
     final = frames[-1]
     assert "kb-streaming" not in final and 'class="kb-card"' in final
     assert "#proj-falcon" in final and "kb-type-slack" in final
@@ -477,3 +477,17 @@ def test_a_reindex_process_that_dies_is_reported_and_the_page_lives(kb, users, m
 
 def _die(settings, names, conn):
     os._exit(9)  # as the kernel's OOM killer would end it
+
+
+def test_the_page_streams_checked_sentences_and_never_the_raw_draft(ctl, users, kb):
+    """A two-sentence draft whose second sentence invents a fact: the first sentence appears
+    while the answer is still being written, the invented one never appears on the page."""
+    _, services = kb
+    source = services.answer_service.generator
+    source.replies.append("The Falcon public launch is on March 9, 2027, at ProMat in Chicago [1]. "
+                          "The launch party budget is $48,000 [1].")
+    frames, _ = run_turn(ctl, QUESTION, users.principal_for("alice"))
+    streaming = [f for f in frames[:-1] if "kb-answer-text" in f]
+    assert streaming and all("March 9, 2027" in f for f in streaming)
+    assert not any("48,000" in f for f in frames)
+    assert "kb-streaming" not in frames[-1]
