@@ -93,6 +93,11 @@ SUBJECT_CHECK_MIN_CHUNKS = 300
 _WORD = re.compile(r"[a-z][a-z0-9'-]+")
 
 
+def _words(text: str) -> list[str]:
+    """Lower-case words, a possessive's "'s" dropped ("memo's" is "memo")."""
+    return [re.sub(r"'s?$", "", w) for w in _WORD.findall(text.lower().replace("\u2019", "'"))]
+
+
 def _stem(word: str) -> str:
     for suffix in ("ing", "ed", "es", "s", "ly"):
         if word.endswith(suffix) and len(word) - len(suffix) >= 4:
@@ -113,10 +118,10 @@ def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_ch
     if not cited or total_chunks < SUBJECT_CHECK_MIN_CHUNKS:
         return []
     limit = max(SPECIFIC_MIN, int(SPECIFIC_SHARE * max(total_chunks, 0)))
-    text = " ".join(f"{h.doc_title} {h.prompt_text}" for h in cited).lower()
-    have = {_stem(w) for w in _WORD.findall(text)}
+    text = " ".join(f"{h.doc_title} {h.prompt_text}" for h in cited)
+    have = {_stem(w) for w in _words(text)}
     out: list[str] = []
-    for word in dict.fromkeys(_WORD.findall(question.lower())):
+    for word in dict.fromkeys(_words(question)):
         if word in FILLER_WORDS or len(word) < 4:
             continue
         st = _stem(word)

@@ -350,6 +350,8 @@ class KnowledgeAnswerService:
             t_checks += time.perf_counter() - t0
             if now != shown:
                 shown = now
+                if first and "first_verified" not in run.timings:
+                    run.timings["first_verified"] = time.perf_counter() - run.t0
                 yield AnswerEvent("verified", now)
             conversation = list(messages) + [Message("assistant", "".join(pieces))]
         run.add("generate", time.perf_counter() - t - t_checks)
