@@ -340,7 +340,8 @@ AskedKind = Literal["money", "quantity"]
 _ASKS_MONEY = re.compile(
     r"\b(?:what|which)\s+(?:\w+\s+){0,2}(?:fee|fees|cost|costs|price|prices|charge|charges|fine|rent|premium|deductible|copay|co-pay)\b"
     r"(?!\s+(?:center|centre|code|account|category|type|structure|schedule|table|list|card|object|string|estimate))"
-    r"|\bhow\s+much\b(?:\s+\w+){0,6}?\s+(?:cost|costs|charge|charged|pay|paid|spend|spent|reimburse[ds]?|owe)\b"
+    r"|\bhow\s+much\b(?:\s+\w+){0,6}?\s+(?:cost|costs|charge|charged|spend|spent|reimbursed?|owe|be\s+paid|get\s+paid"
+    r"|pay(?!\s+(?:period|periods|grade|scale|check|stub|day|days|rate|band|plan|leave)))\b"
     r"|\bhow\s+much\s+(?:money|is\s+the\s+(?:fee|cost|price|charge))\b",
     re.IGNORECASE,
 )
