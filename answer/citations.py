@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from answer.prompts import location_label
-from core.text import overlap, sentence_spans
+from core.text import ends_with_abbreviation, overlap, sentence_spans
 from core.types import Citation, Hit
 
 #: One bracketed group of numbers, commas and ranges: [2], [1, 3], [2-4], [1,3-5]. En/em dashes
@@ -100,7 +100,10 @@ def clean_markers(text: str, n_sources: int) -> tuple[str, int, list[int]]:
     return "".join(pieces), total, invalid
 
 
-_SENT_END = re.compile(r"(?<=[.!?])\s+|\n+")
+#: A full stop ends a sentence when a capital, a digit, a quote or a marker follows ("the D.C.
+#: office on the first floor" is one sentence: split there, the small model's answer left a
+#: fragment "office on the first floor of the GSA building" that passed its check alone).
+_SENT_END = re.compile(r"(?<=[.!?])\s+(?=[^a-z\s])|\n+")
 _LEADING_MARKERS = re.compile(r"^(?:\s*" + MARKER.pattern + r")+")
 
 
@@ -108,6 +111,9 @@ def answer_sentences(text: str, n_sources: int) -> list[AnswerSentence]:
     """The answer's sentences; markers right after a full stop belong to the sentence before."""
     pieces: list[str] = []
     for raw in _SENT_END.split(text):
+        if pieces and ends_with_abbreviation(pieces[-1]) and raw.strip():  # "… the U.S. Capitol …"
+            pieces[-1] += " " + raw.strip()
+            continue
         lead = _LEADING_MARKERS.match(raw)
         if lead and pieces:  # "Claim. [1] Next claim." -> "Claim. [1]" + "Next claim."
             pieces[-1] += " " + lead.group(0).strip()

@@ -334,7 +334,7 @@ def phrase_tokens(text: str) -> list[str]:
 
 
 # --- what kind of answer a question asks for ------------------------------------------------
-AskedKind = Literal["money", "quantity"]
+AskedKind = Literal["money", "quantity", "time"]
 
 #: "What fee is charged…", "How much does it cost…", "What is the price of…": an amount of money.
 _ASKS_MONEY = re.compile(
@@ -351,6 +351,22 @@ _ASKS_QUANTITY = re.compile(
     r"|\bwhat\s+(?:percentage|percent|share|portion|fraction|proportion|number|amount)\b",
     re.IGNORECASE,
 )
+#: "When were the supplies delivered?", "What date…", "In what year…": a time, at the start of
+#: the question only ("What happens when I …" asks for something else).
+_ASKS_TIME = re.compile(
+    r"^\W*(?:when\b|by\s+when\b|how\s+soon\b|(?:at|on|in|by)?\s*what\s+(?:time|date|day|year|month|week|hour)\b)",
+    re.IGNORECASE,
+)
+#: Times written without a date or a number ("every Monday", "before the trip", "upon arrival"),
+#: and the conditions that answer "When do I need a receipt?" ("if", "when").
+_TEMPORAL = re.compile(
+    r"\b(?:when|if|before|after|until|till|by|during|within|whenever|while|once|upon|prior|every|each|daily|weekly|"
+    r"monthly|quarterly|annually|yearly|today|tomorrow|yesterday|tonight|morning|afternoon|evening|night|noon|"
+    r"midnight|weekdays?|weekends?|mondays?|tuesdays?|wednesdays?|thursdays?|fridays?|saturdays?|sundays?|"
+    r"spring|summer|autumn|fall|winter|year|years|month|months|week|weeks|days?|hours?|minutes?|ago|later|"
+    r"soon|immediately|deadline|season|semester|quarter|start|end|beginning|now|never|always|anytime)\b",
+    re.IGNORECASE,
+)
 _NO_CHARGE = re.compile(r"\b(?:free|no\s+(?:fee|charge|cost)s?|(?:without|at\s+no)\s+(?:charge|cost)|not\s+charged)\b", re.I)
 #: Quantities written without digits ("a week", "half the rate", "twice a year", "none").
 _WORDY_QUANTITY = re.compile(
@@ -363,21 +379,27 @@ _WORDY_QUANTITY = re.compile(
 
 def asked_kind(question: str) -> AskedKind | None:
     """The kind of fact a question asks for, when its wording says so plainly: "money" for a
-    fee, cost or price; "quantity" for how many, how long, how far, what share; None otherwise
-    (a yes/no, who, what, why or when question: anything could answer it)."""
+    fee, cost or price; "quantity" for how many, how long, how far, what share; "time" for
+    when, what date, what year; None otherwise (a yes/no, who, what, why or how question:
+    anything could answer it)."""
     if _ASKS_MONEY.search(question):
         return "money"
     if _ASKS_QUANTITY.search(question):
         return "quantity"
+    if _ASKS_TIME.search(question):
+        return "time"
     return None
 
 
 def states_kind(text: str, kind: AskedKind) -> bool:
     """True when ``text`` states a fact of that kind: for money an amount ("$35", "35 dollars")
     or that there is none ("free", "no fee"); for a quantity any number, percentage, amount or
-    date, or a quantity in words ("a week", "twice a year", "none")."""
+    date, or a quantity in words ("a week", "twice a year", "none"); for a time a date, a
+    number (a year, "4:30 PM") or a word of time ("every Monday", "before the trip")."""
     facts = extract_facts(text, weak_numbers=True)
     if kind == "money":  # "80% of the premium" and "65.5 cents a mile" answer how much is paid too
         return (any(f.kind in ("money", "percent") or f.unit in ("cent", "penny", "pennie") for f in facts)
                 or bool(_NO_CHARGE.search(text)))
+    if kind == "time":
+        return any(f.kind in ("date", "number", "money", "percent") for f in facts) or bool(_TEMPORAL.search(text))
     return any(f.kind in ("money", "percent", "number", "date") for f in facts) or bool(_WORDY_QUANTITY.search(text))

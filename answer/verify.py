@@ -286,7 +286,7 @@ def _answers_the_kind_asked(checks: list[SentenceCheck], question: str) -> list[
     standing = [c for c in checks if c.passed]
     if kind is None or not standing or any(states_kind(c.sentence.claim, kind) for c in standing):
         return checks
-    what = "an amount of money" if kind == "money" else "a number"
+    what = {"money": "an amount of money", "quantity": "a number", "time": "a time or a date"}[kind]
     return [replace(c, vacuous=True, reason=f"the question asks for {what}; the answer states none") if c.passed else c
             for c in checks]
 

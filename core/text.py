@@ -32,6 +32,14 @@ _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'_-]*")
 _PUNCT_END = re.compile(r"(?<=[.!?])[\"')\]*]*[ \t]+(?=[A-Z0-9\"'(\[*#-])")
 _NEWLINES = re.compile(r"[ \t]*\n[ \t\n]*")
 _ABBREV = re.compile(r"\b(?:e\.g|i\.e|etc|vs|mr|mrs|ms|dr|inc|ltd|no|approx|dept|st)\.$", re.IGNORECASE)
+_INITIALS = re.compile(r"(?:^|[\s(])(?:[A-Z]\.){1,3}$")  # "D.C.", "U.S.", "J." before a name
+
+
+def ends_with_abbreviation(text: str) -> bool:
+    """True when ``text`` ends with an abbreviation ("e.g.", "No.", "D.C.") rather than a
+    sentence: the full stop does not end the sentence."""
+    text = text.rstrip()
+    return bool(_ABBREV.search(text) or _INITIALS.search(text))
 #: A Slack-export line ``name (YYYY-MM-DD HH:MM): text`` always starts a new sentence.
 _SLACK_LINE = re.compile(r"[\w.@-]+ \(\d{4}-\d{2}-\d{2} \d{2}:\d{2}\):")
 _BLOCK_START = re.compile(r"(?:[#>|*+-]|\d+[.)]\s)")

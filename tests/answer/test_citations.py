@@ -140,3 +140,15 @@ def test_sentences_join_soft_wraps_and_split_blocks():
         "| Tier | Days |", "- item one", "alice (2026-10-14 07:55): Done.", "dave (2026-10-14 08:00): ok",
     ]
     assert all(text[s.start:s.end] == s.text for s in spans)
+
+
+def test_an_abbreviation_or_a_lower_case_word_does_not_end_a_sentence():
+    """dr-02 of the dev set: "… delivered to the D.C. office on the first floor of the GSA
+    building. [5]" was split after "D.C."; the first half failed its check, and the fragment
+    "office on the first floor of the GSA building." was shown as the answer."""
+    text = "The supplies were delivered to the D.C. office on the first floor of the GSA building. [5]"
+    assert [s.text for s in answer_sentences(text, 5)] == [text]
+    assert [s.text for s in answer_sentences("Ask the U.S. Embassy [2]. Then wait [1].", 5)] == [
+        "Ask the U.S. Embassy [2].", "Then wait [1]."]
+    assert [s.claim for s in answer_sentences("It takes 3.5 days. See e.g. Section 4 [1].", 5)] == [
+        "It takes 3.5 days.", "See e.g. Section 4."]

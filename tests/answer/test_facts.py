@@ -93,7 +93,10 @@ def test_quoted_strings_must_occur():
     ("Within how many days of starting work must I enroll?", "quantity"),
     ("How far in advance must foreign travel be requested?", "quantity"),
     ("Who approves travel?", None),
-    ("When were the supplies delivered?", None),
+    ("When were the supplies delivered?", "time"),
+    ("In what year did Microsoft release WordStar 2000?", "time"),
+    ("What happens when I lose my badge?", None),
+    ("What is the time zone of the travel team?", None),
     ("Which CL command changes function usage?", None),
 ])
 def test_the_kind_a_question_asks_for(question, kind):
@@ -122,3 +125,14 @@ def test_a_channel_or_handle_is_a_name_that_must_occur():
     assert SourceFacts("Join the tts-bowling channel.").has(fact[0])
     assert not SourceFacts("Join #general for news.").has(fact[0])
     assert extract_facts("Write to a@b.com or see https://x.org/page#part.") == []
+
+
+def test_an_answer_to_a_when_question_states_a_time():
+    """dr-02 of the dev set: "When were the memo's supplies delivered?" answered with a place
+    ("… delivered to the D.C. office on the first floor of the GSA building"), from the wrong
+    document, every word of it in its source."""
+    assert not states_kind("The supplies were delivered to the D.C. office on the first floor of the GSA building.",
+                           "time")
+    for ok in ("They were delivered on January 23, 2023.", "Close of business is 4:30 PM ET.",
+               "Before your trip.", "Every Monday morning.", "If the expense is over $75.", "In 1868."):
+        assert states_kind(ok, "time"), ok
