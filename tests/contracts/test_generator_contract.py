@@ -106,3 +106,21 @@ def test_yes_probability_is_a_probability_and_reads_the_prompt(gen):
 def test_count_tokens(gen):
     short, long = gen.count_tokens("Paris."), gen.count_tokens("Paris is the capital of France. " * 4)
     assert 1 <= short < long
+
+
+def test_a_trailing_assistant_message_is_continued_when_the_backend_says_so(gen):
+    """The answer service pauses after a sentence and resumes with the reply so far as a
+    trailing assistant message; a backend that declares ``continues_assistant`` carries on
+    from there (greedy: the rest of its own reply), instead of starting the reply again."""
+    params = GenParams(max_tokens=24, temperature=0.0)
+    whole = _text(gen.stream(QUESTION, params))
+    if not getattr(gen, "continues_assistant", False):
+        pytest.skip("this backend checks answers at the end (no reply prefill)")
+    words = whole.split(" ")
+    assert len(words) >= 3, whole
+    start = " ".join(words[: len(words) // 2])
+    rest = _text(gen.stream([*QUESTION, Message("assistant", start)], GenParams(max_tokens=24, temperature=0.0)))
+    # the reply so far and its continuation read as the whole reply (the last words may differ:
+    # the token budget counts from the pause, and re-tokenised text may split differently)
+    n = len(words) - 2
+    assert (start + rest).split()[:n] == whole.split()[:n], (whole, start, rest)
