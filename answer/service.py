@@ -243,9 +243,13 @@ class KnowledgeAnswerService:
     def _off_subject(self, question: str, att: _Attempt, user: Principal) -> list[str]:
         """Rare words of the question that no source the answer cites contains; rarity is over
         what ``user`` may read, so the outcome says nothing about documents they cannot."""
+        return self._off_subject_of(question, att.hits, {c.n for c in att.result.citations}, user)
+
+    def _off_subject_of(self, question: str, hits: Sequence[Hit], cited_numbers: set[int],
+                        user: Principal) -> list[str]:
         if not self.settings.answer.subject_check or self.term_count is None or self.chunk_total is None:
             return []
-        cited = [att.hits[n - 1] for n in sorted({c.n for c in att.result.citations}) if 0 < n <= len(att.hits)]
+        cited = [hits[n - 1] for n in sorted(cited_numbers) if 0 < n <= len(hits)]
         mine = user.principals()
         try:
             return off_subject_terms(question, cited, lambda w: self.term_count(w, mine), self.chunk_total(mine))
@@ -347,6 +351,12 @@ class KnowledgeAnswerService:
                                         messages=messages if verifier.generator is generator else ())
             checked = len(complete)
             now = verifier.shown_so_far(complete, question)
+            # the answer-level subject check runs on the whole answer; what is shown before it
+            # must pass it already, on the sources cited so far (nm-02: a right sentence about
+            # the San Francisco office's Wi-Fi, asked about headquarters, was shown, then withdrawn)
+            if now and self._off_subject_of(question, hits, {n for c in verifier.passed_so_far(complete)
+                                                             for n in c.sources}, run.user):
+                now = ""
             t_checks += time.perf_counter() - t0
             if now != shown:
                 shown = now

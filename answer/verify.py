@@ -149,11 +149,15 @@ class Verifier:
             self._done[s.text] = c
         return self._done[s.text]
 
+    def passed_so_far(self, sentences: Sequence[AnswerSentence]) -> list[SentenceCheck]:
+        """The checks of ``sentences`` already checked that passed, in order."""
+        return [self._done[s.text] for s in sentences if s.text in self._done and self._done[s.text].passed]
+
     def shown_so_far(self, sentences: Sequence[AnswerSentence], question: str) -> str:
         """The checked ``sentences`` that passed, as they may be shown while the answer is still
         being written: nothing until one of them states the kind of fact the question asks for
         (a fee, a number), since the whole answer fails without one."""
-        passed = [self._done[s.text] for s in sentences if s.text in self._done and self._done[s.text].passed]
+        passed = self.passed_so_far(sentences)
         kind = asked_kind(question)
         if kind is not None and not any(states_kind(c.sentence.claim, kind) for c in passed):
             return ""

@@ -28,6 +28,30 @@ def eval_cmd() -> None:
     """Evaluate answers and retrieval on a question set; label answers by hand."""
 
 
+def judge_options(f):
+    """--judge-url/--judge-model/--judge-key-env: a second opinion from an OpenAI-compatible model."""
+    f = click.option("--judge-key-env", default=None, metavar="VAR",
+                     help="Environment variable holding the judge endpoint's API key (local servers need none).")(f)
+    f = click.option("--judge-model", default=None, help="Model name the judge endpoint serves.")(f)
+    f = click.option("--judge-url", default=None, metavar="URL",
+                     help="OpenAI-compatible endpoint (http://127.0.0.1:8000/v1) whose model gives a second "
+                          "verdict on every answer; the report says how often it agrees.")(f)
+    return f
+
+
+def _judge(result: dict, url: str | None, model: str | None, key_env: str | None, progress: bool) -> None:
+    if not url:
+        return
+    from eval.judge import Judge, JudgeError, apply_judge
+
+    try:
+        judge = Judge.from_options(url, model, key_env)
+    except JudgeError as e:
+        raise click.UsageError(str(e)) from None
+    n = apply_judge(result, judge, progress=progress)
+    click.secho(f"judge {judge.name} at {url} gave {n} verdicts", err=True)
+
+
 @eval_cmd.command(
     "run",
     epilog="""\b
@@ -74,11 +98,12 @@ Question files: JSONL, one object per line:
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Human verdicts (JSONL from `kb eval label`) that override the automatic ones.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@judge_options
 @click.pass_context
 def eval_run(ctx: click.Context, questions: Path, corpus_name: str, corpus_path: Path | None, fmt: str,
              limit: int | None, config_a: Path | None, config_b: Path | None, baselines: bool,
              retrieval_only: bool, eval_dir: Path | None, out_dir: Path | None, labels_path: Path | None,
-             quiet: bool) -> None:
+             quiet: bool, judge_url: str | None, judge_model: str | None, judge_key_env: str | None) -> None:
     """Evaluate retrieval and answers on QUESTIONS against the corpus --corpus-name."""
     from datetime import datetime
 
@@ -120,6 +145,7 @@ def eval_run(ctx: click.Context, questions: Path, corpus_name: str, corpus_path:
 
         n = apply_labels(result, load_labels(labels_path))
         click.secho(f"{n} answers carry a human verdict from {labels_path}", err=True)
+    _judge(result, judge_url, judge_model, judge_key_env, progress=not quiet)
     written = write_report(result, out_dir)
     (out_dir / "results.partial.json").unlink(missing_ok=True)
     click.echo(markdown(result))
@@ -169,7 +195,9 @@ Examples:
 @click.argument("report", type=click.Path(exists=True, path_type=Path))
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Human verdicts to apply afterwards.")
-def eval_rejudge(report: Path, labels_path: Path | None) -> None:
+@judge_options
+def eval_rejudge(report: Path, labels_path: Path | None, judge_url: str | None, judge_model: str | None,
+                 judge_key_env: str | None) -> None:
     """Recompute the verdicts of REPORT (a report folder or its results.json) with today's rules
     and rewrite its report: for results written before the rules changed."""
     from eval.labels import apply_labels, load_labels, rejudge
@@ -183,6 +211,7 @@ def eval_rejudge(report: Path, labels_path: Path | None) -> None:
     n = rejudge(result)
     if labels_path is not None:
         apply_labels(result, load_labels(labels_path))
+    _judge(result, judge_url, judge_model, judge_key_env, progress=False)
     result["meta"].setdefault("sim_correct", 0.7)
     written = write_report(result, results.parent)
     click.echo(markdown(result))

@@ -191,6 +191,7 @@ def summarize_answers(records: Sequence[dict]) -> dict[str, Any]:
     routes: dict[str, int] = {}
     for r in records:
         routes[r["route"]] = routes.get(r["route"], 0) + 1
+    from eval.judge import judge_summary
     from eval.verdict import VERDICTS, shown_and_wrong
 
     finals = [r.get("final_verdict", r.get("verdict")) for r in records]
@@ -227,6 +228,7 @@ def summarize_answers(records: Sequence[dict]) -> dict[str, Any]:
         "reliability": [asdict(b) for b in bins],
         "routes": routes,
         "latency": m.latency_summary([r["timings"] for r in records]),
+        **(judge_summary(records) if any("judge_verdict" in r for r in records) else {}),
     }
 
 

@@ -97,7 +97,11 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"- {name}: routes " + ", ".join(f"{k} {v}" for k, v in sorted(s["routes"].items()))
                          + "; verdicts " + ", ".join(f"{k} {v}" for k, v in s.get("verdicts", {}).items())
                          + (f"; {s['human_labelled']} labelled by hand, automatic verdict agrees on "
-                            f"{_f(s['human_agreement'])}" if s.get("human_labelled") else ""))
+                            f"{_f(s['human_agreement'])}" if s.get("human_labelled") else "")
+                         + (f"; judge {s.get('judge_model', '')} gave {s['judged']} verdicts, agrees with the "
+                            f"final verdict on {_f(s['judge_agreement'])}"
+                            + (f" and with the hand labels on {_f(s['judge_human_agreement'])}"
+                               if s.get("judge_human_labelled") else "") if s.get("judged") else ""))
         lines.append("")
     if result.get("ab"):
         lines += ["## A/B (B − A, paired by question)", "",

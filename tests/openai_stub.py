@@ -39,7 +39,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
-        pieces = PIECES[: body.get("max_tokens", 99)]
+        canned = [(self.server.reply(body), -0.1)] if self.server.reply else PIECES
+        pieces = canned[: body.get("max_tokens", 99)]
         for i, (text, lp) in enumerate(pieces):
             choice = {"index": 0, "delta": {"content": text}, "finish_reason": None}
             if i == 0:
@@ -47,7 +48,7 @@ class _Handler(BaseHTTPRequestHandler):
             if body.get("logprobs"):
                 choice["logprobs"] = {"content": [{"token": text, "logprob": lp, "bytes": None, "top_logprobs": []}]}
             self._event({"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "big-model", "choices": [choice]})
-        finish = "length" if len(pieces) < len(PIECES) else "stop"
+        finish = "length" if len(pieces) < len(canned) else "stop"
         self._event({"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "big-model",
                      "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         self.wfile.write(b"data: [DONE]\n\n")
@@ -82,6 +83,8 @@ class _FakeServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.requests: list[dict] = []
         self.give_logprobs = True
+        #: When set, a streamed reply is this function of the request body (one piece).
+        self.reply = None
 
     @property
     def url(self) -> str:

@@ -364,6 +364,12 @@ def test_an_answer_whose_sources_never_mention_the_subject_abstains(tmp_path):
     assert ans.scores.get("off_subject") == 1.0 and ans.citations  # the closest sources are listed
     ok = rig.service.answer("How many bottles of water were delivered?", user=BOB)
     assert ok.route == "answered" and "20,000" in ok.text
+    # while the answer is written, a sentence that would fail the subject check is not shown
+    # either: the page never shows the water sentence to a question about juice
+    rig.generator.replies.append("20,000 bottles of water were delivered on January 23, 2023 [1]. "
+                                 "They were delivered in a memo [1].")
+    events, ans = collect(rig.service, "How many bottles of juice were delivered?", BOB)
+    assert ans.route == "abstained" and not any(e.kind == "verified" for e in events)
 
 
 def test_the_subject_check_counts_only_what_the_asker_may_read(tmp_path):
