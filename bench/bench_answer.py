@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import common  # noqa: F401  (repo on sys.path, offline)
-from common import pyplot, write_results
+from common import pyplot, save_figure, write_results
 
 #: Non-overlapping stages of Answer.timings ("generate" covers every generation, the
 #: correction's too; "other" is the rest of the total: the correction's re-retrieval, scoring).
@@ -194,10 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     axes[1].set_ylabel("share of total time")
     axes[1].legend(fontsize=8)
     fig.suptitle(f"{gens['now'].model_id}: {len(questions)} dev-set questions, same run")
-    fig.tight_layout()
-    png = out.with_suffix(".png")
-    fig.savefig(png, dpi=100)
-    print(f"wrote {out} and {png}", file=sys.stderr)
+    save_figure(fig, out)
     return 0
 
 

@@ -23,7 +23,7 @@ import sys
 import time
 
 import common  # noqa: F401  (repo on sys.path, offline)
-from common import pyplot, write_results
+from common import pyplot, save_figure, write_results
 
 #: (name, draft tokens per step; 0 = plain decoding)
 CONFIGS = (("plain", 0), ("lookup, 4 draft tokens", 4), ("lookup, 10 draft tokens", 10))
@@ -114,10 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_xticks(range(len(names)), [n.replace(", ", ",\n") for n in names])
         ax.set_ylabel(label)
     fig.suptitle(f"{model_id}, {args.threads} threads, {len(prompts)} answer prompts: prompt lookup vs plain (same output)")
-    fig.tight_layout()
-    png = out.with_suffix(".png")
-    fig.savefig(png, dpi=100)
-    print(f"wrote {out} and {png}", file=sys.stderr)
+    save_figure(fig, out)
     return 0
 
 

@@ -80,6 +80,15 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, results_json: Path) -> Path:
+    """Lay out ``fig`` and write it beside its results file (same name, .png); says where."""
+    fig.tight_layout()
+    png = results_json.with_suffix(".png")
+    fig.savefig(png, dpi=100)
+    print(f"wrote {results_json} and {png}", file=sys.stderr)
+    return png
+
+
 def fmt_s(seconds: float | None) -> str:
     if seconds is None:
         return "-"
