@@ -15,10 +15,10 @@ Each sentence of a draft answer goes through three checks, cheapest first:
    then "does source [n] state this claim?"). llama.cpp reuses the KV cache of the common
    prefix, so a check costs the answer's and the claim's tokens, not a re-read of the sources.
 
-Then the answer as a whole: a question that asks for a fee or a number ("What fee is
-charged…", "How many days…") is not answered by sentences that state none (the 1.5B model
-answered a fee question with "30-60 minutes after booking", every word of it in a source);
-they fail as vacuous.
+Then the answer as a whole: a question that asks for a fee, a number or a time ("What fee is
+charged…", "How many days…", "When…") is not answered by sentences that state none (the 1.5B
+model answered a fee question with "30-60 minutes after booking", every word of it in a
+source); they fail as vacuous.
 
 Hard gates, not a blend: a sentence that fails any check is removed. What is left is the
 answer; nothing left means the caller abstains (or regenerates once, for a vacuous draft).
@@ -156,7 +156,7 @@ class Verifier:
     def shown_so_far(self, sentences: Sequence[AnswerSentence], question: str) -> str:
         """The checked ``sentences`` that passed, as they may be shown while the answer is still
         being written: nothing until one of them states the kind of fact the question asks for
-        (a fee, a number), since the whole answer fails without one."""
+        (a fee, a number, a time), since the whole answer fails without one."""
         passed = self.passed_so_far(sentences)
         kind = asked_kind(question)
         if kind is not None and not any(states_kind(c.sentence.claim, kind) for c in passed):
@@ -191,6 +191,7 @@ class Verifier:
         if self.mode == "slm":
             checks = [self._entailment(c, hits, messages) if c.passed and c.sentence.text not in self._done else c
                       for c in checks]
+            checks = _answers_the_kind_asked(checks, question)  # the sentence with the number may have failed
         passed = [c for c in checks if c.passed]
         text = _joined(passed)
         if passed:
@@ -282,8 +283,8 @@ def _joined(passed: Sequence[SentenceCheck]) -> str:
 
 
 def _answers_the_kind_asked(checks: list[SentenceCheck], question: str) -> list[SentenceCheck]:
-    """A question that asks for a fee or a number ("What fee is charged…", "How many days…")
-    is not answered by sentences that state none ("The fee … is 30-60 minutes after booking"
+    """A question that asks for a fee, a number or a time ("What fee is charged…", "How many
+    days…", "When…") is not answered by sentences that state none ("The fee … is 30-60 minutes after booking"
     states a time): when no sentence still standing states that kind of fact, they all fail as
     vacuous (the answer is regenerated once, then abstains)."""
     kind = asked_kind(question)

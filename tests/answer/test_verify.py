@@ -129,3 +129,13 @@ def test_an_answer_that_states_no_fee_to_a_fee_question_is_vacuous():
     v = Verifier(None, mode="facts").verify("Inactive Mural members become guests [1].", hits,
                                             question="What happens to inactive Mural members?")
     assert v.status == "ok"
+
+
+def test_the_kind_asked_is_checked_again_after_the_model_rejects_the_sentence_with_it():
+    """The fee sentence fails the yes/no check: what is left states no fee and goes too."""
+    hits = [hit(1, "A $35 fee applies when a ticketed flight is changed in AdTrav.", "Travel")]
+    q = "What fee is charged for changing a ticketed flight?"
+    gen = FakeGenerator(yes=[0.1, 0.9])
+    v = Verifier(gen, mode="slm").verify("A $35 fee applies [1]. The flight is changed in AdTrav [1].", hits,
+                                         question=q, messages=build_messages(q, hits))
+    assert v.status == "none" and v.text == ""
