@@ -31,7 +31,6 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import common  # noqa: F401  (repo on sys.path, offline)
 from common import pyplot, save_figure, write_results

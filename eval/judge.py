@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 
 from core.errors import KBError
 from core.types import GenParams, Message
+from eval.records import summarize_answers
 from eval.verdict import VERDICTS
 
 log = logging.getLogger(__name__)
@@ -99,19 +100,6 @@ def judge_records(records: Iterable[dict[str, Any]], judge: Judge,
     return n
 
 
-def judge_summary(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """How often the judge agrees with the final verdict, and with the hand labels."""
-    judged = [r for r in records if r.get("judge_verdict")]
-    labelled = [r for r in judged if r.get("human_verdict")]
-
-    def share(rows: list[dict], key: str) -> float | None:
-        return round(sum(r["judge_verdict"] == r[key] for r in rows) / len(rows), 4) if rows else None
-
-    return {"judged": len(judged), "judge_model": next((r.get("judge_model") for r in judged), None),
-            "judge_agreement": share(judged, "final_verdict"),
-            "judge_human_labelled": len(labelled), "judge_human_agreement": share(labelled, "human_verdict")}
-
-
 def apply_judge(result: dict[str, Any], judge: Judge, progress: bool = False) -> int:
     """Judge every answer run of an evaluation result and add the agreement to its summary."""
     total = 0
@@ -125,7 +113,5 @@ def apply_judge(result: dict[str, Any], judge: Judge, progress: bool = False) ->
         total += judge_records(records, judge, (lambda i: bar.update(1)) if bar else None)
         if bar:
             bar.close()
-        from eval.records import summarize_answers
-
         run["summary"] = summarize_answers(records)
     return total

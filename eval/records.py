@@ -8,7 +8,7 @@ import re
 import sys
 import time
 from dataclasses import asdict
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from core.text import STOPWORDS
 from core.settings import Settings
@@ -191,7 +191,6 @@ def summarize_answers(records: Sequence[dict]) -> dict[str, Any]:
     routes: dict[str, int] = {}
     for r in records:
         routes[r["route"]] = routes.get(r["route"], 0) + 1
-    from eval.judge import judge_summary
     from eval.verdict import VERDICTS, shown_and_wrong
 
     finals = [r.get("final_verdict", r.get("verdict")) for r in records]
@@ -237,3 +236,16 @@ def bar(items: Sequence[Any], desc: str, progress: bool):
     from tqdm import tqdm
 
     return tqdm(items, desc=desc, unit="q", disable=not progress, file=sys.stderr, leave=True, dynamic_ncols=True)
+
+
+def judge_summary(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """How often the judge agrees with the final verdict, and with the hand labels."""
+    judged = [r for r in records if r.get("judge_verdict")]
+    labelled = [r for r in judged if r.get("human_verdict")]
+
+    def share(rows: list[dict], key: str) -> float | None:
+        return round(sum(r["judge_verdict"] == r[key] for r in rows) / len(rows), 4) if rows else None
+
+    return {"judged": len(judged), "judge_model": next((r.get("judge_model") for r in judged), None),
+            "judge_agreement": share(judged, "final_verdict"),
+            "judge_human_labelled": len(labelled), "judge_human_agreement": share(labelled, "human_verdict")}

@@ -8,7 +8,8 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from eval.judge import Judge, JudgeError, judge_messages, judge_records, judge_summary, parse_verdict
+from eval.judge import Judge, JudgeError, judge_messages, judge_records, parse_verdict
+from eval.records import judge_summary
 from core.types import Token
 from generators.fake import FakeGenerator
 from kb.cli import main
