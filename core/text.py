@@ -34,12 +34,6 @@ _NEWLINES = re.compile(r"[ \t]*\n[ \t\n]*")
 _ABBREV = re.compile(r"\b(?:e\.g|i\.e|etc|vs|mr|mrs|ms|dr|inc|ltd|no|approx|dept|st)\.$", re.IGNORECASE)
 _INITIALS = re.compile(r"(?:^|[\s(])(?:[A-Z]\.){1,3}$")  # "D.C.", "U.S.", "J." before a name
 
-
-def ends_with_abbreviation(text: str) -> bool:
-    """True when ``text`` ends with an abbreviation ("e.g.", "No.", "D.C.") rather than a
-    sentence: the full stop does not end the sentence."""
-    text = text.rstrip()
-    return bool(_ABBREV.search(text) or _INITIALS.search(text))
 #: A Slack-export line ``name (YYYY-MM-DD HH:MM): text`` always starts a new sentence.
 _SLACK_LINE = re.compile(r"[\w.@-]+ \(\d{4}-\d{2}-\d{2} \d{2}:\d{2}\):")
 _BLOCK_START = re.compile(r"(?:[#>|*+-]|\d+[.)]\s)")
@@ -69,6 +63,13 @@ def _hard_newline(text: str, m: re.Match) -> bool:
     if _SLACK_LINE.match(nxt) or _BLOCK_START.match(nxt):
         return True
     return not (nxt[:1].islower() or nxt[:1] in "(`\"'*")
+
+
+def ends_with_abbreviation(text: str) -> bool:
+    """True when ``text`` ends with an abbreviation ("e.g.", "No.", "D.C.") rather than a
+    sentence: the full stop does not end the sentence."""
+    text = text.rstrip()
+    return bool(_ABBREV.search(text) or _INITIALS.search(text))
 
 
 def sentence_spans(text: str) -> list[Span]:

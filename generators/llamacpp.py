@@ -70,6 +70,7 @@ def resolve_lora(path: Path | None) -> Path | None:
 
 class LlamaCppGenerator(GeneratorBase):
     continues_assistant = True  # the reply so far is appended after the generation prompt
+
     def __init__(
         self,
         model_path: Path,
