@@ -66,7 +66,7 @@ def spread(questions: list, n: int) -> list:
 
 def rates(generator) -> tuple[float, float]:
     """(prefill tokens/s, decode tokens/s) of ``generator`` on a fixed ~700-token prompt."""
-    from core.types import GenParams, Message
+    from kb_chatbot.core.types import GenParams, Message
 
     filler = " ".join(f"Rule {i}: travel receipts over ${i * 5} are kept for {i + 2} years." for i in range(60))
     msgs = [Message("system", "You answer questions."), Message("user", f"{filler}\nWrite a long list of all the rules.")]
@@ -94,15 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--questions-file", default=str(common.REPO / "eval" / "devsets" / "handbook.jsonl"))
     args = ap.parse_args(argv)
 
-    from answer.prompts import build_messages
-    from core.settings import load_settings
-    from eval.questions import load_questions
-    from eval.runner import corpus_settings, ensure_indexed, eval_principal
-    from generators import make_generator
-    from generators.base import resolve_threads
-    from index.embedder import load_embedder
-    from index.generation import open_index
-    from kb.services import build_services
+    from kb_chatbot.app.answer.prompts import build_messages
+    from kb_chatbot.core.settings import load_settings
+    from kb_chatbot.eval.questions import load_questions
+    from kb_chatbot.eval.runner import corpus_settings, ensure_indexed, eval_principal
+    from kb_chatbot.app.generators import make_generator
+    from kb_chatbot.app.generators.base import resolve_threads
+    from kb_chatbot.index.embedder import load_embedder
+    from kb_chatbot.index.generation import open_index
+    from kb_chatbot.app.kb.services import build_services
 
     base = load_settings(args.config)
     base.generator.model = args.model

@@ -73,8 +73,8 @@ def exact_top_k(base: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray
 
 
 def bench_kind(kind: str, base: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
-    from core.settings import IndexConfig
-    from index.vectors import FaissIndex
+    from kb_chatbot.core.settings import IndexConfig
+    from kb_chatbot.index.vectors import FaissIndex
 
     cfg = IndexConfig(kind=kind)
     ids = np.arange(len(base), dtype=np.int64)
@@ -115,8 +115,8 @@ def real_embeddings() -> tuple[np.ndarray, np.ndarray]:
     """MiniLM vectors of the 18F handbook's chunks, as ingest stores them (base), and of the
     pages' titles (queries: short questions-like texts that are not in the index)."""
     from bench_ingest import bench_settings, ingest, load_warm_embedder
-    from index.generation import open_index
-    from ingest.connectors import make_connector
+    from kb_chatbot.index.generation import open_index
+    from kb_chatbot.ingest.connectors import make_connector
 
     with tempfile.TemporaryDirectory(prefix="kb-bench-faiss-") as tmp:
         settings = bench_settings(Path(tmp) / "data", common.SHARED / "corpus" / "wiki-18f-handbook", "wiki")
@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         truth = exact_top_k(base, queries_real)
         real = []
         for kind in ("hnsw", "ivf"):
-            from core.settings import IndexConfig
-            from index.vectors import FaissIndex
+            from kb_chatbot.core.settings import IndexConfig
+            from kb_chatbot.index.vectors import FaissIndex
 
             # a few thousand chunks: IVF is built anyway (ingest keeps it flat below 4,096 vectors)
             fi = FaissIndex(DIM, IndexConfig(kind=kind), ivf_min_vectors=min(4096, len(base)))

@@ -49,8 +49,8 @@ def prompt_tokens(generator, messages) -> int:
 
 
 def run_naive(generator, retriever, user, question: str, settings) -> dict:
-    from answer.prompts import build_messages
-    from core.types import GenParams
+    from kb_chatbot.app.answer.prompts import build_messages
+    from kb_chatbot.core.types import GenParams
 
     t0 = time.perf_counter()
     hits = retriever.retrieve(question, user=user, top_k=5)
@@ -69,7 +69,7 @@ def run_naive(generator, retriever, user, question: str, settings) -> dict:
 
 
 def run_service(service, generator, user, question: str) -> dict:
-    from answer.prompts import build_messages
+    from kb_chatbot.app.answer.prompts import build_messages
 
     ans = service.answer(question, user=user)
     messages = build_messages(ans.standalone_question, ans.sources)
@@ -102,14 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--facts", default=str(common.REPO / "data" / "sample" / "facts.jsonl"))
     args = ap.parse_args(argv)
 
-    from generators import make_generator
-    from answer.service import KnowledgeAnswerService
-    from core.settings import load_settings
-    from core.types import Principal
-    from index.embedder import load_embedder
-    from index.generation import open_index
-    from index.retriever import HybridRetriever
-    from ingest.sync import sync_sources
+    from kb_chatbot.app.generators import make_generator
+    from kb_chatbot.app.answer.service import KnowledgeAnswerService
+    from kb_chatbot.core.settings import load_settings
+    from kb_chatbot.core.types import Principal
+    from kb_chatbot.index.embedder import load_embedder
+    from kb_chatbot.index.generation import open_index
+    from kb_chatbot.index.retriever import HybridRetriever
+    from kb_chatbot.ingest.sync import sync_sources
 
     backend = args.backend
     if backend == "auto":

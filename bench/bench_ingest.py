@@ -24,7 +24,7 @@ from common import RESULTS, pyplot, timer, write_results
 
 def bench_settings(data_dir: Path, corpus: Path, source_type: str, name: str = "bench"):
     """Settings with one source and a throw-away data folder (the repo's kb.yaml is not read)."""
-    from core.settings import Settings, SourceConfig
+    from kb_chatbot.core.settings import Settings, SourceConfig
 
     s = Settings(data_dir=data_dir, sources=[SourceConfig(name=name, type=source_type, path=corpus.resolve())])
     s.config_dir = common.REPO
@@ -32,7 +32,7 @@ def bench_settings(data_dir: Path, corpus: Path, source_type: str, name: str = "
 
 
 def load_warm_embedder(settings):
-    from index.embedder import load_embedder
+    from kb_chatbot.index.embedder import load_embedder
 
     emb = load_embedder(settings.embedding)
     emb.embed_documents(["warm up the model and its tokenizer"])
@@ -40,7 +40,7 @@ def load_warm_embedder(settings):
 
 
 def ingest(settings, embedder) -> tuple[object, float]:
-    from ingest.sync import sync_sources
+    from kb_chatbot.ingest.sync import sync_sources
 
     with timer() as t:
         report = sync_sources(settings, settings.sources, embedder=embedder)
@@ -48,7 +48,7 @@ def ingest(settings, embedder) -> tuple[object, float]:
 
 
 def chunk_texts(settings) -> list[str]:
-    from index.generation import open_index
+    from kb_chatbot.index.generation import open_index
 
     store = open_index(settings).store
     return [text for rows in store.chunk_texts() for _, text, _ in rows]
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(status {src.status}, {src.failed} files failed)", flush=True)
         batch = settings.embedding.batch_size
         with timer() as te:
-            for i in range(0, len(texts), 64):  # the pipeline's embedding call size (ingest.sync.EMBED_BATCH)
+            for i in range(0, len(texts), 64):  # the pipeline's embedding call size (kb_chatbot.ingest.sync.EMBED_BATCH)
                 embedder.embed_documents(texts[i:i + 64])
         raw_s = te["s"]
     tokens = sum(len(t.split()) for t in texts)

@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
 
-    from core.settings import Settings, SourceConfig
-    from index.embedder import HashEmbedder
-    from ingest.sync import sync_sources
+    from kb_chatbot.core.settings import Settings, SourceConfig
+    from kb_chatbot.index.embedder import HashEmbedder
+    from kb_chatbot.ingest.sync import sync_sources
 
     with tempfile.TemporaryDirectory(prefix="bench-junk-") as tmp:
         folder = Path(tmp) / "drive"

@@ -31,13 +31,13 @@ CONFIGS = (("plain", 0), ("lookup, 4 draft tokens", 4), ("lookup, 10 draft token
 
 def answer_prompts(n: int, model: str):
     """Token ids of the answer prompts of the first ``n`` answerable dev-set questions."""
-    from answer.prompts import build_messages
-    from answer.service import _Run
-    from core.settings import load_settings
-    from eval.questions import load_questions
-    from eval.runner import _Parts, corpus_settings, ensure_indexed, eval_principal
-    from index.generation import open_index
-    from kb.services import build_services
+    from kb_chatbot.app.answer.prompts import build_messages
+    from kb_chatbot.app.answer.service import _Run
+    from kb_chatbot.core.settings import load_settings
+    from kb_chatbot.eval.questions import load_questions
+    from kb_chatbot.eval.runner import _Parts, corpus_settings, ensure_indexed, eval_principal
+    from kb_chatbot.index.generation import open_index
+    from kb_chatbot.app.kb.services import build_services
 
     s = load_settings(common.REPO / "eval" / "devsets" / "shared.yaml")
     s.generator.model = model

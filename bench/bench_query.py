@@ -122,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     n = args.n or (2 if args.quick else len(QUESTIONS))
     questions = (QUESTIONS * (n // len(QUESTIONS) + 1))[:n]
 
-    from generators import make_generator
-    from answer.prompts import build_messages
-    from kb.services import build_services
-    from core.settings import load_settings
-    from core.types import GenParams
-    from eval.runner import eval_principal
-    from index.generation import open_index
+    from kb_chatbot.app.generators import make_generator
+    from kb_chatbot.app.answer.prompts import build_messages
+    from kb_chatbot.app.kb.services import build_services
+    from kb_chatbot.core.settings import load_settings
+    from kb_chatbot.core.types import GenParams
+    from kb_chatbot.eval.runner import eval_principal
+    from kb_chatbot.index.generation import open_index
 
     conf = load_settings(args.config)
     if args.model:

@@ -5,7 +5,7 @@ from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from core.types import Answer, AnswerEvent, Document, GenParams, Hit, IngestFailure, Message, Principal, Token
+from kb_chatbot.core.types import Answer, AnswerEvent, Document, GenParams, Hit, IngestFailure, Message, Principal, Token
 
 
 @runtime_checkable

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from core.errors import SourceError
+from kb_chatbot.core.errors import SourceError
 
 _SECRETS: set[str] = set()
 _LOCK = threading.Lock()

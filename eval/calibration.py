@@ -10,8 +10,8 @@ the asker may read. An abstention is never a correct *answer* (routing turns low
 into an abstention anyway), and any substantive answer to an unanswerable or unreadable
 question is wrong.
 
-    .venv/bin/python -m eval.calibration                     # kb.yaml, data/sample/facts.jsonl
-    .venv/bin/python -m eval.calibration --limit 10 --model smollm2-135m
+    .venv/bin/python -m kb_chatbot.eval.calibration                     # kb.yaml, data/sample/facts.jsonl
+    .venv/bin/python -m kb_chatbot.eval.calibration --limit 10 --model smollm2-135m
 
 Writes ``<data_dir>/confidence_weights.json`` (loaded by build_services), and under
 ``<data_dir>/reports/``: ``calibration-records.jsonl``, ``calibration-report.json`` and
@@ -31,10 +31,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from answer.confidence import FEATURES, WEIGHTS_FILE, ConfidenceModel, sigmoid
-from eval.metrics import auroc, reliability_bins
-from answer.prompts import is_abstention
-from core.types import Answer, Principal
+from kb_chatbot.app.answer.confidence import FEATURES, WEIGHTS_FILE, ConfidenceModel, sigmoid
+from kb_chatbot.eval.metrics import auroc, reliability_bins
+from kb_chatbot.app.answer.prompts import is_abstention
+from kb_chatbot.core.types import Answer, Principal
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +244,8 @@ def collect_records(service, facts: Iterable[Fact], principal_for, *, progress: 
 
 def run(settings, facts_path: Path, *, limit: int | None = None, write: bool = True, progress: bool = True) -> dict[str, Any]:
     """Collect draft answers with the real pipeline, fit the weights, write the artefacts."""
-    from web.auth import UserDirectory
-    from kb.services import build_services
+    from kb_chatbot.app.auth import UserDirectory
+    from kb_chatbot.app.kb.services import build_services
 
     draft_settings = settings.model_copy(deep=True)
     draft_settings.answer.self_correction = False
@@ -279,7 +279,7 @@ def run(settings, facts_path: Path, *, limit: int | None = None, write: bool = T
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from core.settings import load_settings
+    from kb_chatbot.core.settings import load_settings
 
     ap = argparse.ArgumentParser(description="Calibrate the answer confidence scorer on facts.jsonl.")
     ap.add_argument("--config", default=None, help="settings YAML (default kb.yaml / KB_CONFIG)")

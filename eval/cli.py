@@ -42,7 +42,7 @@ def judge_options(f):
 def _judge(result: dict, url: str | None, model: str | None, key_env: str | None, progress: bool) -> None:
     if not url:
         return
-    from eval.judge import Judge, JudgeError, apply_judge
+    from kb_chatbot.eval.judge import Judge, JudgeError, apply_judge
 
     try:
         judge = Judge.from_options(url, model, key_env)
@@ -107,14 +107,14 @@ def eval_run(ctx: click.Context, questions: Path, corpus_name: str, corpus_path:
     """Evaluate retrieval and answers on QUESTIONS against the corpus --corpus-name."""
     from datetime import datetime
 
-    from core.settings import load_settings
-    from eval.questions import load_questions
-    from eval.report import markdown, write_report
-    from eval.runner import EvalOptions, run_evaluation
-    from kb.settings import get_settings
+    from kb_chatbot.core.settings import load_settings
+    from kb_chatbot.eval.questions import load_questions
+    from kb_chatbot.eval.report import markdown, write_report
+    from kb_chatbot.eval.runner import EvalOptions, run_evaluation
+    from kb_chatbot.app.kb.settings import get_settings
 
     if logging.getLogger().level > logging.DEBUG:  # per-answer INFO lines would bury the progress bars
-        for name in ("answer.service", "answer.context_filter", "ingest.sync", "index"):
+        for name in ("kb_chatbot.app.answer.service", "kb_chatbot.app.answer.context_filter", "kb_chatbot.ingest.sync", "index"):
             logging.getLogger(name).setLevel(logging.WARNING)
     if config_a is not None:
         settings_a, path_a = load_settings(config_a), str(config_a)
@@ -141,7 +141,7 @@ def eval_run(ctx: click.Context, questions: Path, corpus_name: str, corpus_path:
 
     result = run_evaluation(qs, configs, opts, on_partial=save_partial)
     if labels_path is not None:
-        from eval.labels import apply_labels, load_labels
+        from kb_chatbot.eval.labels import apply_labels, load_labels
 
         n = apply_labels(result, load_labels(labels_path))
         click.secho(f"{n} answers carry a human verdict from {labels_path}", err=True)
@@ -164,8 +164,8 @@ Examples:
 def eval_label(report: Path, labels_path: Path | None, relabel: bool) -> None:
     """Label the answers of REPORT (a report folder or its results.json) as correct, wrong,
     vacuous or abstained; then re-apply the labels and print how often the automatic verdict agrees."""
-    from eval.labels import apply_labels, label_records, load_labels
-    from eval.report import write_report
+    from kb_chatbot.eval.labels import apply_labels, label_records, load_labels
+    from kb_chatbot.eval.report import write_report
 
     results = report / "results.json" if report.is_dir() else report
     try:
@@ -200,8 +200,8 @@ def eval_rejudge(report: Path, labels_path: Path | None, judge_url: str | None, 
                  judge_key_env: str | None) -> None:
     """Recompute the verdicts of REPORT (a report folder or its results.json) with today's rules
     and rewrite its report: for results written before the rules changed."""
-    from eval.labels import apply_labels, load_labels, rejudge
-    from eval.report import markdown, write_report
+    from kb_chatbot.eval.labels import apply_labels, load_labels, rejudge
+    from kb_chatbot.eval.report import markdown, write_report
 
     results = report / "results.json" if report.is_dir() else report
     try:

@@ -3,7 +3,7 @@
 --judge-model NAME``.
 
 The judge reads the question, the reference answer and the answer, and replies with one of the
-verdicts of :mod:`eval.verdict` (correct, wrong, vacuous, abstained) under the same rules. Its
+verdicts of :mod:`kb_chatbot.eval.verdict` (correct, wrong, vacuous, abstained) under the same rules. Its
 verdict is stored next to the automatic one (``judge_verdict``) and never replaces it or a
 human label: the report says how often it agrees with the final verdict and with the hand
 labels, which is what makes it useful (a disagreement is an answer to read). A reply that names
@@ -18,10 +18,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from core.errors import KBError
-from core.types import GenParams, Message
-from eval.records import summarize_answers
-from eval.verdict import VERDICTS
+from kb_chatbot.core.errors import KBError
+from kb_chatbot.core.types import GenParams, Message
+from kb_chatbot.eval.records import summarize_answers
+from kb_chatbot.eval.verdict import VERDICTS
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,13 @@ def parse_verdict(reply: str) -> str | None:
 
 @dataclass
 class Judge:
-    """Asks ``generator`` (an :class:`generators.openai_compat.OpenAIGenerator`) for verdicts."""
+    """Asks ``generator`` (an :class:`kb_chatbot.app.generators.openai_compat.OpenAIGenerator`) for verdicts."""
 
     generator: Any
 
     @classmethod
     def from_options(cls, url: str, model: str | None, key_env: str | None = None, timeout: float = 120.0) -> "Judge":
-        from generators.openai_compat import OpenAIGenerator
+        from kb_chatbot.app.generators.openai_compat import OpenAIGenerator
 
         if not model:
             raise JudgeError("--judge-model is required with --judge-url (the model name the server serves)")

@@ -2,7 +2,7 @@
 
 A labels file is JSONL, one object per labelled answer:
 ``{"id": "hb-07", "answer_key": "3f2a…", "verdict": "wrong", "note": "copay is $30"}``.
-``answer_key`` fingerprints the exact answer text (:func:`eval.verdict.answer_key`): a label
+``answer_key`` fingerprints the exact answer text (:func:`kb_chatbot.eval.verdict.answer_key`): a label
 is about one answer, so a new run whose answer differs is judged afresh, not by an old label.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from core.errors import KBError
-from eval.verdict import VERDICTS
+from kb_chatbot.core.errors import KBError
+from kb_chatbot.eval.verdict import VERDICTS
 
 #: Keys of the labeller's prompt -> verdicts.
 KEYS = {"c": "correct", "w": "wrong", "v": "vacuous", "a": "abstained"}
@@ -46,7 +46,7 @@ def load_labels(path: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
 def apply_labels(result: dict[str, Any], labels: dict[tuple[str, str], dict[str, Any]]) -> int:
     """Put human verdicts on the matching answer records and recompute the summaries.
     Returns how many records got a label."""
-    from eval import records as rec
+    from kb_chatbot.eval import records as rec
 
     n = 0
     for run in result.get("answers", {}).values():
@@ -61,8 +61,8 @@ def apply_labels(result: dict[str, Any], labels: dict[tuple[str, str], dict[str,
 def rejudge(result: dict[str, Any]) -> int:
     """Recompute every answer record's automatic verdict with today's rules (a results file
     written by an older version, or before the rules changed), then the summaries."""
-    from eval import records as rec
-    from eval.verdict import answer_key, judge
+    from kb_chatbot.eval import records as rec
+    from kb_chatbot.eval.verdict import answer_key, judge
 
     n = 0
     for run in result.get("answers", {}).values():

@@ -15,7 +15,7 @@
 
 A source is ``(file, page)``: ``file`` is a path relative to its source root (or just a file
 name), ``page`` is 1-based or None. It matches a retrieved chunk when the chunk's document path
-ends with ``file`` at a folder boundary (see :func:`eval.metrics.file_matches`).
+ends with ``file`` at a folder boundary (see :func:`kb_chatbot.eval.metrics.file_matches`).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from core.errors import KBError
+from kb_chatbot.core.errors import KBError
 
 log = logging.getLogger(__name__)
 

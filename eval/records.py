@@ -1,6 +1,6 @@
 """Per-question records (retrieval and answers) and their summaries.
 
-See :mod:`eval.runner` for the definitions of correct, hallucination and calibration.
+See :mod:`kb_chatbot.eval.runner` for the definitions of correct, hallucination and calibration.
 """
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import time
 from dataclasses import asdict
 from typing import Any, Iterable, Sequence
 
-from core.text import STOPWORDS
-from core.settings import Settings
-from core.types import Answer, Hit, Principal
-from eval import metrics as m
-from eval.questions import EvalQuestion
+from kb_chatbot.core.text import STOPWORDS
+from kb_chatbot.core.settings import Settings
+from kb_chatbot.core.types import Answer, Hit, Principal
+from kb_chatbot.eval import metrics as m
+from kb_chatbot.eval.questions import EvalQuestion
 
 #: Semantic similarity (MiniLM cosine) to the reference from which an answer counts as correct.
 SIM_CORRECT = 0.7
@@ -100,7 +100,7 @@ def summarize_retrieval(records: Sequence[dict], questions: Sequence[EvalQuestio
 def unsupported_count(answer: Answer, settings: Settings, embedder, generator) -> int:
     """Sentences of the shown answer whose facts are not in the sources they cite (an
     independent re-check with plain code: the service already removed what it caught)."""
-    from answer.verify import Verifier
+    from kb_chatbot.app.answer.verify import Verifier
 
     if not answer.sources:
         return 0
@@ -109,7 +109,7 @@ def unsupported_count(answer: Answer, settings: Settings, embedder, generator) -
 
 
 def answer_record(q: EvalQuestion, a: Answer, unsupported: int) -> dict[str, Any]:
-    from eval.verdict import answer_key, judge
+    from kb_chatbot.eval.verdict import answer_key, judge
 
     abstained = a.route == "abstained"
     j = judge(q.answerable, q.expected_answer, "" if abstained else a.text, q.question)
@@ -191,7 +191,7 @@ def summarize_answers(records: Sequence[dict]) -> dict[str, Any]:
     routes: dict[str, int] = {}
     for r in records:
         routes[r["route"]] = routes.get(r["route"], 0) + 1
-    from eval.verdict import VERDICTS, shown_and_wrong
+    from kb_chatbot.eval.verdict import VERDICTS, shown_and_wrong
 
     finals = [r.get("final_verdict", r.get("verdict")) for r in records]
     answerable = [r for r in records if r["answerable"]]

@@ -2,7 +2,7 @@
 
 Files in the output folder: ``results.json`` (everything, per-question records included),
 ``report.md`` (the tables), ``calibration.jsonl`` (``{"features", "correct"}`` per answer, the
-input of ``answer.confidence.calibrate``), and plots: ``retrieval.png`` (hit@1/hit@5/MRR per run),
+input of ``kb_chatbot.app.answer.confidence.calibrate``), and plots: ``retrieval.png`` (hit@1/hit@5/MRR per run),
 ``answers.png`` (answer metrics per variant), ``reliability.png`` (confidence vs share correct),
 ``latency.png`` (p50/p95 per stage), ``ab.png`` (A vs B with bootstrap intervals, A/B only).
 """
@@ -184,8 +184,8 @@ def plot_answers(result: dict[str, Any], path: Path) -> Path | None:
 
 
 def plot_reliability(result: dict[str, Any], path: Path) -> Path | None:
-    """The first answer run's confidence vs correctness (answer.confidence's reliability diagram)."""
-    from eval.calibration import plot_reliability as draw
+    """The first answer run's confidence vs correctness (kb_chatbot.app.answer.confidence's reliability diagram)."""
+    from kb_chatbot.eval.calibration import plot_reliability as draw
 
     for name, run in result["answers"].items():
         rows = [r for r in run["records"] if not r["abstained"] and not r["error"]]

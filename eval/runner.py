@@ -1,5 +1,5 @@
 """Run evaluation questions through the real retriever and answer service; collect per-question
-records and summarise them with :mod:`eval.metrics`.
+records and summarise them with :mod:`kb_chatbot.eval.metrics`.
 
 The corpus under test is indexed into its own folder (``<data_dir>/eval/<corpus>-<hash>``, the
 hash covering the settings that change the index), so an evaluation never touches the live
@@ -13,7 +13,7 @@ Definitions (also written into every report):
 - correct answer: on an answerable question, not an abstention and semantic similarity to the
   reference >= ``SIM_CORRECT``; on an unanswerable one, an abstention.
 - hallucination: an answer (not an abstention) with a sentence whose support by the sources it
-  cites, per ``answer.confidence.sentence_support`` with the config's grounding check, is below
+  cites, per ``kb_chatbot.app.answer.confidence.sentence_support`` with the config's grounding check, is below
   the service's own ``UNSUPPORTED_BELOW`` (an uncited sentence counts as unsupported).
 - calibration: AUROC and reliability of the final confidence against correctness, over answers
   that are not abstentions.
@@ -29,11 +29,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from core.settings import Settings, SourceConfig
-from core.types import Principal
-from eval import metrics as m
-from eval import records as rec
-from eval.questions import EvalQuestion, spread
+from kb_chatbot.core.settings import Settings, SourceConfig
+from kb_chatbot.core.types import Principal
+from kb_chatbot.eval import metrics as m
+from kb_chatbot.eval import records as rec
+from kb_chatbot.eval.questions import EvalQuestion, spread
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,9 @@ def corpus_settings(settings: Settings, corpus_name: str, corpus_path: str | Pat
 
 def ensure_indexed(csettings: Settings, *, embedder=None, progress: bool = True) -> dict[str, Any]:
     """Sync the corpus into its eval folder (a no-op when nothing changed); a summary dict."""
-    from ingest.sync import sync_sources
+    from kb_chatbot.ingest.sync import sync_sources
 
-    from kb.progress import TqdmProgress
+    from kb_chatbot.app.kb.progress import TqdmProgress
 
     with TqdmProgress(enabled=progress) as bars:
         rep = sync_sources(csettings, csettings.sources, progress=bars, embedder=embedder)
@@ -200,7 +200,7 @@ class _Parts:
     def embedder(self, s: Settings):
         key = json.dumps(s.embedding.model_dump(mode="json"), sort_keys=True)
         if key not in self.embedders:
-            from index.embedder import load_embedder
+            from kb_chatbot.index.embedder import load_embedder
 
             self.embedders[key] = self._embedder or load_embedder(s.embedding)
         return self.embedders[key]
@@ -208,7 +208,7 @@ class _Parts:
     def generator(self, original: Settings):
         key = _generator_key(original)
         if key not in self.generators:
-            from generators import make_generator
+            from kb_chatbot.app.generators import make_generator
 
             # the models folder of the real config: the default model is assembled there once
             self.generators[key] = self._generator or make_generator(
@@ -236,10 +236,10 @@ def run_evaluation(questions: Sequence[EvalQuestion], configs: Sequence[tuple[st
     and the A/B comparison when two configs are given. ``on_partial`` gets the result so far
     after every run (the CLI saves it, so an interrupted long run keeps what it measured).
     """
-    from answer.confidence import WEIGHTS_FILE, ConfidenceModel
-    from kb.services import build_services
-    from index.generation import open_index
-    from index.retriever import HybridRetriever
+    from kb_chatbot.app.answer.confidence import WEIGHTS_FILE, ConfidenceModel
+    from kb_chatbot.app.kb.services import build_services
+    from kb_chatbot.index.generation import open_index
+    from kb_chatbot.index.retriever import HybridRetriever
 
     t0 = time.perf_counter()
     parts = _Parts(embedder, generator)
@@ -253,7 +253,7 @@ def run_evaluation(questions: Sequence[EvalQuestion], configs: Sequence[tuple[st
             corpora[str(cfg.corpus.data_dir)] = ensure_indexed(cfg.corpus, embedder=emb, progress=opts.progress)
         cfg.index = open_index(cfg.corpus)
         if cfg.index.generation is None:
-            from core.errors import IndexError_
+            from kb_chatbot.core.errors import IndexError_
 
             raise IndexError_(f"the corpus {opts.corpus_name!r} indexed no document ({cfg.corpus.sources[0].path})")
         cfg.principal = eval_principal(cfg.index)
@@ -266,7 +266,7 @@ def run_evaluation(questions: Sequence[EvalQuestion], configs: Sequence[tuple[st
             key = name if len(cfgs) == 1 else f"{cfg.label}: {name}"
             cf = None
             if filt:
-                from answer.context_filter import ContextFilter
+                from kb_chatbot.app.answer.context_filter import ContextFilter
 
                 cf = ContextFilter.from_settings(emb, cfg.corpus.retrieval)
             records = rec.retrieval_records(questions, retriever, cfg.principal, mode=mode, context_filter=cf,

@@ -12,7 +12,7 @@ Rules (docs/EVAL.md "Verdicts"), for an answer to a question with a reference an
   states a different amount, percentage or date of the same kind, or a different number of
   the same unit, and not the reference's), or too few of the reference's key facts are there.
 - **correct**: none of the above, and the answer states the reference's key facts (money,
-  percentages, dates, numbers with units, names: :mod:`answer.facts`): all of them when the
+  percentages, dates, numbers with units, names: :mod:`kb_chatbot.app.answer.facts`): all of them when the
   reference has up to three, half when it has more (long references list many names). A
   reference with no key fact needs half of its content words in the answer.
 
@@ -26,11 +26,11 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from answer.citations import strip_markers
-from answer.facts import Fact, SourceFacts, extract_facts, same_fact
-from answer.prompts import is_abstention
-from answer.verify import is_vacuous
-from core.text import content_words, split_sentences
+from kb_chatbot.app.answer.citations import strip_markers
+from kb_chatbot.app.answer.facts import Fact, SourceFacts, extract_facts, same_fact
+from kb_chatbot.app.answer.prompts import is_abstention
+from kb_chatbot.app.answer.verify import is_vacuous
+from kb_chatbot.core.text import content_words, split_sentences
 
 Verdict = Literal["correct", "wrong", "vacuous", "abstained"]
 VERDICTS: tuple[Verdict, ...] = ("correct", "wrong", "vacuous", "abstained")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from kb.settings import get_settings
+from kb_chatbot.app.kb.settings import get_settings
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
@@ -85,9 +85,9 @@ def build_data(ctx: click.Context, out_dir: Path | None, max_docs: int | None, q
       kb finetune build-data
       kb finetune build-data --questions extractive --per-chunk 2 --top-k 3
     """
-    from core.settings import OpenAIEndpoint
-    from finetune.config import DEFAULT_DATA
-    from finetune.data import BuildOptions, build_dataset
+    from kb_chatbot.core.settings import OpenAIEndpoint
+    from kb_chatbot.finetune.config import DEFAULT_DATA
+    from kb_chatbot.finetune.data import BuildOptions, build_dataset
 
     settings = get_settings(ctx)
     if bool(teacher_url) != bool(teacher_model):
@@ -127,8 +127,8 @@ def train(ctx: click.Context, config_path: Path, resume: bool, max_steps: int | 
       kb finetune train --config finetune/configs/smollm2-cpu.yaml
       kb finetune train --config finetune/configs/default.yaml --resume
     """
-    from finetune.config import load_train_config
-    from finetune.train import train as run_train
+    from kb_chatbot.finetune.config import load_train_config
+    from kb_chatbot.finetune.train import train as run_train
 
     settings = get_settings(ctx)
     cfg = load_train_config(config_path, max_steps=max_steps,
@@ -163,7 +163,7 @@ def eval_cmd(ctx: click.Context, adapter_dir: Path, data_dir: Path | None, backe
       kb finetune eval --adapter data/runtime/finetune/adapters/smollm2-cpu
       kb finetune eval --adapter DIR --backend llamacpp --limit 20
     """
-    from finetune.evaluate import METRIC_LABELS, evaluate_adapter
+    from kb_chatbot.finetune.evaluate import METRIC_LABELS, evaluate_adapter
 
     settings = get_settings(ctx)
     bars = {}
@@ -173,7 +173,7 @@ def eval_cmd(ctx: click.Context, adapter_dir: Path, data_dir: Path | None, backe
             bars[label] = _bar(f"{label:>5}")
         bars[label](done, total)
 
-    from generators.base import resolve_threads
+    from kb_chatbot.app.generators.base import resolve_threads
 
     report, paths = evaluate_adapter(adapter_dir, settings, data_dir=data_dir, backend=backend, limit=limit,
                                      max_tokens=max_tokens, threads=threads or resolve_threads(settings.generator.threads),
@@ -195,7 +195,7 @@ def export(ctx: click.Context, adapter_dir: Path) -> None:
     Example:
       kb finetune export --adapter data/runtime/finetune/adapters/smollm2-cpu
     """
-    from finetune.export import export_gguf_lora, read_metadata, write_metadata
+    from kb_chatbot.finetune.export import export_gguf_lora, read_metadata, write_metadata
 
     meta = read_metadata(adapter_dir)
     path = export_gguf_lora(adapter_dir, Path(meta["base_model"]["hf_dir"]))

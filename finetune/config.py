@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from core.errors import ConfigError
-from core.settings import format_validation_error, read_yaml_mapping
+from kb_chatbot.core.errors import ConfigError
+from kb_chatbot.core.settings import format_validation_error, read_yaml_mapping
 
 #: Where `kb finetune build-data` writes and `train` reads, under settings.data_dir.
 DEFAULT_DATA = Path("finetune/data")

@@ -1,10 +1,10 @@
 """Training data from the indexed knowledge base and from users' feedback.
 
 Every example is a chat in exactly the answering service's prompt format
-(:func:`answer.prompts.build_messages`: system prompt, numbered ``<source>`` blocks, the question)
+(:func:`kb_chatbot.app.answer.prompts.build_messages`: system prompt, numbered ``<source>`` blocks, the question)
 plus the assistant reply the model should learn:
 
-- ``answerable``: a question written from one chunk (:mod:`finetune.questions`); the sources
+- ``answerable``: a question written from one chunk (:mod:`kb_chatbot.finetune.questions`); the sources
   are what the real retriever returns for it (then the same context filter the service
   applies), so the other sources are realistic distractors; the gold chunk is added if
   retrieval missed it. The reply is the grounded sentence with the gold source's ``[n]``.
@@ -39,12 +39,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
 
-from answer.prompts import ABSTAIN_TEXT, build_messages
-from core.text import overlap
-from core.errors import KBError
-from core.settings import OpenAIEndpoint, Settings
-from core.types import PUBLIC, Hit, Message, Principal
-from finetune.questions import QA, ExtractiveWriter, ModelWriter, document_frequencies, normalise_question
+from kb_chatbot.app.answer.prompts import ABSTAIN_TEXT, build_messages
+from kb_chatbot.core.text import overlap
+from kb_chatbot.core.errors import KBError
+from kb_chatbot.core.settings import OpenAIEndpoint, Settings
+from kb_chatbot.core.types import PUBLIC, Hit, Message, Principal
+from kb_chatbot.finetune.questions import QA, ExtractiveWriter, ModelWriter, document_frequencies, normalise_question
 
 log = logging.getLogger(__name__)
 
@@ -139,16 +139,16 @@ class DatasetBuilder:
         self.rng = random.Random(opts.seed)
         self.top_k = opts.top_k or settings.retrieval.top_k
         self.progress = progress
-        from index.embedder import load_embedder
-        from index.generation import open_index
-        from index.retriever import HybridRetriever
+        from kb_chatbot.index.embedder import load_embedder
+        from kb_chatbot.index.generation import open_index
+        from kb_chatbot.index.retriever import HybridRetriever
 
         self.index = index or open_index(settings)
         self.embedder = embedder or load_embedder(settings.embedding)
         self.retriever = retriever or HybridRetriever(self.index, self.embedder, settings.retrieval)
         self.context_filter = None
         if settings.retrieval.context_filter:
-            from answer.context_filter import ContextFilter
+            from kb_chatbot.app.answer.context_filter import ContextFilter
 
             self.context_filter = ContextFilter.from_settings(self.embedder, settings.retrieval)
         self._generator = generator
@@ -268,12 +268,12 @@ class DatasetBuilder:
         if mode == "teacher":
             if self.opts.teacher is None:
                 raise KBError("--questions teacher needs --teacher-url and --teacher-model")
-            from generators import make_escalation_generator
+            from kb_chatbot.app.generators import make_escalation_generator
 
             return ModelWriter(make_escalation_generator(self.opts.teacher), extractive, origin="teacher"), "teacher"
         gen = self._generator
         if gen is None:
-            from generators import make_generator
+            from kb_chatbot.app.generators import make_generator
 
             s = self.settings
             gen = make_generator(s.generator, s.models_dir, base_dir=s.config_dir)
@@ -282,13 +282,13 @@ class DatasetBuilder:
     # --- feedback -------------------------------------------------------------------------
     def feedback_rows(self, all_hits: dict[str, Hit]) -> list[dict]:
         """Thumbs-up answers and corrected thumbs-down ones whose sources are all usable here."""
-        from answer.citations import cited_numbers
+        from kb_chatbot.app.answer.citations import cited_numbers
 
         log_ = self.answer_log
         if log_ is None:
             if not self.settings.app_db.is_file():
                 return []
-            from answer.log import AnswerLog
+            from kb_chatbot.app.answer.log import AnswerLog
 
             log_ = AnswerLog(self.settings.app_db)
         rows = []

@@ -2,14 +2,14 @@
 
 Each held-out example's prompt (system + sources + question, exactly as built) is answered
 greedily by the base model and by base + adapter through the real generator backends.
-Metrics come from :mod:`eval.metrics` (the evaluation issue's definitions):
+Metrics come from :mod:`kb_chatbot.eval.metrics` (the evaluation issue's definitions):
 
 - answer correctness: SQuAD token F1 of the answer (citation markers stripped) against the
   reference sentence, on answerable and feedback examples;
 - citation accuracy: precision/recall of the cited source numbers against the gold source(s)
   (chunk level), and the share of answers that cite the gold source;
 - refusal: share of unanswerable examples answered with the abstention sentence
-  (:func:`answer.prompts.is_abstention`), and share of answerable ones refused (false refusals);
+  (:func:`kb_chatbot.app.answer.prompts.is_abstention`), and share of answerable ones refused (false refusals);
 - latency: first-token and total seconds per answer (p50/p95), tokens per second.
 
 The paired per-example F1 differences get a sign test and a bootstrap interval, so a small
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from core.errors import KBError
-from core.types import GenParams, Message
+from kb_chatbot.core.errors import KBError
+from kb_chatbot.core.types import GenParams, Message
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,9 @@ class Scored:
 
 def score_answer(row: dict[str, Any], text: str) -> dict[str, Any]:
     """The metrics of one answer to one held-out example (pure: no model)."""
-    from answer.citations import cited_numbers, strip_markers
-    from answer.prompts import is_abstention
-    from eval.metrics import citation_precision_recall, token_f1
+    from kb_chatbot.app.answer.citations import cited_numbers, strip_markers
+    from kb_chatbot.app.answer.prompts import is_abstention
+    from kb_chatbot.eval.metrics import citation_precision_recall, token_f1
 
     n_sources = len(row.get("source_chunk_ids") or [])
     cited = [n for n in cited_numbers(text) if 1 <= n <= n_sources]
@@ -107,7 +107,7 @@ def _count(generator: Any, text: str) -> int:
 
 
 def summarize(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    from eval.metrics import abstention_rates, mean, percentiles, rate
+    from kb_chatbot.eval.metrics import abstention_rates, mean, percentiles, rate
 
     answerable = [r["kind"] != "unanswerable" for r in rows]
     rates = abstention_rates([x["abstained"] for x in results], answerable)
@@ -130,7 +130,7 @@ def summarize(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]])
 
 
 def compare(base: Sequence[dict[str, Any]], tuned: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    from eval.metrics import paired_bootstrap, sign_test
+    from kb_chatbot.eval.metrics import paired_bootstrap, sign_test
 
     f1b = [x["token_f1"] for x in base]
     f1t = [x["token_f1"] for x in tuned]
@@ -229,20 +229,20 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 
 def make_generators(adapter_dir: Path, settings: Any, *, backend: str = "transformers", threads: int = 1):
     """(base, tuned) generators for the adapter's base model, from its ``kb_adapter.json``."""
-    from generators.model_files import resolve_model
-    from core.settings import GeneratorConfig
-    from finetune.export import read_metadata
+    from kb_chatbot.app.generators.model_files import resolve_model
+    from kb_chatbot.core.settings import GeneratorConfig
+    from kb_chatbot.finetune.export import read_metadata
 
     meta = read_metadata(adapter_dir)
     name = meta["base_model"]["name"]
     ref = resolve_model(GeneratorConfig(model=name), settings.models_dir, base_dir=settings.config_dir)
     if backend == "transformers":
-        from generators.hf import HFGenerator
+        from kb_chatbot.app.generators.hf import HFGenerator
 
         mk = lambda ad: HFGenerator(ref, models_dir=settings.models_dir, threads=threads, adapter=ad,  # noqa: E731
                                     context_tokens=settings.generator.context_tokens, device="cpu" if threads else None)
     elif backend == "llamacpp":
-        from generators.llamacpp import LlamaCppGenerator
+        from kb_chatbot.app.generators.llamacpp import LlamaCppGenerator
 
         if ref.gguf_path is None:
             raise KBError(f"backend llamacpp needs a GGUF base model; {name} is an HF folder")
@@ -258,15 +258,15 @@ def evaluate_adapter(adapter_dir: Path, settings: Any, *, data_dir: Path | None 
                      progress: Callable[[str, int, int], None] | None = None, generators: tuple | None = None
                      ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Run base and tuned on the held-out split; write ``<name>.json/.md/.png``; return (report, paths)."""
-    from finetune.data import HELDOUT_FILE
-    from finetune.train import read_examples
+    from kb_chatbot.finetune.data import HELDOUT_FILE
+    from kb_chatbot.finetune.train import read_examples
 
     adapter_dir = Path(adapter_dir).resolve()
     if generators is None:
         base_gen, tuned_gen, meta = make_generators(adapter_dir, settings, backend=backend, threads=threads)
     else:
         base_gen, tuned_gen = generators
-        from finetune.export import read_metadata
+        from kb_chatbot.finetune.export import read_metadata
 
         meta = read_metadata(adapter_dir)
     data_dir = Path(data_dir or meta["data"]["dir"])
@@ -276,7 +276,7 @@ def evaluate_adapter(adapter_dir: Path, settings: Any, *, data_dir: Path | None 
     if not rows:
         raise KBError(f"{data_dir / HELDOUT_FILE} has no examples")
     if meta["data"].get("data_hash"):
-        from finetune.data import MANIFEST
+        from kb_chatbot.finetune.data import MANIFEST
 
         mpath = data_dir / MANIFEST
         cur = json.loads(mpath.read_text(encoding="utf-8")).get("data_hash") if mpath.is_file() else None

@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.errors import ConfigError, KBError
+from kb_chatbot.core.errors import ConfigError, KBError
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from core.text import STOPWORDS, content_words, overlap, sentence_spans, words
-from core.types import Chunk, GenParams, Message
+from kb_chatbot.core.text import STOPWORDS, content_words, overlap, sentence_spans, words
+from kb_chatbot.core.types import Chunk, GenParams, Message
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class ExtractiveWriter:
 
 
 def question_prompt(chunk: Chunk, title: str) -> list[Message]:
-    from answer.prompts import neutralise
+    from kb_chatbot.app.answer.prompts import neutralise
 
     section = " > ".join(chunk.heading_path)
     head = f"Document: {title}" + (f"\nSection: {section}" if section else "")

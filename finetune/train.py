@@ -10,7 +10,7 @@ SmolLM2's nor Qwen2.5's has them) plus the datasets/pyarrow stack, for what is ~
 
 Checkpoints (adapter + optimizer + scheduler + RNG) go to ``<output_dir>/checkpoints`` every
 ``save_steps``; ``resume=True`` continues from the newest one. The finished adapter is saved
-to ``output_dir`` with ``kb_adapter.json`` (see :mod:`finetune.export`) and ``loss.png``.
+to ``output_dir`` with ``kb_adapter.json`` (see :mod:`kb_chatbot.finetune.export`) and ``loss.png``.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.errors import ConfigError, KBError
-from core.settings import GeneratorConfig, Settings
-from finetune.config import TrainConfig
+from kb_chatbot.core.errors import ConfigError, KBError
+from kb_chatbot.core.settings import GeneratorConfig, Settings
+from kb_chatbot.finetune.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def encode_example(tokenizer: Any, messages: Sequence[dict[str, str]]) -> dict[s
     """``input_ids``/``labels`` for one chat example; only the last assistant turn is labelled.
 
     The prompt is rendered exactly as at inference (chat template with the generation prompt,
-    no extra special tokens: :class:`generators.hf.HFGenerator` does the same), the reply
+    no extra special tokens: :class:`kb_chatbot.app.generators.hf.HFGenerator` does the same), the reply
     is the rest of the fully rendered conversation up to and including the end-of-turn token.
     Prompt and reply are tokenized separately, so the boundary is exact.
     """
@@ -126,7 +126,7 @@ class BaseModelInfo:
 
 def base_model_info(cfg: TrainConfig, settings: Settings) -> BaseModelInfo:
     """Resolve ``base_model`` like ``generator.model`` and convert a GGUF once into an HF folder."""
-    from generators.model_files import hf_folder_for, resolve_model
+    from kb_chatbot.app.generators.model_files import hf_folder_for, resolve_model
 
     ref = resolve_model(GeneratorConfig(model=cfg.base_model), settings.models_dir, base_dir=settings.config_dir)
     hf_dir = hf_folder_for(ref, settings.models_dir)
@@ -143,7 +143,7 @@ def _weights_file(folder: Path) -> Path:
 
 def weights_sha256(path: Path) -> str:
     """sha256 of a weights file; reuses a ``<file>.sha256`` sidecar newer than the file."""
-    from generators.model_files import sha256_file
+    from kb_chatbot.app.generators.model_files import sha256_file
 
     side = path.with_name(path.name + ".sha256")
     try:
@@ -229,7 +229,7 @@ class TrainResult:
 
 
 def _data_manifest(data_dir: Path) -> dict[str, Any]:
-    from finetune.data import MANIFEST
+    from kb_chatbot.finetune.data import MANIFEST
 
     path = data_dir / MANIFEST
     if not path.is_file():
@@ -346,7 +346,7 @@ def train(cfg: TrainConfig, settings: Settings, *, resume: bool = False, callbac
     facts.update(steps=steps, seconds=round(seconds, 1), base_eval_loss=base_eval_loss,
                  seconds_per_step=round(seconds / max(1, steps - _step_of(last)), 2), resumed_from=last)
 
-    from finetune.export import save_adapter
+    from kb_chatbot.finetune.export import save_adapter
 
     save_adapter(model, out, cfg=cfg, base=base, manifest=manifest, curve=curve, eval_loss=eval_loss, facts=facts)
     return TrainResult(out, steps, curve, eval_loss, seconds, facts)

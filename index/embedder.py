@@ -1,6 +1,6 @@
 """Text embedders: all-MiniLM-L6-v2 (the real one) and a hashing fake for tests.
 
-Both implement :class:`core.protocols.Embedder`: ``embed_documents`` returns an ``(n, dim)``
+Both implement :class:`kb_chatbot.core.protocols.Embedder`: ``embed_documents`` returns an ``(n, dim)``
 float32 array of L2-normalised rows, ``embed_query`` one ``(dim,)`` row. Cosine similarity
 is therefore a dot product, which is what the FAISS inner-product index expects.
 
@@ -22,9 +22,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core.errors import ModelNotFoundError
-from core.protocols import Embedder
-from core.settings import EmbeddingConfig
+from kb_chatbot.core.errors import ModelNotFoundError
+from kb_chatbot.core.protocols import Embedder
+from kb_chatbot.core.settings import EmbeddingConfig
 
 log = logging.getLogger(__name__)
 
@@ -297,5 +297,5 @@ def load_tokenizer(cfg: EmbeddingConfig) -> Any:
     (:func:`count_words`).
     """
     if cfg.model == HASH_MODEL:
-        raise ValueError("embedding.model 'hash' has no tokenizer; count tokens with index.embedder.count_words")
+        raise ValueError("embedding.model 'hash' has no tokenizer; count tokens with kb_chatbot.index.embedder.count_words")
     return _cached_tokenizer(cfg.model)

@@ -29,10 +29,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from core.errors import IndexError_, KBError
-from core.settings import IndexConfig, Settings
-from index.store import Store
-from index.vectors import FaissIndex
+from kb_chatbot.core.errors import IndexError_, KBError
+from kb_chatbot.core.settings import IndexConfig, Settings
+from kb_chatbot.index.store import Store
+from kb_chatbot.index.vectors import FaissIndex
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from core.protocols import Embedder
-from core.settings import RetrievalConfig
-from core.text import STOPWORDS
-from core.types import Hit, Principal
-from index.generation import IndexReader, IndexSnapshot
-from index.store import ChunkRow
+from kb_chatbot.core.protocols import Embedder
+from kb_chatbot.core.settings import RetrievalConfig
+from kb_chatbot.core.text import STOPWORDS
+from kb_chatbot.core.types import Hit, Principal
+from kb_chatbot.index.generation import IndexReader, IndexSnapshot
+from kb_chatbot.index.store import ChunkRow
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from core.types import Chunk, Document
+from kb_chatbot.core.types import Chunk, Document
 
 SCHEMA_VERSION = 1
 #: bm25() column weights for (text, title): a title match counts double.
@@ -151,7 +151,7 @@ class Store:
     def open_readonly(cls, path: str | Path) -> "Store":
         path = Path(path)
         if not path.is_file():
-            from core.errors import IndexError_
+            from kb_chatbot.core.errors import IndexError_
 
             raise IndexError_(f"index database missing: {path}; run `kb reindex`")
         uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import IndexError_
-from core.settings import IndexConfig
+from kb_chatbot.core.errors import IndexError_
+from kb_chatbot.core.settings import IndexConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Chunking: split each Document into pieces of at most ``chunk_tokens`` embedder tokens.
 
-Structure first: every :class:`core.types.Section` (heading block, PDF page, slide, sheet,
+Structure first: every :class:`kb_chatbot.core.types.Section` (heading block, PDF page, slide, sheet,
 Slack message) is chunked on its own, so a chunk never mixes two pages or two headings'
 bodies, and its citation metadata (heading path, page, slide, sheet, message ts) is exact.
 Inside a section LangChain's ``RecursiveCharacterTextSplitter`` cuts on paragraphs, lines,
@@ -29,10 +29,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from core.types import Chunk, Document, Section
+from kb_chatbot.core.types import Chunk, Document, Section
 
 if TYPE_CHECKING:
-    from core.settings import Settings
+    from kb_chatbot.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class Chunker:
 
     ``count_tokens`` is either a Hugging Face tokenizer (tokens counted without special
     tokens, so 510 leaves room for [CLS]/[SEP] in a 512-token model) or any function
-    ``str -> int`` (e.g. :func:`index.embedder.count_words` for the hash embedder).
+    ``str -> int`` (e.g. :func:`kb_chatbot.index.embedder.count_words` for the hash embedder).
     """
 
     def __init__(
@@ -345,7 +345,7 @@ def make_chunker(settings: "Settings") -> Chunker:
     With ``embedding.model: hash`` (tests) tokens are words and punctuation marks. The limit
     is also capped at ``embedding.max_seq_length - 2`` so no chunk is ever truncated.
     """
-    from index.embedder import HASH_MODEL, count_words, load_tokenizer
+    from kb_chatbot.index.embedder import HASH_MODEL, count_words, load_tokenizer
 
     emb, ch = settings.embedding, settings.chunking
     limit = ch.chunk_tokens

@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from core.settings import Settings
-from core.types import IngestFailure, Principal
+from kb_chatbot.core.settings import Settings
+from kb_chatbot.core.types import IngestFailure, Principal
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +182,8 @@ def status_info(settings: Settings, reader: Principal | None = None) -> dict[str
     indexed document's, or the one the failure carries) admits ``reader``; the others are
     counted per source as hidden (``kb status`` on the server shows all of them).
     """
-    from index.generation import DB_NAME, Generations
-    from index.store import Store
+    from kb_chatbot.index.generation import DB_NAME, Generations
+    from kb_chatbot.index.store import Store
 
     gens = Generations(settings.index_dir)
     current = gens.current()

@@ -13,8 +13,8 @@ import signal
 import threading
 from typing import Any, Callable
 
-from core.errors import ConfigError, KBError
-from core.settings import ScheduleConfig, Settings
+from kb_chatbot.core.errors import ConfigError, KBError
+from kb_chatbot.core.settings import ScheduleConfig, Settings
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,8 @@ def run_reindex_once(settings: Settings, *, lock_timeout: float = 0.0, progress:
     """One scheduled reindex of every enabled source. Returns the IngestReport, or None when
     it was skipped (another ingest holds the lock) or failed; never raises (the scheduler
     must survive a bad night)."""
-    from index.generation import IngestBusyError
-    from ingest.sync import sync_sources
+    from kb_chatbot.index.generation import IngestBusyError
+    from kb_chatbot.ingest.sync import sync_sources
 
     sources = [s for s in settings.sources if s.enabled]
     if not sources:

@@ -21,15 +21,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from core.errors import ConfigError, SourceError
-from core.protocols import Connector, Embedder
-from core.settings import Settings, SourceConfig
-from core.types import Chunk, Document, IngestFailure
-from index.cache import EmbeddingCache
-from index.generation import GenerationWriter, Generations, ingest_lock
-from index.store import text_sha
-from index.vectors import FaissIndex
-from ingest.report import IngestReport, SourceReport, utc_now
+from kb_chatbot.core.errors import ConfigError, SourceError
+from kb_chatbot.core.protocols import Connector, Embedder
+from kb_chatbot.core.settings import Settings, SourceConfig
+from kb_chatbot.core.types import Chunk, Document, IngestFailure
+from kb_chatbot.index.cache import EmbeddingCache
+from kb_chatbot.index.generation import GenerationWriter, Generations, ingest_lock
+from kb_chatbot.index.store import text_sha
+from kb_chatbot.index.vectors import FaissIndex
+from kb_chatbot.ingest.report import IngestReport, SourceReport, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -310,18 +310,18 @@ def sync_sources(settings: Settings, sources: Sequence[SourceConfig], *, progres
     """Sync ``sources`` into a new index generation and publish it atomically.
 
     Holds ``data_dir/ingest.lock`` for the whole run: if another ingest holds it, waits
-    ``lock_timeout`` s (default ``index.generation.LOCK_WAIT_S``), then raises IngestBusyError.
+    ``lock_timeout`` s (default ``kb_chatbot.index.generation.LOCK_WAIT_S``), then raises IngestBusyError.
     When nothing changed, nothing is published. The report is saved as JSON under ``reports_dir`` and recorded in ``app_db``.
     ``progress`` is told of every document read (see :data:`ProgressFn`). ``on_stage(name)``
     is called at "embedding" (after each embedded batch was cached), "faiss_written" and
     "manifest_written": crash tests pause or slow the run there. ``full``: the API sources read
     everything again instead of the changes since their stored state (``kb reindex --full``).
     """
-    from index.embedder import load_embedder
-    from ingest.chunking import make_chunker
-    from ingest.connectors import make_connector
+    from kb_chatbot.index.embedder import load_embedder
+    from kb_chatbot.ingest.chunking import make_chunker
+    from kb_chatbot.ingest.connectors import make_connector
 
-    import index.generation as generation
+    import kb_chatbot.index.generation as generation
 
     report = IngestReport()
     with ingest_lock(settings, timeout=generation.LOCK_WAIT_S if lock_timeout is None else lock_timeout):

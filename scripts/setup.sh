@@ -81,7 +81,7 @@ if [ "${KB_SKIP_LLAMACPP:-0}" != 1 ]; then
   set +e
   "$VENV/bin/python" -c "
 import llama_cpp
-from generators.model_files import smollm2_gguf_path
+from kb_chatbot.app.generators.model_files import smollm2_gguf_path
 llm = llama_cpp.Llama(model_path=str(smollm2_gguf_path()), n_ctx=256, n_threads=1, verbose=False)
 next(llm.generate(llm.tokenize(b'Hello'), temp=0.0))
 " 2>"$VENV/.llama-probe.log"

@@ -1,12 +1,12 @@
 """Connectors: one module per source type, chosen by the source's ``type`` in settings."""
 from __future__ import annotations
 
-from core.protocols import Connector
-from core.settings import SourceConfig
+from kb_chatbot.core.protocols import Connector
+from kb_chatbot.core.settings import SourceConfig
 
 
 def _isolated(src: SourceConfig):
-    from ingest.parsers.isolated import IsolatedParser
+    from kb_chatbot.ingest.parsers.isolated import IsolatedParser
 
     return IsolatedParser(timeout_s=src.parse_timeout_s, memory_mb=src.parse_memory_mb)
 
@@ -14,7 +14,7 @@ def _isolated(src: SourceConfig):
 def make_connector(src: SourceConfig) -> Connector:
     """Build the connector for one configured source (imports only the one needed)."""
     if src.type == "wiki":
-        from ingest.connectors.wiki import WikiConnector
+        from kb_chatbot.ingest.connectors.wiki import WikiConnector
 
         return WikiConnector(
             src.path, source=src.name, base_url=src.base_url,
@@ -22,13 +22,13 @@ def make_connector(src: SourceConfig) -> Connector:
             parser=_isolated(src),
         )
     if src.type == "slack":
-        from ingest.connectors.slack import SlackConnector
+        from kb_chatbot.ingest.connectors.slack import SlackConnector
 
         return SlackConnector(
             src.path, source=src.name, base_url=src.base_url, window_hours=src.slack_window_hours
         )
     if src.type == "drive":
-        from ingest.connectors.drive import DriveConnector
+        from kb_chatbot.ingest.connectors.drive import DriveConnector
 
         return DriveConnector(
             src.path, source=src.name, base_url=src.base_url,
@@ -36,15 +36,15 @@ def make_connector(src: SourceConfig) -> Connector:
             parser=_isolated(src),
         )
     if src.type == "slack-api":
-        from ingest.connectors.slack_api import SlackApiConnector
+        from kb_chatbot.ingest.connectors.slack_api import SlackApiConnector
 
         return SlackApiConnector(src)
     if src.type == "confluence":
-        from ingest.connectors.confluence import ConfluenceConnector
+        from kb_chatbot.ingest.connectors.confluence import ConfluenceConnector
 
         return ConfluenceConnector(src, parser=_isolated(src))
     if src.type == "gdrive":
-        from ingest.connectors.gdrive import GoogleDriveConnector
+        from kb_chatbot.ingest.connectors.gdrive import GoogleDriveConnector
 
         return GoogleDriveConnector(src, parser=_isolated(src))
     raise ValueError(f"unknown source type {src.type!r}")

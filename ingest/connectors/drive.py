@@ -1,7 +1,7 @@
 """Drive connector: a folder export of docx, pptx, xlsx, pdf, txt/md, csv and html files.
 
 One document per file, id ``<source>:<relative/posix/path>``. Who may read a file comes
-from the optional permissions sidecar (see :mod:`ingest.parsers.permissions`), else the
+from the optional permissions sidecar (see :mod:`kb_chatbot.ingest.parsers.permissions`), else the
 source's ``default_acl``. :class:`FileTreeConnector` is the shared folder-walking base that
 the wiki connector reuses.
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import quote
 
-from core.errors import ParseError, SourceError
-from core.types import Document, IngestFailure, SourceType
-from ingest.parsers import FORMATS, Parsed, parse_file
-from ingest.parsers.permissions import AccessError, PermissionMap
+from kb_chatbot.core.errors import ParseError, SourceError
+from kb_chatbot.core.types import Document, IngestFailure, SourceType
+from kb_chatbot.ingest.parsers import FORMATS, Parsed, parse_file
+from kb_chatbot.ingest.parsers.permissions import AccessError, PermissionMap
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class FileTreeConnector:
         parser: Callable[..., Parsed] | None = None,
     ) -> None:
         #: parse(path, rel) -> Parsed: in-process by default; make_connector passes an
-        #: :class:`ingest.parsers.isolated.IsolatedParser` (a child process with limits)
+        #: :class:`kb_chatbot.ingest.parsers.isolated.IsolatedParser` (a child process with limits)
         self.parser = parser
         self.root = Path(path).expanduser()
         #: glob patterns of relative paths that are not read ("reference/**", "*.tmp.md")

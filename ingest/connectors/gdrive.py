@@ -33,11 +33,11 @@ import logging
 from pathlib import PurePosixPath
 from typing import Any, Iterator, Mapping
 
-from core.errors import ParseError, SourceError
-from core.secrets import read_secret
-from core.types import PUBLIC, Document, IngestFailure, domain_principal, group_principal, user_principal
-from ingest.connectors.live import LiveConnector, parse_time
-from ingest.parsers import FORMATS
+from kb_chatbot.core.errors import ParseError, SourceError
+from kb_chatbot.core.secrets import read_secret
+from kb_chatbot.core.types import PUBLIC, Document, IngestFailure, domain_principal, group_principal, user_principal
+from kb_chatbot.ingest.connectors.live import LiveConnector, parse_time
+from kb_chatbot.ingest.parsers import FORMATS
 
 log = logging.getLogger(__name__)
 

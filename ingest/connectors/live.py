@@ -27,9 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from core.errors import ParseError
-from core.types import Document, IngestFailure
-from ingest.parsers import FORMATS, Parsed, parse_file
+from kb_chatbot.core.errors import ParseError
+from kb_chatbot.core.types import Document, IngestFailure
+from kb_chatbot.ingest.parsers import FORMATS, Parsed, parse_file
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-from core.types import Document, IngestFailure
+from kb_chatbot.core.types import Document, IngestFailure
 
 
 class MemoryConnector:

@@ -42,9 +42,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from core.errors import SourceError
-from core.types import PUBLIC, Document, IngestFailure, Section, user_principal
-from ingest.connectors.slack_mrkdwn import render_blocks, render_mrkdwn
+from kb_chatbot.core.errors import SourceError
+from kb_chatbot.core.types import PUBLIC, Document, IngestFailure, Section, user_principal
+from kb_chatbot.ingest.connectors.slack_mrkdwn import render_blocks, render_mrkdwn
 
 log = logging.getLogger(__name__)
 

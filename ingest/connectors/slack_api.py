@@ -1,7 +1,7 @@
 """Slack through the Web API (slack_sdk): the conversations a bot token can read, kept in step
 by watermark, with each conversation's members as its readers.
 
-Documents are made exactly as from an export (:mod:`ingest.connectors.slack`): one per thread,
+Documents are made exactly as from an export (:mod:`kb_chatbot.ingest.connectors.slack`): one per thread,
 one per channel window, a line and a Section per message, same ids.
 
 Each sync:
@@ -35,11 +35,11 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping
 
-from core.errors import SourceError
-from core.secrets import read_secret
-from core.types import Document
-from ingest.connectors.live import LiveConnector
-from ingest.connectors.slack import SlackConnector, _Conversation, _ts_float
+from kb_chatbot.core.errors import SourceError
+from kb_chatbot.core.secrets import read_secret
+from kb_chatbot.core.types import Document
+from kb_chatbot.ingest.connectors.live import LiveConnector
+from kb_chatbot.ingest.connectors.slack import SlackConnector, _Conversation, _ts_float
 
 log = logging.getLogger(__name__)
 

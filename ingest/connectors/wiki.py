@@ -14,10 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from core.types import SourceType
-from ingest.connectors.drive import FileTreeConnector
-from ingest.parsers import Parsed
-from ingest.parsers.permissions import access_principals
+from kb_chatbot.core.types import SourceType
+from kb_chatbot.ingest.connectors.drive import FileTreeConnector
+from kb_chatbot.ingest.parsers import Parsed
+from kb_chatbot.ingest.parsers.permissions import access_principals
 
 log = logging.getLogger(__name__)
 

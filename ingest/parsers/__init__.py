@@ -2,29 +2,29 @@
 
 :func:`parse_file` picks the parser by extension and imports only that module (the
 third-party libraries load when a file of their format is met). A file that cannot be
-parsed raises :class:`core.errors.ParseError` with a short human reason.
+parsed raises :class:`kb_chatbot.core.errors.ParseError` with a short human reason.
 """
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
 
-from ingest.parsers.builder import Parsed
+from kb_chatbot.ingest.parsers.builder import Parsed
 
 #: extension -> (module, function, format name). Functions take the file path.
 FORMATS: dict[str, tuple[str, str, str]] = {
-    ".md": ("ingest.parsers.files", "parse_markdown_file", "markdown"),
-    ".markdown": ("ingest.parsers.files", "parse_markdown_file", "markdown"),
-    ".html": ("ingest.parsers.files", "parse_html_file", "html"),
-    ".htm": ("ingest.parsers.files", "parse_html_file", "html"),
-    ".txt": ("ingest.parsers.text", "parse_text", "text"),
-    ".docx": ("ingest.parsers.docx", "parse_docx", "docx"),
-    ".pptx": ("ingest.parsers.pptx", "parse_pptx", "pptx"),
-    ".xlsx": ("ingest.parsers.xlsx", "parse_xlsx", "xlsx"),
-    ".xlsm": ("ingest.parsers.xlsx", "parse_xlsx", "xlsx"),
-    ".pdf": ("ingest.parsers.pdf", "parse_pdf", "pdf"),
-    ".csv": ("ingest.parsers.delimited", "parse_csv", "csv"),
-    ".tsv": ("ingest.parsers.delimited", "parse_csv", "csv"),
+    ".md": ("kb_chatbot.ingest.parsers.files", "parse_markdown_file", "markdown"),
+    ".markdown": ("kb_chatbot.ingest.parsers.files", "parse_markdown_file", "markdown"),
+    ".html": ("kb_chatbot.ingest.parsers.files", "parse_html_file", "html"),
+    ".htm": ("kb_chatbot.ingest.parsers.files", "parse_html_file", "html"),
+    ".txt": ("kb_chatbot.ingest.parsers.text", "parse_text", "text"),
+    ".docx": ("kb_chatbot.ingest.parsers.docx", "parse_docx", "docx"),
+    ".pptx": ("kb_chatbot.ingest.parsers.pptx", "parse_pptx", "pptx"),
+    ".xlsx": ("kb_chatbot.ingest.parsers.xlsx", "parse_xlsx", "xlsx"),
+    ".xlsm": ("kb_chatbot.ingest.parsers.xlsx", "parse_xlsx", "xlsx"),
+    ".pdf": ("kb_chatbot.ingest.parsers.pdf", "parse_pdf", "pdf"),
+    ".csv": ("kb_chatbot.ingest.parsers.delimited", "parse_csv", "csv"),
+    ".tsv": ("kb_chatbot.ingest.parsers.delimited", "parse_csv", "csv"),
 }
 
 

@@ -13,8 +13,8 @@ from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Any
 
-from core.errors import ParseError
-from core.types import Section
+from kb_chatbot.core.errors import ParseError
+from kb_chatbot.core.types import Section
 
 _MANY_NEWLINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 _TRAILING_SPACE = re.compile(r"[ \t]+\n")

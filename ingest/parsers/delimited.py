@@ -6,10 +6,10 @@ import io
 import logging
 from pathlib import Path
 
-from core.errors import ParseError
-from ingest.parsers.builder import Parsed, TextBuilder
-from ingest.parsers.text import read_text
-from ingest.parsers.xlsx import tabular_lines
+from kb_chatbot.core.errors import ParseError
+from kb_chatbot.ingest.parsers.builder import Parsed, TextBuilder
+from kb_chatbot.ingest.parsers.text import read_text
+from kb_chatbot.ingest.parsers.xlsx import tabular_lines
 
 log = logging.getLogger(__name__)
 

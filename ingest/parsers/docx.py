@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from core.errors import ParseError
-from ingest.parsers.builder import Parsed, TextBuilder, check_office_zip, collapse_spaces, table_row
+from kb_chatbot.core.errors import ParseError
+from kb_chatbot.ingest.parsers.builder import Parsed, TextBuilder, check_office_zip, collapse_spaces, table_row
 
 log = logging.getLogger(__name__)
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.errors import ParseError
-from ingest.parsers.builder import Parsed
-from ingest.parsers.html import parse_html
-from ingest.parsers.markdown import parse_markdown
-from ingest.parsers.text import read_text
+from kb_chatbot.core.errors import ParseError
+from kb_chatbot.ingest.parsers.builder import Parsed
+from kb_chatbot.ingest.parsers.html import parse_html
+from kb_chatbot.ingest.parsers.markdown import parse_markdown
+from kb_chatbot.ingest.parsers.text import read_text
 
 
 def parse_markdown_file(path: Path) -> Parsed:

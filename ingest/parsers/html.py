@@ -15,7 +15,7 @@ from typing import Any
 from bs4 import BeautifulSoup, Comment, NavigableString, Tag
 from bs4.element import Declaration, Doctype, ProcessingInstruction
 
-from ingest.parsers.builder import Parsed, TextBuilder, collapse_spaces, table_row
+from kb_chatbot.ingest.parsers.builder import Parsed, TextBuilder, collapse_spaces, table_row
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ worker process (started on first use with ``spawn``, so it shares no threads or 
 server) whose address space is capped with ``RLIMIT_AS``. A parse that takes longer than the
 time limit gets the worker killed and the file reported; a parse that runs out of memory is
 reported the same way; the next file gets a fresh worker. Plain text, markdown and CSV are
-parsed in-process (their parsers are bounded by :data:`ingest.connectors.drive.MAX_TEXT_CHARS`
+parsed in-process (their parsers are bounded by :data:`kb_chatbot.ingest.connectors.drive.MAX_TEXT_CHARS`
 and the safe YAML loader), so a wiki of markdown pages never starts a worker.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from core.errors import ParseError
-from ingest.parsers import FORMATS, Parsed, parse_file
+from kb_chatbot.core.errors import ParseError
+from kb_chatbot.ingest.parsers import FORMATS, Parsed, parse_file
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _worker(conn: Connection, memory_mb: int) -> None:
 
 
 class IsolatedParser:
-    """``parse(path, rel)`` like :func:`ingest.parsers.parse_file`, with limits (see module doc)."""
+    """``parse(path, rel)`` like :func:`kb_chatbot.ingest.parsers.parse_file`, with limits (see module doc)."""
 
     def __init__(self, timeout_s: float = 120.0, memory_mb: int = 2048):
         self.timeout_s = float(timeout_s)

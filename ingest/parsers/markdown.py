@@ -16,9 +16,9 @@ from typing import Any
 import yaml
 from markdown_it import MarkdownIt
 
-from core.errors import ParseError
-from ingest.parsers.builder import Parsed, TextBuilder, to_utc
-from ingest.parsers.html import render_fragment
+from kb_chatbot.core.errors import ParseError
+from kb_chatbot.ingest.parsers.builder import Parsed, TextBuilder, to_utc
+from kb_chatbot.ingest.parsers.html import render_fragment
 
 log = logging.getLogger(__name__)
 

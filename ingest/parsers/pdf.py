@@ -5,8 +5,8 @@ import logging
 import re
 from pathlib import Path
 
-from core.errors import ParseError
-from ingest.parsers.builder import Parsed, TextBuilder
+from kb_chatbot.core.errors import ParseError
+from kb_chatbot.ingest.parsers.builder import Parsed, TextBuilder
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from core.errors import ParseError, SourceError
-from core.types import PUBLIC, group_principal, user_principal
+from kb_chatbot.core.errors import ParseError, SourceError
+from kb_chatbot.core.types import PUBLIC, group_principal, user_principal
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator
 
-from core.errors import ParseError
-from ingest.parsers.builder import Parsed, TextBuilder, check_office_zip, collapse_spaces, table_row
-from ingest.parsers.docx import office_title
+from kb_chatbot.core.errors import ParseError
+from kb_chatbot.ingest.parsers.builder import Parsed, TextBuilder, check_office_zip, collapse_spaces, table_row
+from kb_chatbot.ingest.parsers.docx import office_title
 
 log = logging.getLogger(__name__)
 

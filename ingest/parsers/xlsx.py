@@ -13,8 +13,8 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from core.errors import ParseError
-from ingest.parsers.builder import Parsed, TextBuilder, check_office_zip, collapse_spaces, labelled_row
+from kb_chatbot.core.errors import ParseError
+from kb_chatbot.ingest.parsers.builder import Parsed, TextBuilder, check_office_zip, collapse_spaces, labelled_row
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.settings import Settings, load_settings
-from core.types import Document, Section
-from ingest.connectors.memory import MemoryConnector
+from kb_chatbot.core.settings import Settings, load_settings
+from kb_chatbot.core.types import Document, Section
+from kb_chatbot.ingest.connectors.memory import MemoryConnector
 
 
 def doc(doc_id: str, text: str, acl: Sequence[str] = ("public",), *, title: str | None = None,
@@ -44,10 +44,10 @@ def make_settings(root: Path, **overrides: Any) -> Settings:
 def build_index(settings: Settings, docs: Sequence[Document] | None = None):
     """Sync ``docs`` (None: the configured sources, read by the real connectors) into a new
     generation; returns (index, retriever, embedder)."""
-    from index.embedder import load_embedder
-    from index.generation import open_index
-    from index.retriever import HybridRetriever
-    from ingest.sync import sync_sources
+    from kb_chatbot.index.embedder import load_embedder
+    from kb_chatbot.index.generation import open_index
+    from kb_chatbot.index.retriever import HybridRetriever
+    from kb_chatbot.ingest.sync import sync_sources
 
     embedder = load_embedder(settings.embedding)
     factory = None if docs is None else (lambda src: MemoryConnector(docs))
@@ -69,9 +69,9 @@ class Rig:
 
 def make_rig(root: Path, docs: Sequence[Document], *, generator=None, escalation=None, retriever=None,
              **overrides: Any) -> Rig:
-    from generators.fake import FakeGenerator
-    from answer.log import AnswerLog
-    from answer.service import KnowledgeAnswerService
+    from kb_chatbot.app.generators.fake import FakeGenerator
+    from kb_chatbot.app.answer.log import AnswerLog
+    from kb_chatbot.app.answer.service import KnowledgeAnswerService
 
     settings = make_settings(root, **overrides)
     index, real_retriever, embedder = build_index(settings, docs)

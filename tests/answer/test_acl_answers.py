@@ -19,8 +19,8 @@ from answer_fixtures import collect, doc, make_rig
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generators.fake import FakeGenerator
-from core.types import Principal
+from kb_chatbot.app.generators.fake import FakeGenerator
+from kb_chatbot.core.types import Principal
 
 TOPICS = ["vacation", "expense", "laptop", "parking", "salary", "launch"]
 PRINCIPALS = ["public", "group:eng", "group:hr", "user:bob@acme.example", "user:carol"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from answer.citations import (
+from kb_chatbot.app.answer.citations import (
     answer_sentences,
     best_quote,
     clean_markers,
@@ -14,7 +14,7 @@ from answer.citations import (
     source_citations,
     strip_markers,
 )
-from core.types import Chunk, Hit
+from kb_chatbot.core.types import Chunk, Hit
 
 
 def hit(n: int, text: str, *, source_type: str = "wiki", uri: str | None = None, doc_id: str | None = None, **kw) -> Hit:
@@ -130,7 +130,7 @@ def test_source_citations_list_every_source():
 
 
 def test_sentences_join_soft_wraps_and_split_blocks():
-    from core.text import sentence_spans
+    from kb_chatbot.core.text import sentence_spans
 
     text = ("## Canary\nA canary runs for **72 hours**\nbefore the rollout continues. Then waves.\n"
             "| Tier | Days |\n- item one\nalice (2026-10-14 07:55): Done.\ndave (2026-10-14 08:00): ok")

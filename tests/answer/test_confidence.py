@@ -6,15 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from answer.citations import extract_citations
-from answer.confidence import FEATURES, ConfidenceModel, answer_features, sentence_support
-from eval.calibration import best_threshold, calibrate, plot_reliability
-from eval.metrics import auroc
-from generators.fake import FakeGenerator
-from answer.prompts import ABSTAIN_TEXT
-from core.errors import ConfigError
-from core.types import Chunk, Hit
-from index.embedder import HashEmbedder
+from kb_chatbot.app.answer.citations import extract_citations
+from kb_chatbot.app.answer.confidence import FEATURES, ConfidenceModel, answer_features, sentence_support
+from kb_chatbot.eval.calibration import best_threshold, calibrate, plot_reliability
+from kb_chatbot.eval.metrics import auroc
+from kb_chatbot.app.generators.fake import FakeGenerator
+from kb_chatbot.app.answer.prompts import ABSTAIN_TEXT
+from kb_chatbot.core.errors import ConfigError
+from kb_chatbot.core.types import Chunk, Hit
+from kb_chatbot.index.embedder import HashEmbedder
 
 
 def hit(n: int, text: str, dense: float | None, bm25: float | None = None) -> Hit:
@@ -141,8 +141,8 @@ def test_reliability_plot_is_written(tmp_path):
 # --- calibration on facts (the pipeline part) --------------------------------------------
 
 def test_facts_labels_and_askers(tmp_path, sample_dir):
-    from eval.calibration import Fact, askers, label, load_facts
-    from core.types import Principal
+    from kb_chatbot.eval.calibration import Fact, askers, label, load_facts
+    from kb_chatbot.core.types import Principal
 
     facts = load_facts(sample_dir / "facts.jsonl")
     assert len(facts) >= 10 and any(not f.answerable for f in facts)
@@ -166,8 +166,8 @@ def test_facts_labels_and_askers(tmp_path, sample_dir):
 def test_collect_records_runs_the_service(tmp_path):
     from answer_fixtures import doc, make_rig
 
-    from eval.calibration import Fact, collect_records
-    from core.types import Principal
+    from kb_chatbot.eval.calibration import Fact, collect_records
+    from kb_chatbot.core.types import Principal
 
     rig = make_rig(tmp_path, [doc("pto", "Full-time employees can carry over 6 days of unused vacation.")],
                    answer={"self_correction": False, "confidence_threshold": 0.0})

@@ -6,7 +6,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from answer.prompts import (
+from kb_chatbot.app.answer.prompts import (
     ABSTAIN_TEXT,
     SYSTEM_PROMPT,
     build_correction_messages,
@@ -17,7 +17,7 @@ from answer.prompts import (
     location_label,
     neutralise,
 )
-from core.types import Chunk, Hit, Message
+from kb_chatbot.core.types import Chunk, Hit, Message
 
 
 def hit(text: str, *, title: str = "PTO policy", n: int = 0, source_type: str = "wiki", **chunk_kw) -> Hit:

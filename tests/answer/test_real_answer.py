@@ -12,7 +12,7 @@ import shutil
 import pytest
 from answer_fixtures import build_index, make_settings
 
-from core.types import Principal
+from kb_chatbot.core.types import Principal
 
 PAGES = ["hr/pto.md", "finance/expenses-and-travel.md", "it/vpn.md"]
 
@@ -31,7 +31,7 @@ def test_real_pipeline_answers_with_structure(tmp_path, sample_dir):
         generator={"backend": backend, "model": "smollm2-135m", "threads": 1, "max_tokens": 48},
     )
     index, retriever, embedder = build_index(settings)
-    from kb.services import build_services
+    from kb_chatbot.app.kb.services import build_services
 
     services = build_services(settings, index=index, retriever=retriever, embedder=embedder)
     events = list(services.answer_service.stream(
@@ -58,10 +58,10 @@ def test_default_model_never_ships_an_invented_fact(tmp_path, tmp_path_factory, 
     whatever it drafts, no shown sentence states a fact that the shown sources lack."""
     if not importlib.util.find_spec("llama_cpp"):
         pytest.skip("llama-cpp-python is not installed")
-    from answer.facts import missing_facts
-    from answer.prompts import is_abstention
-    from generators.model_files import assemble_default_model
-    from kb.services import build_services
+    from kb_chatbot.app.answer.facts import missing_facts
+    from kb_chatbot.app.answer.prompts import is_abstention
+    from kb_chatbot.app.generators.model_files import assemble_default_model
+    from kb_chatbot.app.kb.services import build_services
 
     wiki = tmp_path / "wiki"
     for rel in PAGES + ["company/glossary.md", "hr/benefits.md"]:

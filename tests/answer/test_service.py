@@ -8,14 +8,14 @@ import pytest
 from answer_fixtures import collect, doc, make_rig, make_settings, build_index
 from click.testing import CliRunner
 
-from answer.condense import condense_question, rewrite_query
-from answer.context_filter import ContextFilter
-from generators.fake import FakeGenerator
-from answer.log import AnswerLog
-from answer.prompts import ABSTAIN_TEXT, SYSTEM_PROMPT
-from answer.service import STATUS_DOUBLE_CHECKING, STATUS_ESCALATING, STATUS_SEARCHING
-from core.errors import KBError
-from core.types import Chunk, Hit, Message, Principal
+from kb_chatbot.app.answer.condense import condense_question, rewrite_query
+from kb_chatbot.app.answer.context_filter import ContextFilter
+from kb_chatbot.app.generators.fake import FakeGenerator
+from kb_chatbot.app.answer.log import AnswerLog
+from kb_chatbot.app.answer.prompts import ABSTAIN_TEXT, SYSTEM_PROMPT
+from kb_chatbot.app.answer.service import STATUS_DOUBLE_CHECKING, STATUS_ESCALATING, STATUS_SEARCHING
+from kb_chatbot.core.errors import KBError
+from kb_chatbot.core.types import Chunk, Hit, Message, Principal
 
 DOCS = [
     doc("pto", "# Paid time off\nFull-time employees get 25 days of paid vacation per year. "
@@ -167,7 +167,7 @@ def test_condense_guard_keeps_the_question():
 
 
 def test_context_filter_trims_reranks_and_never_drops_all():
-    from index.embedder import HashEmbedder
+    from kb_chatbot.index.embedder import HashEmbedder
 
     filler = " ".join(f"The office has plants number {i}." for i in range(12))
     long = ("# Benefits\n" + filler + "\n\n"
@@ -193,7 +193,7 @@ def test_context_filter_trims_reranks_and_never_drops_all():
 
 
 def test_context_filter_takes_near_ties_only_when_configured():
-    from index.embedder import HashEmbedder
+    from kb_chatbot.index.embedder import HashEmbedder
 
     def h(i, text):
         c = Chunk(id=f"c{i}", doc_id=f"t:{i}", ordinal=0, text=text, start=0, end=len(text))
@@ -207,7 +207,7 @@ def test_context_filter_takes_near_ties_only_when_configured():
 
 
 def test_context_filter_slm_relevance():
-    from index.embedder import HashEmbedder
+    from kb_chatbot.index.embedder import HashEmbedder
 
     gen = FakeGenerator(yes=[0.1, 0.9])
     hits = [Hit(Chunk(id=f"c{i}", doc_id=f"t:{i}", ordinal=0, text=t, start=0, end=len(t)), "D", "u", "t", "wiki", score=1.0)
@@ -237,7 +237,7 @@ def test_answer_log_feedback(tmp_path, rig):
 
 
 def test_build_services_end_to_end(tmp_path):
-    from kb.services import build_services
+    from kb_chatbot.app.kb.services import build_services
 
     settings = make_settings(tmp_path)
     build_index(settings, DOCS)
@@ -252,7 +252,7 @@ def test_build_services_end_to_end(tmp_path):
 
 
 def _cli_config(tmp_path):
-    from web.auth import hash_password
+    from kb_chatbot.app.auth import hash_password
 
     h = hash_password("acme-demo", rounds=4)
     users = tmp_path / "users.yaml"
@@ -268,7 +268,7 @@ def _cli_config(tmp_path):
 
 
 def test_kb_ask_json_and_text(tmp_path):
-    from kb.cli import main
+    from kb_chatbot.app.kb.cli import main
 
     cfg = _cli_config(tmp_path)
     r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "When is the Falcon robot launch date?", "--user", "alice", "--json"])
@@ -288,7 +288,7 @@ def test_kb_ask_json_and_text(tmp_path):
 
 
 def test_kb_ask_history_file(tmp_path):
-    from kb.cli import main
+    from kb_chatbot.app.kb.cli import main
 
     cfg = _cli_config(tmp_path)
     hist = tmp_path / "h.json"
@@ -324,12 +324,12 @@ def test_slm_grounding_check_asks_the_generator(tmp_path):
 def test_kb_ask_never_prints_a_discarded_draft_to_stdout(tmp_path, monkeypatch):
     """A terminal cannot take a printed line back: a draft the checks discard (an invented
     amount) must not reach stdout, which gets the verified answer only."""
-    import kb.services
-    from core.types import Answer, AnswerEvent
-    from kb.cli import main
+    import kb_chatbot.app.kb.services
+    from kb_chatbot.core.types import Answer, AnswerEvent
+    from kb_chatbot.app.kb.cli import main
 
     cfg = _cli_config(tmp_path)
-    real = kb.services.build_services
+    real = kb_chatbot.app.kb.services.build_services
 
     class Invents:
         def stream(self, question, *, user, history=()):
@@ -344,7 +344,7 @@ def test_kb_ask_never_prints_a_discarded_draft_to_stdout(tmp_path, monkeypatch):
 
         return SimpleNamespace(has_index=real(settings, **kw).has_index, answer_service=Invents())
 
-    monkeypatch.setattr(kb.services, "build_services", services)
+    monkeypatch.setattr(kb_chatbot.app.kb.services, "build_services", services)
     r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "What is the Gold plan deductible?"])
     assert r.exit_code == 0, r.output
     assert "$5,000" not in r.stdout and ABSTAIN_TEXT in r.stdout

@@ -2,10 +2,10 @@
 name, a stock ticker, a pointer-only answer, an unsupported claim the SLM rejects."""
 from __future__ import annotations
 
-from answer.prompts import build_messages
-from answer.verify import Verifier, is_vacuous
-from core.types import Chunk, Hit
-from generators.fake import FakeGenerator
+from kb_chatbot.app.answer.prompts import build_messages
+from kb_chatbot.app.answer.verify import Verifier, is_vacuous
+from kb_chatbot.core.types import Chunk, Hit
+from kb_chatbot.app.generators.fake import FakeGenerator
 
 
 def hit(i: int, text: str, title: str = "Benefits") -> Hit:

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from core.protocols import Connector
-from core.settings import SourceConfig
-from core.types import Document
+from kb_chatbot.core.protocols import Connector
+from kb_chatbot.core.settings import SourceConfig
+from kb_chatbot.core.types import Document
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 
 
 def _memory():
-    from ingest.connectors.memory import MemoryConnector
+    from kb_chatbot.ingest.connectors.memory import MemoryConnector
 
     return MemoryConnector([Document(id="m:a", source="m", source_type="wiki", title="A", uri="https://x/a",
                                      updated_at=datetime(2024, 1, 1, tzinfo=timezone.utc), text="Alpha text.",
@@ -23,25 +23,25 @@ def _memory():
 
 
 def _wiki():
-    from ingest.connectors.wiki import WikiConnector
+    from kb_chatbot.ingest.connectors.wiki import WikiConnector
 
     return WikiConnector(SAMPLE / "wiki", source="acme-wiki", base_url="https://wiki.acme.example/")
 
 
 def _slack():
-    from ingest.connectors.slack import SlackConnector
+    from kb_chatbot.ingest.connectors.slack import SlackConnector
 
     return SlackConnector(SAMPLE / "slack", source="acme-slack", base_url="https://acme.slack.com/")
 
 
 def _drive():
-    from ingest.connectors.drive import DriveConnector
+    from kb_chatbot.ingest.connectors.drive import DriveConnector
 
     return DriveConnector(SAMPLE / "drive", source="acme-drive", default_acl="deny")
 
 
 def _slack_api(monkeypatch, tmp_path):
-    from ingest.connectors.slack_api import SlackApiConnector
+    from kb_chatbot.ingest.connectors.slack_api import SlackApiConnector
     from tests.live.fakeapi import FakeSlack
 
     fake = FakeSlack("xoxb-contract-000000")
@@ -56,7 +56,7 @@ def _slack_api(monkeypatch, tmp_path):
 
 
 def _confluence(monkeypatch, tmp_path):
-    from ingest.connectors.confluence import ConfluenceConnector
+    from kb_chatbot.ingest.connectors.confluence import ConfluenceConnector
     from tests.live.fakeapi import FakeConfluence
 
     fake = FakeConfluence("contract-pat-000000")
@@ -69,7 +69,7 @@ def _confluence(monkeypatch, tmp_path):
 
 
 def _gdrive(monkeypatch, tmp_path):
-    from ingest.connectors.gdrive import GoogleDriveConnector
+    from kb_chatbot.ingest.connectors.gdrive import GoogleDriveConnector
     from tests.live.fakeapi import FakeGoogle, write_service_account_key
 
     fake = FakeGoogle()

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.protocols import Embedder
-from core.settings import EmbeddingConfig
-from index.embedder import load_embedder
+from kb_chatbot.core.protocols import Embedder
+from kb_chatbot.core.settings import EmbeddingConfig
+from kb_chatbot.index.embedder import load_embedder
 
 TEXTS = ["Employees get 22 days of paid time off.", "The VPN client is GlobalProtect.", ""]
 

@@ -1,4 +1,4 @@
-"""The Generator seam (core.protocols.Generator): every backend passes the same suite.
+"""The Generator seam (kb_chatbot.core.protocols.Generator): every backend passes the same suite.
 A new backend is done when it is added to BACKENDS and this file passes."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from core.protocols import Generator
-from core.types import GenParams, Message, Token
+from kb_chatbot.core.protocols import Generator
+from kb_chatbot.core.types import GenParams, Message, Token
 
 QUESTION = [Message("system", "You are a helpful assistant. Answer in one short sentence."),
             Message("user", "What is the capital of France?")]
@@ -19,8 +19,8 @@ BACKENDS = ["fake", "openai", "llamacpp", "transformers"]
 
 @pytest.fixture(scope="module")
 def _smol_hf(tmp_path_factory):
-    from generators.hf import HFGenerator
-    from generators.model_files import SMOLLM2_ID, ModelRef, hf_folder_for, smollm2_gguf_path
+    from kb_chatbot.app.generators.hf import HFGenerator
+    from kb_chatbot.app.generators.model_files import SMOLLM2_ID, ModelRef, hf_folder_for, smollm2_gguf_path
 
     folder = hf_folder_for(ModelRef(SMOLLM2_ID, gguf_path=smollm2_gguf_path()), tmp_path_factory.mktemp("models"))
     return HFGenerator(folder, threads=1, device="cpu")
@@ -30,8 +30,8 @@ def _smol_hf(tmp_path_factory):
 def _smol_llama():
     if not importlib.util.find_spec("llama_cpp"):
         pytest.skip("llama-cpp-python is not installed")
-    from generators.llamacpp import LlamaCppGenerator
-    from generators.model_files import SMOLLM2_ID, smollm2_gguf_path
+    from kb_chatbot.app.generators.llamacpp import LlamaCppGenerator
+    from kb_chatbot.app.generators.model_files import SMOLLM2_ID, smollm2_gguf_path
 
     return LlamaCppGenerator(smollm2_gguf_path(), n_threads=1, n_ctx=2048, model_id=SMOLLM2_ID)
 
@@ -43,11 +43,11 @@ def _smol_llama():
 ])
 def gen(request, openai_server):
     if request.param == "fake":
-        from generators.fake import FakeGenerator
+        from kb_chatbot.app.generators.fake import FakeGenerator
 
         return FakeGenerator()
     if request.param == "openai":
-        from generators.openai_compat import OpenAIGenerator
+        from kb_chatbot.app.generators.openai_compat import OpenAIGenerator
 
         return OpenAIGenerator(openai_server.url, "big-model", timeout=5)
     return request.getfixturevalue("_smol_llama" if request.param == "llamacpp" else "_smol_hf")

@@ -6,14 +6,14 @@ from datetime import datetime, timezone
 
 import pytest
 
-from core.protocols import Retriever
-from core.settings import Settings, SourceConfig
-from core.types import Document, Principal
-from index.embedder import HashEmbedder
-from index.generation import open_index
-from index.retriever import MODES, HybridRetriever
-from ingest.connectors.memory import MemoryConnector
-from ingest.sync import sync_sources
+from kb_chatbot.core.protocols import Retriever
+from kb_chatbot.core.settings import Settings, SourceConfig
+from kb_chatbot.core.types import Document, Principal
+from kb_chatbot.index.embedder import HashEmbedder
+from kb_chatbot.index.generation import open_index
+from kb_chatbot.index.retriever import MODES, HybridRetriever
+from kb_chatbot.ingest.connectors.memory import MemoryConnector
+from kb_chatbot.ingest.sync import sync_sources
 
 
 def _doc(i: int, text: str, acl: set[str]) -> Document:

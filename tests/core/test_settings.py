@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import ConfigError
-from core.settings import load_settings
-from core.types import Principal
+from kb_chatbot.core.errors import ConfigError
+from kb_chatbot.core.settings import load_settings
+from kb_chatbot.core.types import Principal
 
 REPO = Path(__file__).resolve().parents[2]
 

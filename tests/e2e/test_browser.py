@@ -88,7 +88,7 @@ server:
                GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(REPO))
     log_path = OUT / "e2e-server.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "kb.cli", "serve", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "kb_chatbot.app.kb.cli", "serve", "--port", str(port)],
                                 cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 600

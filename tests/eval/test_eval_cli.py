@@ -6,7 +6,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from kb.cli import main
+from kb_chatbot.app.kb.cli import main
 
 QUESTIONS = [
     {"id": "pto", "question": "How many days of paid time off do employees get?",

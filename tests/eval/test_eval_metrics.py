@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from eval import metrics as m
+from kb_chatbot.eval import metrics as m
 
 
 def test_file_matches_at_folder_boundary():

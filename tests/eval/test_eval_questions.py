@@ -6,7 +6,7 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
-from eval.questions import (
+from kb_chatbot.eval.questions import (
     QuestionFileError,
     detect_format,
     load_aragog,

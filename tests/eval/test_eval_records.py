@@ -1,9 +1,9 @@
 """How retrieved chunks are named for matching, and answer records on hand-made answers."""
 from __future__ import annotations
 
-from core.types import Answer, Chunk, Citation, Hit
-from eval.questions import EvalQuestion
-from eval.records import answer_record, hit_ref, ref_names
+from kb_chatbot.core.types import Answer, Chunk, Citation, Hit
+from kb_chatbot.eval.questions import EvalQuestion
+from kb_chatbot.eval.records import answer_record, hit_ref, ref_names
 
 
 def _hit(doc_id, title, source_type, page=None, slide=None):

@@ -8,11 +8,11 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from eval.judge import Judge, JudgeError, judge_messages, judge_records, parse_verdict
-from eval.records import judge_summary
-from core.types import Token
-from generators.fake import FakeGenerator
-from kb.cli import main
+from kb_chatbot.eval.judge import Judge, JudgeError, judge_messages, judge_records, parse_verdict
+from kb_chatbot.eval.records import judge_summary
+from kb_chatbot.core.types import Token
+from kb_chatbot.app.generators.fake import FakeGenerator
+from kb_chatbot.app.kb.cli import main
 
 
 def test_parse_verdict_reads_the_first_verdict_word():

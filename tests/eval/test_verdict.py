@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from eval.labels import apply_labels, label_records, load_labels, LabelFileError
-from eval.verdict import answer_key, judge, shown_and_wrong
+from kb_chatbot.eval.labels import apply_labels, label_records, load_labels, LabelFileError
+from kb_chatbot.eval.verdict import answer_key, judge, shown_and_wrong
 
 
 @pytest.mark.parametrize("answerable,reference,answer,question,verdict", [

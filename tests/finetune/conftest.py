@@ -8,9 +8,9 @@ from typing import Any, Sequence
 
 import pytest
 
-from core.settings import Settings, load_settings
-from core.types import Document, Section
-from ingest.connectors.memory import MemoryConnector
+from kb_chatbot.core.settings import Settings, load_settings
+from kb_chatbot.core.types import Document, Section
+from kb_chatbot.ingest.connectors.memory import MemoryConnector
 
 SECRET = "ZEBRA-SECRET-4417"
 
@@ -92,8 +92,8 @@ def make_settings(root: Path, **overrides: Any) -> Settings:
 
 
 def build_index(settings: Settings, docs: Sequence[Document]) -> None:
-    from index.embedder import load_embedder
-    from ingest.sync import sync_sources
+    from kb_chatbot.index.embedder import load_embedder
+    from kb_chatbot.ingest.sync import sync_sources
 
     sync_sources(settings, settings.sources, embedder=load_embedder(settings.embedding),
                  connector_factory=lambda src: MemoryConnector(docs))
@@ -109,9 +109,9 @@ def kb_settings(tmp_path) -> Settings:
 @pytest.fixture(scope="session")
 def smol_hf(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct as a transformers folder (converted from its GGUF once per session)."""
-    from generators.model_files import hf_folder_for, resolve_model
-    from core.errors import ModelNotFoundError
-    from core.settings import GeneratorConfig
+    from kb_chatbot.app.generators.model_files import hf_folder_for, resolve_model
+    from kb_chatbot.core.errors import ModelNotFoundError
+    from kb_chatbot.core.settings import GeneratorConfig
 
     models = tmp_path_factory.mktemp("models")
     try:

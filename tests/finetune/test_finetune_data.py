@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from answer.citations import cited_numbers
-from answer.prompts import ABSTAIN_TEXT, QUESTION_PREFIX, SYSTEM_PROMPT
-from core.text import overlap
-from core.types import Answer, Hit
-from finetune import data as data_mod
-from finetune.data import HELDOUT_FILE, MANIFEST, TRAIN_FILE, BuildOptions, build_dataset, dedupe, split_by_document
-from finetune.questions import ExtractiveWriter, ModelWriter, QA, normalise_question
+from kb_chatbot.app.answer.citations import cited_numbers
+from kb_chatbot.app.answer.prompts import ABSTAIN_TEXT, QUESTION_PREFIX, SYSTEM_PROMPT
+from kb_chatbot.core.text import overlap
+from kb_chatbot.core.types import Answer, Hit
+from kb_chatbot.finetune import data as data_mod
+from kb_chatbot.finetune.data import HELDOUT_FILE, MANIFEST, TRAIN_FILE, BuildOptions, build_dataset, dedupe, split_by_document
+from kb_chatbot.finetune.questions import ExtractiveWriter, ModelWriter, QA, normalise_question
 
 from conftest import PAGES, SECRET, build_index, make_settings, sample_docs
 
@@ -46,7 +46,7 @@ def test_examples_use_the_service_prompt_exactly(kb_settings, tmp_path, monkeypa
     assert len(rows) >= 15
     for r in rows:
         prompt = r["messages"][:-1]
-        assert prompt in built  # byte-for-byte what answer.prompts.build_messages returned
+        assert prompt in built  # byte-for-byte what kb_chatbot.app.answer.prompts.build_messages returned
         assert prompt[0] == {"role": "system", "content": SYSTEM_PROMPT}
         assert f"{QUESTION_PREFIX}{r['question']}" in prompt[1]["content"]
         assert prompt[1]["content"].count("<source id=") == len(r["source_chunk_ids"]) <= 3
@@ -158,7 +158,7 @@ def test_include_restricted_builds_examples_for_a_reader(kb_settings, tmp_path):
 
 
 def _hit(settings, doc_id: str) -> Hit:
-    from index.generation import open_index
+    from kb_chatbot.index.generation import open_index
 
     store = open_index(settings).store
     rows = store.chunk_rows(store.chunk_ids().tolist(), {"public", "group:people-ops"})
@@ -168,7 +168,7 @@ def _hit(settings, doc_id: str) -> Hit:
 
 
 def test_feedback_thumbs_up_and_corrections(kb_settings, tmp_path):
-    from answer.log import AnswerLog
+    from kb_chatbot.app.answer.log import AnswerLog
 
     log = AnswerLog(kb_settings.app_db)
     vpn, secret = _hit(kb_settings, "t:vpn"), _hit(kb_settings, "t:calibration")
@@ -197,7 +197,7 @@ def test_feedback_thumbs_up_and_corrections(kb_settings, tmp_path):
 def test_feedback_condensed_from_history_counts_as_restricted(kb_settings, tmp_path):
     """A follow-up's condensed question folds earlier answers in (they may quote a restricted
     document): a public build leaves it out even when its own sources are public."""
-    from answer.log import AnswerLog
+    from kb_chatbot.app.answer.log import AnswerLog
 
     log = AnswerLog(kb_settings.app_db)
     vpn = _hit(kb_settings, "t:vpn")
@@ -212,7 +212,7 @@ def test_feedback_condensed_from_history_counts_as_restricted(kb_settings, tmp_p
 
 
 def test_extractive_writer_picks_complete_fact_sentences():
-    from core.types import Chunk
+    from kb_chatbot.core.types import Chunk
 
     text = ("## Carry-over\nUp to 6 unused days can be carried over and must be used by March 31.\n"
             "Where do I ask about this?\nwhen someone leaves the company their access\nis removed.")
@@ -231,13 +231,13 @@ class _Scripted:
         self.reply = reply
 
     def stream(self, messages, params):
-        from core.types import Token
+        from kb_chatbot.core.types import Token
 
         yield Token(self.reply, finish_reason="stop")
 
 
 def test_model_writer_keeps_grounded_pairs_and_falls_back():
-    from core.types import Chunk
+    from kb_chatbot.core.types import Chunk
 
     text = "## Gateway\nThe VPN gateway hostname is gw-7.vpn.acme.example for all offices."
     chunk = Chunk("c1", "t:vpn", 0, text, 0, len(text), heading_path=("Gateway",))
@@ -257,7 +257,7 @@ def test_build_data_cli(tmp_path):
         "data_dir: runtime\nembedding: {model: hash}\ngenerator: {backend: fake}\nretrieval: {top_k: 3}\n"
         f"sources:\n  - {{name: t, type: wiki, path: {tmp_path}}}\n", encoding="utf-8")
     build_index(make_settings(tmp_path, data_dir=str(tmp_path / "runtime")), sample_docs())
-    from kb.cli import main
+    from kb_chatbot.app.kb.cli import main
 
     res = CliRunner().invoke(main, ["-c", str(settings_file), "finetune", "build-data", "--per-chunk", "2"])
     assert res.exit_code == 0, res.output
@@ -267,7 +267,7 @@ def test_build_data_cli(tmp_path):
 
 
 def test_build_data_without_public_chunks_says_what_to_do(tmp_path):
-    from core.errors import KBError
+    from kb_chatbot.core.errors import KBError
 
     settings = make_settings(tmp_path)
     build_index(settings, [d for d in sample_docs() if "public" not in d.acl])

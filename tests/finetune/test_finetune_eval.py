@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from answer.prompts import ABSTAIN_TEXT
-from core.errors import ConfigError
-from finetune.config import load_train_config
+from kb_chatbot.app.answer.prompts import ABSTAIN_TEXT
+from kb_chatbot.core.errors import ConfigError
+from kb_chatbot.finetune.config import load_train_config
 
 
 def test_score_answer_metrics():
-    from finetune.evaluate import score_answer
+    from kb_chatbot.finetune.evaluate import score_answer
 
     row = {"kind": "answerable", "reference": "Employees earn 22 days of PTO per year [2].",
            "gold_sources": [2], "source_chunk_ids": ["a", "b", "c"]}
@@ -31,7 +31,7 @@ def _results(f1s, abstained, gold):
 
 
 def test_summary_comparison_and_report_files(tmp_path):
-    from finetune.evaluate import compare, summarize, write_report
+    from kb_chatbot.finetune.evaluate import compare, summarize, write_report
 
     rows = [{"kind": "answerable"}] * 3 + [{"kind": "unanswerable"}] * 2
     base = _results([0.2, 0.5, 0.0, None, None], [False, False, True, False, False], [False, True, False, None, None])
@@ -69,7 +69,7 @@ def test_train_config_errors_name_the_field(tmp_path):
 def test_shipped_configs_load_and_resolve_paths(tmp_path):
     from pathlib import Path
 
-    import finetune.config as module  # (``finetune`` itself may resolve to this tests folder)
+    import kb_chatbot.finetune.config as module  # (``finetune`` itself may resolve to this tests folder)
 
     root = Path(module.__file__).parent / "configs"
     names = sorted(p.name for p in root.glob("*.yaml"))

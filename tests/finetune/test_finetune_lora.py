@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from core.types import GenParams, Message
-from finetune.config import load_train_config
-from finetune.data import BuildOptions, build_dataset
-from finetune.train import IGNORE_INDEX, encode_example
+from kb_chatbot.core.types import GenParams, Message
+from kb_chatbot.finetune.config import load_train_config
+from kb_chatbot.finetune.data import BuildOptions, build_dataset
+from kb_chatbot.finetune.train import IGNORE_INDEX, encode_example
 
 from conftest import build_index, sample_docs, settings_with_models
 
@@ -65,7 +65,7 @@ class Watch:
 
 @pytest.fixture(scope="module")
 def trained(rig):
-    from finetune.train import train
+    from kb_chatbot.finetune.train import train
 
     settings, root = rig
     watch = Watch()
@@ -113,7 +113,7 @@ def test_base_frozen_adapter_moves_loss_finite(trained):
 
 
 def test_adapter_folder_and_metadata(trained):
-    from generators.model_files import sha256_file, smollm2_gguf_path
+    from kb_chatbot.app.generators.model_files import sha256_file, smollm2_gguf_path
 
     settings, _, result, _ = trained
     out = result.output_dir
@@ -139,8 +139,8 @@ def _heldout_prompt(settings) -> list[Message]:
 
 
 def test_hf_generator_loads_adapter_by_config_and_output_changes(trained):
-    from generators import make_generator
-    from generators.hf import HFGenerator
+    from kb_chatbot.app.generators import make_generator
+    from kb_chatbot.app.generators.hf import HFGenerator
 
     settings, _, result, _ = trained
     msgs = _heldout_prompt(settings)
@@ -161,7 +161,7 @@ def test_resume_continues_where_interrupted(rig):
     from safetensors.torch import load_file
     from transformers import TrainerCallback
 
-    from finetune.train import train
+    from kb_chatbot.finetune.train import train
 
     settings, root = rig
 
@@ -185,7 +185,7 @@ def test_resume_continues_where_interrupted(rig):
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     # a checkpoint from another config is refused
-    from core.errors import ConfigError
+    from kb_chatbot.core.errors import ConfigError
 
     other = _config(root, name="t-resume", learning_rate=1e-4, **over)
     with pytest.raises(ConfigError, match="cannot resume"):
@@ -195,7 +195,7 @@ def test_resume_continues_where_interrupted(rig):
 def _llama(lora: Path | None):
     import llama_cpp
 
-    from generators.model_files import smollm2_gguf_path
+    from kb_chatbot.app.generators.model_files import smollm2_gguf_path
 
     return llama_cpp.Llama(model_path=str(smollm2_gguf_path()), n_ctx=1024, n_threads=1, verbose=False,
                            logits_all=True, lora_path=str(lora) if lora else None)
@@ -203,7 +203,7 @@ def _llama(lora: Path | None):
 
 def test_llamacpp_loads_gguf_lora_and_output_changes(trained):
     pytest.importorskip("llama_cpp")
-    from generators import make_generator
+    from kb_chatbot.app.generators import make_generator
 
     settings, _, result, _ = trained
     msgs = _heldout_prompt(settings)
@@ -231,7 +231,7 @@ def test_gguf_lora_layout_matches_peft(trained, smol_hf, tmp_path, module, min_c
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM
 
-    from finetune.export import export_gguf_lora
+    from kb_chatbot.finetune.export import export_gguf_lora
 
     _, _, result, _ = trained
     ad = tmp_path / "amp"
@@ -262,8 +262,8 @@ def test_gguf_lora_layout_matches_peft(trained, smol_hf, tmp_path, module, min_c
 def test_llamacpp_refuses_a_peft_only_folder(trained, tmp_path):
     import shutil
 
-    from generators import make_generator
-    from core.errors import ConfigError
+    from kb_chatbot.app.generators import make_generator
+    from kb_chatbot.core.errors import ConfigError
 
     settings, _, result, _ = trained
     peft_only = tmp_path / "peft-only"
@@ -274,7 +274,7 @@ def test_llamacpp_refuses_a_peft_only_folder(trained, tmp_path):
 
 
 def test_finetune_eval_writes_table_plot_json(trained, tmp_path):
-    from finetune.evaluate import evaluate_adapter
+    from kb_chatbot.finetune.evaluate import evaluate_adapter
 
     settings, _, result, _ = trained
     report, paths = evaluate_adapter(result.output_dir, settings, limit=3, max_tokens=16, out_dir=tmp_path / "rep")
@@ -291,7 +291,7 @@ def test_cli_train_export_eval(rig, tmp_path):
     import yaml
     from click.testing import CliRunner
 
-    from kb.cli import main
+    from kb_chatbot.app.kb.cli import main
 
     settings, root = rig
     kb_yaml = tmp_path / "kb.yaml"

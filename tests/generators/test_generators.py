@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from generators import make_generator
-from generators.base import (
+from kb_chatbot.app.generators import make_generator
+from kb_chatbot.app.generators.base import (
     StopFilter,
     merge_finish,
     single_token_ids,
@@ -18,11 +18,11 @@ from generators.base import (
     yes_share_from_logprobs,
     yes_share_from_top,
 )
-from generators.model_files import SMOLLM2_ID, ModelRef, hf_folder_for, smollm2_gguf_path
-from core.errors import ConfigError, GeneratorError
-from core.protocols import Generator
-from core.settings import GeneratorConfig, OpenAIEndpoint
-from core.types import GenParams, Message, Token
+from kb_chatbot.app.generators.model_files import SMOLLM2_ID, ModelRef, hf_folder_for, smollm2_gguf_path
+from kb_chatbot.core.errors import ConfigError, GeneratorError
+from kb_chatbot.core.protocols import Generator
+from kb_chatbot.core.settings import GeneratorConfig, OpenAIEndpoint
+from kb_chatbot.core.types import GenParams, Message, Token
 
 HAS_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 needs_llama = pytest.mark.skipif(
@@ -81,7 +81,7 @@ def test_yes_share_helpers():
 def test_factory_fake_and_openai(tmp_path):
     fake = make_generator(GeneratorConfig(backend="fake"), tmp_path)
     assert isinstance(fake, Generator)
-    from generators.fake import FakeGenerator
+    from kb_chatbot.app.generators.fake import FakeGenerator
 
     assert isinstance(fake, FakeGenerator)
     cfg = GeneratorConfig(backend="openai", openai=OpenAIEndpoint(base_url="http://127.0.0.1:9/v1", model="m"))
@@ -115,7 +115,7 @@ def test_factory_rejects_mismatched_model_and_adapter(tmp_path):
 
 
 def test_llamacpp_refuses_a_peft_folder_with_advice(tmp_path):
-    from generators.llamacpp import resolve_lora
+    from kb_chatbot.app.generators.llamacpp import resolve_lora
 
     peft_dir = tmp_path / "adapter"
     peft_dir.mkdir()
@@ -138,7 +138,7 @@ def smol_hf_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smol_hf(smol_hf_dir):
-    from generators.hf import HFGenerator
+    from kb_chatbot.app.generators.hf import HFGenerator
 
     gen = HFGenerator(smol_hf_dir, threads=1, device="cpu")
     gen.warm_up()
@@ -149,7 +149,7 @@ def smol_hf(smol_hf_dir):
 def smol_llama():
     if not HAS_LLAMA:
         pytest.skip("llama-cpp-python is not installed (scripts/setup.sh builds it, ~12 min)")
-    from generators.llamacpp import LlamaCppGenerator
+    from kb_chatbot.app.generators.llamacpp import LlamaCppGenerator
 
     gen = LlamaCppGenerator(smollm2_gguf_path(), n_threads=1, n_ctx=2048, model_id=SMOLLM2_ID)
     gen.warm_up()
@@ -189,7 +189,7 @@ def _check_stream(gen):
 def _check_yes_probability(gen):
     """Range and consistency. The 135M model cannot judge claims reliably (STACK.md: it invents
     facts), so the ordering of true vs false claims is asserted on the 1.5B model elsewhere."""
-    from answer.prompts import build_support_messages
+    from kb_chatbot.app.answer.prompts import build_support_messages
 
     ev = "Employees get 25 vacation days per year. Unused days expire on March 31."
     p = gen.yes_probability(build_support_messages("Unused vacation days expire on March 31.", ev))
@@ -228,7 +228,7 @@ def test_transformers_loads_a_lora_adapter_and_it_changes_outputs(smol_hf_dir, s
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from generators.hf import HFGenerator
+    from kb_chatbot.app.generators.hf import HFGenerator
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(str(smol_hf_dir), dtype=torch.float32)
@@ -261,7 +261,7 @@ def test_factory_transformers_converts_gguf_once(tmp_path, smol_hf_dir):
 
 
 def test_hf_generator_reports_a_broken_folder(tmp_path):
-    from generators.hf import HFGenerator
+    from kb_chatbot.app.generators.hf import HFGenerator
 
     bad = tmp_path / "broken"
     bad.mkdir()
@@ -297,7 +297,7 @@ def write_random_gguf_lora(path: Path, *, n_layers: int = 30, hidden: int = 576,
 @pytest.mark.slow
 @needs_llama
 def test_llamacpp_loads_a_gguf_lora_adapter_and_it_changes_outputs(smol_llama, tmp_path):
-    from generators.llamacpp import LlamaCppGenerator
+    from kb_chatbot.app.generators.llamacpp import LlamaCppGenerator
 
     adapter_dir = tmp_path / "adapter"
     adapter_dir.mkdir()
@@ -321,9 +321,9 @@ def test_llamacpp_loads_a_gguf_lora_adapter_and_it_changes_outputs(smol_llama, t
 @needs_llama
 def test_llamacpp_default_model_separates_supported_from_unsupported_claims(tmp_path_factory):
     """The real default model (assembled from its 22 packages, ~8 s) judges grounding well."""
-    from generators.llamacpp import LlamaCppGenerator
-    from generators.model_files import DEFAULT_MODEL, assemble_default_model
-    from answer.prompts import build_support_messages
+    from kb_chatbot.app.generators.llamacpp import LlamaCppGenerator
+    from kb_chatbot.app.generators.model_files import DEFAULT_MODEL, assemble_default_model
+    from kb_chatbot.app.answer.prompts import build_support_messages
 
     path = assemble_default_model(tmp_path_factory.mktemp("default"))
     try:
@@ -342,8 +342,8 @@ def test_llamacpp_default_model_separates_supported_from_unsupported_claims(tmp_
 def test_threads_auto_is_the_physical_cores_this_process_may_use(monkeypatch):
     import os
 
-    from core.settings import GeneratorConfig
-    from generators.base import physical_cores, resolve_threads
+    from kb_chatbot.core.settings import GeneratorConfig
+    from kb_chatbot.app.generators.base import physical_cores, resolve_threads
 
     n = physical_cores()
     assert 1 <= n <= len(os.sched_getaffinity(0))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import generators.model_files as models
-from generators.model_files import (
+import kb_chatbot.app.generators.model_files as models
+from kb_chatbot.app.generators.model_files import (
     DEFAULT_MODEL,
     SMOLLM2_ID,
     ModelPart,
@@ -21,8 +21,8 @@ from generators.model_files import (
     resolve_model,
     smollm2_gguf_path,
 )
-from core.errors import ConfigError, ModelNotFoundError
-from core.settings import GeneratorConfig
+from kb_chatbot.core.errors import ConfigError, ModelNotFoundError
+from kb_chatbot.core.settings import GeneratorConfig
 
 
 @pytest.fixture
@@ -168,7 +168,7 @@ def test_resolve_model_names_and_paths(tmp_path):
 
 
 def test_models_status_command(tmp_path):
-    from kb.cli import main
+    from kb_chatbot.app.kb.cli import main
 
     (tmp_path / "kb.yaml").write_text(f"data_dir: {tmp_path / 'data'}\n")
     result = CliRunner().invoke(main, ["models", "status"])
@@ -184,8 +184,8 @@ def test_models_status_command(tmp_path):
 
 def test_models_try_streams_with_the_fake_backend(tmp_path, monkeypatch):
     """The fake generator belongs to the answering helper; skip until it exists."""
-    pytest.importorskip("generators.fake")
-    from kb.cli import main
+    pytest.importorskip("kb_chatbot.app.generators.fake")
+    from kb_chatbot.app.kb.cli import main
 
     (tmp_path / "kb.yaml").write_text(f"data_dir: {tmp_path / 'data'}\n")
     result = CliRunner().invoke(main, ["models", "try", "hello", "--backend", "fake"])

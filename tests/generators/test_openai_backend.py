@@ -5,11 +5,11 @@ import socket
 
 import pytest
 
-from generators import make_escalation_generator
-from generators.openai_compat import OpenAIGenerator
-from core.errors import GeneratorError
-from core.settings import OpenAIEndpoint
-from core.types import GenParams, Message
+from kb_chatbot.app.generators import make_escalation_generator
+from kb_chatbot.app.generators.openai_compat import OpenAIGenerator
+from kb_chatbot.core.errors import GeneratorError
+from kb_chatbot.core.settings import OpenAIEndpoint
+from kb_chatbot.core.types import GenParams, Message
 from tests.openai_stub import PIECES
 
 MSGS = [Message("system", "Answer from the sources."), Message("user", "How many vacation days?")]

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.errors import ModelNotFoundError
-from core.protocols import Embedder
-from core.settings import EmbeddingConfig
-from index import embedder as emb
-from index.embedder import HashEmbedder, MiniLMEmbedder, load_embedder, load_tokenizer, packaged_minilm_dir
+from kb_chatbot.core.errors import ModelNotFoundError
+from kb_chatbot.core.protocols import Embedder
+from kb_chatbot.core.settings import EmbeddingConfig
+from kb_chatbot.index import embedder as emb
+from kb_chatbot.index.embedder import HashEmbedder, MiniLMEmbedder, load_embedder, load_tokenizer, packaged_minilm_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,7 +84,7 @@ def test_tokenizer_and_empty_input_do_not_load_the_model():
 
 def test_importing_the_module_loads_no_heavy_libraries():
     heavy = "{'torch', 'sentence_transformers', 'transformers', 'langchain_text_splitters'}"
-    code = f"import sys, index.embedder, ingest.chunking; print(sorted({heavy} & set(sys.modules)))"
+    code = f"import sys, kb_chatbot.index.embedder, kb_chatbot.ingest.chunking; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -106,7 +106,7 @@ def test_hash_embedder_shape_norm_and_determinism():
 def test_hash_embedder_is_stable_across_processes():
     """blake2b, not Python's salted hash(): vectors stored by one run match queries of the next."""
     code = (
-        "import sys; from index.embedder import HashEmbedder; "
+        "import sys; from kb_chatbot.index.embedder import HashEmbedder; "
         "sys.stdout.write(HashEmbedder().embed_query('paid time off').tobytes().hex())"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
@@ -185,7 +185,7 @@ def test_minilm_lazy_load_happens_once_across_threads(caplog):
     def work(i: int) -> None:
         results[i] = e.embed_query(PTO)
 
-    with caplog.at_level(logging.INFO, logger="index.embedder"):
+    with caplog.at_level(logging.INFO, logger="kb_chatbot.index.embedder"):
         threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
@@ -197,7 +197,7 @@ def test_minilm_lazy_load_happens_once_across_threads(caplog):
 
 
 def test_dtype_auto_is_bf16_only_where_the_cpu_computes_it_natively():
-    from index.embedder import resolve_dtype
+    from kb_chatbot.index.embedder import resolve_dtype
 
     intel_amx = frozenset("avx2 avx512f avx512_bf16 amx_bf16 amx_tile".split())
     zen4 = frozenset("avx2 avx512f avx512_bf16".split())

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from core.settings import Settings, SourceConfig
-from core.types import Document, Principal, Section
-from index.embedder import HashEmbedder
-from index.generation import open_index
-from index.retriever import HybridRetriever, fts_query
-from ingest.connectors.memory import MemoryConnector
-from ingest.sync import sync_sources
+from kb_chatbot.core.settings import Settings, SourceConfig
+from kb_chatbot.core.types import Document, Principal, Section
+from kb_chatbot.index.embedder import HashEmbedder
+from kb_chatbot.index.generation import open_index
+from kb_chatbot.index.retriever import HybridRetriever, fts_query
+from kb_chatbot.ingest.connectors.memory import MemoryConnector
+from kb_chatbot.ingest.sync import sync_sources
 
 EMB = HashEmbedder()
 
@@ -195,7 +195,7 @@ def test_reader_follows_new_generation_and_old_snapshot_keeps_working(tmp_path):
 
 
 def test_open_index_without_an_index(tmp_path):
-    from core.errors import IndexError_
+    from kb_chatbot.core.errors import IndexError_
 
     s = _settings(tmp_path / "data")
     with pytest.raises(IndexError_, match="kb reindex"):

@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from core.types import Chunk, Document, Section
-from index.store import Store, text_sha
+from kb_chatbot.core.types import Chunk, Document, Section
+from kb_chatbot.index.store import Store, text_sha
 
 
 def _doc(doc_id: str, text: str, acl=("public",), title="Title", source="wiki-a", **kw) -> Document:
@@ -147,7 +147,7 @@ def test_copy_and_read_only(tmp_path, store):
     with pytest.raises(sqlite3.OperationalError):
         ro.conn.execute("DELETE FROM documents")
     assert not (tmp_path / "copy.sqlite3-wal").exists()  # published files are one file
-    from core.errors import IndexError_
+    from kb_chatbot.core.errors import IndexError_
 
     with pytest.raises(IndexError_, match="kb reindex"):
         Store.open_readonly(tmp_path / "missing.sqlite3")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.settings import IndexConfig
-from index.vectors import FaissIndex
+from kb_chatbot.core.settings import IndexConfig
+from kb_chatbot.index.vectors import FaissIndex
 
 DIM = 32
 
@@ -33,7 +33,7 @@ KINDS = ["flat", "hnsw", "ivf"]
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_search_respects_allowed_ids_for_each_kind(kind, monkeypatch):
-    import index.vectors as vectors_mod
+    import kb_chatbot.index.vectors as vectors_mod
 
     n = 3000
     x, ids = _vecs(n), np.arange(10_000, 10_000 + n, dtype=np.int64)
@@ -105,11 +105,11 @@ def test_ivf_stays_flat_when_small_and_upgrades_when_big(caplog):
     idx = _index("ivf", ivf_min_vectors=500)
     x = _vecs(800, 3)
     idx.add(np.arange(300), x[:300])
-    with caplog.at_level("INFO", logger="index.vectors"):
+    with caplog.at_level("INFO", logger="kb_chatbot.index.vectors"):
         assert not idx.settle()
     assert idx.structure == "flat"
     idx.add(np.arange(300, 800), x[300:])
-    with caplog.at_level("INFO", logger="index.vectors"):
+    with caplog.at_level("INFO", logger="kb_chatbot.index.vectors"):
         assert idx.settle()
     assert idx.structure == "ivf"
     assert "ivf index trained" in caplog.text
@@ -154,7 +154,7 @@ def test_bad_input_is_rejected(tmp_path):
     assert idx.search(np.ones(DIM, np.float32), 5)[1].size == 0  # empty index
     bad = tmp_path / "bad.faiss"
     bad.write_bytes(b"not an index")
-    from core.errors import IndexError_
+    from kb_chatbot.core.errors import IndexError_
 
     with pytest.raises(IndexError_, match="kb reindex"):
         FaissIndex.load(bad)

@@ -1,7 +1,7 @@
 """Runs the real ``kb`` command with crash-test hooks injected (tests/ingest/test_crash.py).
 
-The runtime code reads no test variables: this driver wraps ``ingest.sync.sync_sources`` so
-that every call gets an ``on_stage`` hook, then runs ``kb.cli.main`` with the given arguments.
+The runtime code reads no test variables: this driver wraps ``kb_chatbot.ingest.sync.sync_sources`` so
+that every call gets an ``on_stage`` hook, then runs ``kb_chatbot.app.kb.cli.main`` with the given arguments.
 ``CRASH_PAUSE_AT=<stage>`` prints ``CRASH_STAGE <stage>`` and sleeps, so the test's kill -9
 lands exactly there; ``CRASH_SLOW_EMBED_MS`` sleeps after each embedded batch.
 """
@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-import ingest.sync
+import kb_chatbot.ingest.sync
 
 PAUSE_AT = os.environ.get("CRASH_PAUSE_AT", "")
 SLOW_EMBED_S = float(os.environ.get("CRASH_SLOW_EMBED_MS", "0") or 0) / 1000.0
@@ -26,11 +26,11 @@ def on_stage(stage: str) -> None:
         time.sleep(120)
 
 
-_real = ingest.sync.sync_sources
-ingest.sync.sync_sources = functools.partial(_real, on_stage=on_stage)
+_real = kb_chatbot.ingest.sync.sync_sources
+kb_chatbot.ingest.sync.sync_sources = functools.partial(_real, on_stage=on_stage)
 
 if __name__ == "__main__":
-    from kb.cli import main
+    from kb_chatbot.app.kb.cli import main
 
     sys.argv[0] = "kb"
     main()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ingest.parsers.builder import Parsed
+from kb_chatbot.ingest.parsers.builder import Parsed
 
 
 def spin(path: Path) -> Parsed:

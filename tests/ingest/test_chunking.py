@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.settings import EmbeddingConfig, load_settings
-from core.types import Chunk, Document, Section
-from index.embedder import count_words, load_tokenizer
-from ingest.chunking import Chunker, _align, make_chunker
+from kb_chatbot.core.settings import EmbeddingConfig, load_settings
+from kb_chatbot.core.types import Chunk, Document, Section
+from kb_chatbot.index.embedder import count_words, load_tokenizer
+from kb_chatbot.ingest.chunking import Chunker, _align, make_chunker
 
 # the autouse conftest fixture only chdirs to tmp_path: safe to share across examples
 PROPS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -132,7 +132,7 @@ def test_properties_word_counter(doc, limit, overlap_frac, merge):
 @settings(PROPS, max_examples=30)
 @given(doc=documents(repeat=3), limit=st.sampled_from([32, 100, 510]), merge=st.booleans())
 def test_properties_minilm_tokenizer(doc, limit, merge, minilm_tokenizer, caplog):
-    caplog.set_level(logging.WARNING, logger="ingest.chunking")
+    caplog.set_level(logging.WARNING, logger="kb_chatbot.ingest.chunking")
     chunker = Chunker(minilm_tokenizer, chunk_tokens=limit, overlap_tokens=limit // 8, merge_sections=merge)
     chunks = chunker.chunk(doc)
 
@@ -246,7 +246,7 @@ def test_text_outside_sections_is_still_chunked():
 def test_overlapping_and_out_of_range_sections_are_clipped(caplog):
     text = "alpha beta gamma delta"
     doc = make_doc(text, [Section(6, 16, page=2), Section(0, 11, page=1), Section(15, 999, page=3)])
-    with caplog.at_level(logging.WARNING, logger="ingest.chunking"):
+    with caplog.at_level(logging.WARNING, logger="kb_chatbot.ingest.chunking"):
         chunks = Chunker(count_words, 100, 0).chunk(doc)
     assert "sections clipped" in caplog.text and "wiki:test.md" in caplog.text
     assert [(c.text, c.page) for c in chunks] == [("alpha beta", 1), ("gamma", 2), ("delta", 3)]

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import load_settings
-from core.types import Principal
-from index.embedder import HashEmbedder
-from index.generation import CURRENT_NAME, MANIFEST_NAME, Generations, open_index
-from index.retriever import HybridRetriever
+from kb_chatbot.core.settings import load_settings
+from kb_chatbot.core.types import Principal
+from kb_chatbot.index.embedder import HashEmbedder
+from kb_chatbot.index.generation import CURRENT_NAME, MANIFEST_NAME, Generations, open_index
+from kb_chatbot.index.retriever import HybridRetriever
 
 REPO = Path(__file__).resolve().parents[2]
 BOB = Principal("bob")

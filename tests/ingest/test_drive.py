@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import SourceError
-from core.protocols import Connector
-from core.settings import SourceConfig
-from core.types import PUBLIC
-from ingest.connectors import make_connector
-from ingest.connectors.drive import DriveConnector
+from kb_chatbot.core.errors import SourceError
+from kb_chatbot.core.protocols import Connector
+from kb_chatbot.core.settings import SourceConfig
+from kb_chatbot.core.types import PUBLIC
+from kb_chatbot.ingest.connectors import make_connector
+from kb_chatbot.ingest.connectors.drive import DriveConnector
 
 OFFICE = (".docx", ".pptx", ".xlsx", ".pdf")
 

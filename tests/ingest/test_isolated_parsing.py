@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from core.errors import ParseError
-from ingest.parsers.isolated import IsolatedParser
+from kb_chatbot.core.errors import ParseError
+from kb_chatbot.ingest.parsers.isolated import IsolatedParser
 
 HOSTILE = "tests.ingest.hostile_parsers"
 
@@ -45,7 +45,7 @@ def test_a_parser_that_balloons_is_stopped_at_the_memory_limit(parser, tmp_path)
 
 
 def test_real_files_parse_the_same_in_the_worker(shared_dir, parser):
-    from ingest.parsers import parse_file
+    from kb_chatbot.ingest.parsers import parse_file
 
     drive = shared_dir / "corpus" / "drive"
     files = [p for p in sorted(drive.rglob("*")) if p.suffix in (".docx", ".pdf", ".pptx", ".xlsx")

@@ -8,13 +8,13 @@ from datetime import datetime, timezone
 
 import pytest
 
-from core.settings import Settings, SourceConfig
-from core.types import Document
-from index.embedder import HashEmbedder
-from ingest.connectors.drive import DriveConnector
-from ingest.connectors.memory import MemoryConnector
-from ingest.connectors.slack import _ts_float, _utc
-from ingest.sync import sync_sources
+from kb_chatbot.core.settings import Settings, SourceConfig
+from kb_chatbot.core.types import Document
+from kb_chatbot.index.embedder import HashEmbedder
+from kb_chatbot.ingest.connectors.drive import DriveConnector
+from kb_chatbot.ingest.connectors.memory import MemoryConnector
+from kb_chatbot.ingest.connectors.slack import _ts_float, _utc
+from kb_chatbot.ingest.sync import sync_sources
 
 
 @pytest.mark.parametrize("ts", ["1e400", "-1e400", "nan", "inf", "9e18", "garbage", None])
@@ -45,7 +45,7 @@ def _doc(n_sentences: int) -> Document:
 
 
 def test_removing_more_chunks_than_one_statement_takes(tmp_path, monkeypatch):
-    import index.store as store
+    import kb_chatbot.index.store as store
 
     monkeypatch.setattr(store, "_MAX_VARS", 3)  # the same code path as 32,767+ chunks
     s = Settings(data_dir=tmp_path / "data", embedding={"model": "hash"},
@@ -63,7 +63,7 @@ def test_removing_more_chunks_than_one_statement_takes(tmp_path, monkeypatch):
     ("Die Besprechung beginnt am Montag um zehn Uhr, für alle Mitarbeiter.", "cp1252"),
 ])
 def test_legacy_encodings_decode_to_the_real_text(tmp_path, text, encoding):
-    from ingest.parsers.text import read_text
+    from kb_chatbot.ingest.parsers.text import read_text
 
     p = tmp_path / "note.txt"
     p.write_bytes(text.encode(encoding))
@@ -71,8 +71,8 @@ def test_legacy_encodings_decode_to_the_real_text(tmp_path, text, encoding):
 
 
 def test_binary_junk_is_refused_not_indexed_as_mojibake(tmp_path):
-    from core.errors import ParseError
-    from ingest.parsers.text import read_text
+    from kb_chatbot.core.errors import ParseError
+    from kb_chatbot.ingest.parsers.text import read_text
 
     p = tmp_path / "junk.txt"
     p.write_bytes(bytes(range(1, 32)) * 200 + os.urandom(4000).replace(b"\x00", b"\x01"))
@@ -98,9 +98,9 @@ def test_files_without_text_are_listed_not_silently_dropped(tmp_path):
 def test_an_office_zip_bomb_is_refused_before_parsing(tmp_path, monkeypatch):
     import zipfile
 
-    import ingest.parsers.builder as builder
-    from core.errors import ParseError
-    from ingest.parsers.docx import parse_docx
+    import kb_chatbot.ingest.parsers.builder as builder
+    from kb_chatbot.core.errors import ParseError
+    from kb_chatbot.ingest.parsers.docx import parse_docx
 
     p = tmp_path / "bomb.docx"
     with zipfile.ZipFile(p, "w", compression=zipfile.ZIP_DEFLATED) as z:
@@ -111,7 +111,7 @@ def test_an_office_zip_bomb_is_refused_before_parsing(tmp_path, monkeypatch):
 
 
 def test_a_huge_text_file_is_refused_with_its_size(tmp_path, monkeypatch):
-    import ingest.connectors.drive as drive
+    import kb_chatbot.ingest.connectors.drive as drive
 
     monkeypatch.setattr(drive, "MAX_TEXT_CHARS", 1_000_000)
     root = tmp_path / "drive"
@@ -127,7 +127,7 @@ def test_an_owner_password_encrypted_pdf_is_read(tmp_path):
     from fpdf import FPDF
     from pypdf import PdfReader, PdfWriter
 
-    from ingest.parsers.pdf import parse_pdf
+    from kb_chatbot.ingest.parsers.pdf import parse_pdf
 
     pdf = FPDF()
     pdf.add_page()
@@ -144,15 +144,15 @@ def test_an_owner_password_encrypted_pdf_is_read(tmp_path):
 
 
 def test_deeply_nested_html_is_read_as_text(tmp_path):
-    from ingest.parsers.html import parse_html
+    from kb_chatbot.ingest.parsers.html import parse_html
 
     page = "<html><body>" + "<div>" * 5000 + "Deep policy text." + "</div>" * 5000 + "</body></html>"
     assert "Deep policy text." in parse_html(page, name="deep.html").text
 
 
 def test_a_text_file_too_big_to_hold_the_limit_is_refused_unread(tmp_path, monkeypatch):
-    import ingest.connectors.drive as drive
-    import ingest.parsers.text as text_parser
+    import kb_chatbot.ingest.connectors.drive as drive
+    import kb_chatbot.ingest.parsers.text as text_parser
 
     monkeypatch.setattr(drive, "MAX_TEXT_CHARS", 100_000)
     root = tmp_path / "drive"

@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.errors import ParseError, SourceError
-from core.types import PUBLIC
-from ingest.parsers import format_of, parse_file
-from ingest.parsers.builder import TextBuilder, labelled_row, tidy_block, to_utc
-from ingest.parsers.html import parse_html
-from ingest.parsers.markdown import parse_markdown
-from ingest.parsers.permissions import PermissionMap, access_principals
-from ingest.parsers.xlsx import format_cell, tabular_lines
+from kb_chatbot.core.errors import ParseError, SourceError
+from kb_chatbot.core.types import PUBLIC
+from kb_chatbot.ingest.parsers import format_of, parse_file
+from kb_chatbot.ingest.parsers.builder import TextBuilder, labelled_row, tidy_block, to_utc
+from kb_chatbot.ingest.parsers.html import parse_html
+from kb_chatbot.ingest.parsers.markdown import parse_markdown
+from kb_chatbot.ingest.parsers.permissions import PermissionMap, access_principals
+from kb_chatbot.ingest.parsers.xlsx import format_cell, tabular_lines
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +306,7 @@ def test_markdown_title_falls_back_to_first_h1():
 
 
 def test_markdown_bad_front_matter_fails_closed_naming_the_file_and_line():
-    from ingest.parsers.markdown import FrontMatterError
+    from kb_chatbot.ingest.parsers.markdown import FrontMatterError
 
     with pytest.raises(FrontMatterError, match=r"x\.md.*not valid YAML \(line 3\)"):
         parse_markdown("---\ntitle: [unclosed\n---\nBody text stays.", name="x.md")
@@ -317,7 +317,7 @@ def test_markdown_bad_front_matter_fails_closed_naming_the_file_and_line():
 
 
 def test_front_matter_aliases_are_refused_billion_laughs():
-    from ingest.parsers.markdown import FrontMatterError
+    from kb_chatbot.ingest.parsers.markdown import FrontMatterError
 
     bomb = "---\na: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n---\nx"
     with pytest.raises(FrontMatterError, match="aliases are not allowed"):

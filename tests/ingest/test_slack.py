@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.errors import SourceError
-from core.protocols import Connector
-from core.settings import SourceConfig
-from core.types import PUBLIC, user_principal
-from ingest.connectors import make_connector
-from ingest.connectors.slack import SlackConnector
-from ingest.connectors.slack_mrkdwn import render_blocks, render_mrkdwn
+from kb_chatbot.core.errors import SourceError
+from kb_chatbot.core.protocols import Connector
+from kb_chatbot.core.settings import SourceConfig
+from kb_chatbot.core.types import PUBLIC, user_principal
+from kb_chatbot.ingest.connectors import make_connector
+from kb_chatbot.ingest.connectors.slack import SlackConnector
+from kb_chatbot.ingest.connectors.slack_mrkdwn import render_blocks, render_mrkdwn
 
 VIEWER = ("corpus", "slack", "slack-export-viewer-testarchive")
 ZULIP = ("corpus", "slack", "zulip-slack-fixtures")
@@ -453,9 +453,9 @@ def test_private_channel_name_not_looked_up_and_failures_not_repeated(tiny_expor
 
 def test_missing_users_json_and_listed_conversations_without_folders_are_reported(tiny_export, tmp_path):
     """Nothing silent: both end up in the ingest report's skipped list, named, with what to do."""
-    from core.settings import Settings, SourceConfig
-    from index.embedder import HashEmbedder
-    from ingest.sync import sync_sources
+    from kb_chatbot.core.settings import Settings, SourceConfig
+    from kb_chatbot.index.embedder import HashEmbedder
+    from kb_chatbot.ingest.sync import sync_sources
 
     (tiny_export / "users.json").unlink()
     channels = json.loads((tiny_export / "channels.json").read_text())

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.settings import Settings, SourceConfig
-from core.types import Document, IngestFailure, Principal, Section
-from index.embedder import HashEmbedder
-from index.generation import DB_NAME, Generations, IngestBusyError, ingest_lock, open_index
-from index.retriever import HybridRetriever
-from ingest.chunking import make_chunker
-from ingest.connectors.wiki import WikiConnector
-from ingest.connectors.memory import MemoryConnector
-from ingest.sync import sync_sources
+from kb_chatbot.core.settings import Settings, SourceConfig
+from kb_chatbot.core.types import Document, IngestFailure, Principal, Section
+from kb_chatbot.index.embedder import HashEmbedder
+from kb_chatbot.index.generation import DB_NAME, Generations, IngestBusyError, ingest_lock, open_index
+from kb_chatbot.index.retriever import HybridRetriever
+from kb_chatbot.ingest.chunking import make_chunker
+from kb_chatbot.ingest.connectors.wiki import WikiConnector
+from kb_chatbot.ingest.connectors.memory import MemoryConnector
+from kb_chatbot.ingest.sync import sync_sources
 
 ALICE = Principal("alice", email="alice@acme.example", groups=("engineering",))
 
@@ -305,7 +305,7 @@ def test_second_ingest_waits_then_gives_up_naming_the_pid(tmp_path, wiki):
 
 
 def test_report_is_saved_and_recorded(tmp_path, wiki):
-    from ingest.report import recent_runs
+    from kb_chatbot.ingest.report import recent_runs
 
     s = _settings(tmp_path)
     rep = sync_sources(s, [_src(tmp_path)], embedder=HashEmbedder())
@@ -333,7 +333,7 @@ def test_incomplete_generation_is_cleaned_up(tmp_path, wiki):
 @pytest.mark.slow
 def test_end_to_end_with_real_minilm(tmp_path):
     """The real thing on a handful of pages: MiniLM vectors, its tokenizer for chunking."""
-    from index.embedder import load_embedder
+    from kb_chatbot.index.embedder import load_embedder
 
     wiki = tmp_path / "wiki"
     wiki.mkdir()
@@ -361,7 +361,7 @@ def test_unreadable_published_generation_is_rebuilt(tmp_path, wiki, damage):
     s = _settings(tmp_path)
     r1 = sync_sources(s, [_src(tmp_path)], embedder=HashEmbedder())
     (Generations(s.index_dir).path(r1.generation) / damage).write_bytes(b"garbage, not an index")
-    from core.errors import IndexError_
+    from kb_chatbot.core.errors import IndexError_
 
     with pytest.raises((IndexError_, sqlite3.DatabaseError)):
         open_index(s).store.counts()

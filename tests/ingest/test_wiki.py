@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import SourceError
-from core.protocols import Connector
-from core.settings import SourceConfig
-from core.types import PUBLIC
-from ingest.connectors import make_connector
-from ingest.connectors.wiki import WikiConnector
+from kb_chatbot.core.errors import SourceError
+from kb_chatbot.core.protocols import Connector
+from kb_chatbot.core.settings import SourceConfig
+from kb_chatbot.core.types import PUBLIC
+from kb_chatbot.ingest.connectors import make_connector
+from kb_chatbot.ingest.connectors.wiki import WikiConnector
 
 BASE = "https://handbook.example.gov/"
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from core.settings import ScheduleConfig, load_settings
-from index.generation import Generations, ingest_lock
-from kb.cli import main
+from kb_chatbot.core.settings import ScheduleConfig, load_settings
+from kb_chatbot.index.generation import Generations, ingest_lock
+from kb_chatbot.app.kb.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,9 +99,9 @@ def test_ingest_exit_codes(tmp_path):
 
 
 def test_ingest_busy_exits_3(tmp_path, monkeypatch):
-    import index.generation
+    import kb_chatbot.index.generation
 
-    monkeypatch.setattr(index.generation, "LOCK_WAIT_S", 0.2)
+    monkeypatch.setattr(kb_chatbot.index.generation, "LOCK_WAIT_S", 0.2)
     cfg = _config(tmp_path)
     wiki = _wiki(tmp_path / "wiki")
     with ingest_lock(load_settings(cfg)):
@@ -172,8 +172,8 @@ def test_build_trigger():
     from apscheduler.triggers.cron import CronTrigger
     from apscheduler.triggers.interval import IntervalTrigger
 
-    from core.errors import ConfigError
-    from ingest.schedule import build_trigger
+    from kb_chatbot.core.errors import ConfigError
+    from kb_chatbot.ingest.schedule import build_trigger
 
     t = build_trigger(ScheduleConfig(cron="30 2 * * 1-5"), timezone="UTC")
     assert isinstance(t, CronTrigger)
@@ -192,7 +192,7 @@ def test_build_trigger():
 def test_scheduler_runs_job_without_overlap_and_stops(tmp_path):
     from apscheduler.triggers.interval import IntervalTrigger
 
-    from ingest.schedule import run_scheduler
+    from kb_chatbot.ingest.schedule import run_scheduler
 
     cfg = _config(tmp_path)
     running, max_running, runs = [0], [0], []
@@ -221,12 +221,12 @@ def test_scheduler_runs_job_without_overlap_and_stops(tmp_path):
 
 
 def test_scheduled_run_skips_when_locked_and_runs_otherwise(tmp_path, caplog):
-    from ingest.schedule import run_reindex_once
+    from kb_chatbot.ingest.schedule import run_reindex_once
 
     cfg = _config(tmp_path, "sources:\n  - {name: acme-wiki, type: wiki, path: wiki}\n")
     _wiki(tmp_path / "wiki")
     s = load_settings(cfg)
-    with ingest_lock(s), caplog.at_level("INFO", logger="ingest.schedule"):
+    with ingest_lock(s), caplog.at_level("INFO", logger="kb_chatbot.ingest.schedule"):
         assert run_reindex_once(s, lock_timeout=0.1) is None
     assert "scheduled reindex skipped" in caplog.text and "another ingest is running" in caplog.text
     report = run_reindex_once(s)
@@ -248,7 +248,7 @@ def test_schedule_process_stops_cleanly_on_sigterm(tmp_path):
     _wiki(tmp_path / "wiki")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KB_")}
     env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    p = subprocess.Popen([sys.executable, "-m", "kb.cli", "-c", str(cfg), "schedule"], cwd=tmp_path, env=env,
+    p = subprocess.Popen([sys.executable, "-m", "kb_chatbot.app.kb.cli", "-c", str(cfg), "schedule"], cwd=tmp_path, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
@@ -271,15 +271,15 @@ def test_schedule_process_stops_cleanly_on_sigterm(tmp_path):
     ("*/2", "tue,thu,sat,sun"), ("1-7", "*"), ("mon-wed,5", "mon,tue,wed,fri"), ("5/1", "fri,sat"),
 ])
 def test_crontab_weekdays_use_sunday_zero(field, expected):
-    from ingest.schedule import crontab_weekdays
+    from kb_chatbot.ingest.schedule import crontab_weekdays
 
     assert crontab_weekdays(field) == expected
 
 
 @pytest.mark.parametrize("field", ["8", "fri-mon", "x", "1/0"])
 def test_crontab_weekdays_rejects_bad_fields(field):
-    from core.errors import ConfigError
-    from ingest.schedule import crontab_weekdays
+    from kb_chatbot.core.errors import ConfigError
+    from kb_chatbot.ingest.schedule import crontab_weekdays
 
     with pytest.raises(ConfigError, match="schedule.cron"):
         crontab_weekdays(field, "0 2 * * " + field)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from core.settings import Settings, SourceConfig
-from core.types import Principal
-from index.embedder import HashEmbedder
-from index.generation import DB_NAME, Generations, open_index
-from index.retriever import HybridRetriever
-from ingest.sync import sync_sources
+from kb_chatbot.core.settings import Settings, SourceConfig
+from kb_chatbot.core.types import Principal
+from kb_chatbot.index.embedder import HashEmbedder
+from kb_chatbot.index.generation import DB_NAME, Generations, open_index
+from kb_chatbot.index.retriever import HybridRetriever
+from kb_chatbot.ingest.sync import sync_sources
 
 
 class CountingEmbedder(HashEmbedder):

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from kb.cli import main
+from kb_chatbot.app.kb.cli import main
 from tests.live.fakeapi import FakeSlack
 
 TOKEN = "xoxb-cli-test-token-42"

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from core.settings import SourceConfig
-from core.types import Principal
+from kb_chatbot.core.settings import SourceConfig
+from kb_chatbot.core.types import Principal
 from tests.live.conftest import CountingEmbedder, doc_acls, doc_texts, readable, resync_unchanged, settings, sync
 from tests.live.fakeapi import FakeConfluence, Reply, docx_bytes
 

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from core.settings import SourceConfig
-from core.types import Principal
+from kb_chatbot.core.settings import SourceConfig
+from kb_chatbot.core.types import Principal
 from tests.live.conftest import CountingEmbedder, db, doc_acls, doc_texts, readable, resync_unchanged, settings, sync
 from tests.live.fakeapi import FakeGoogle, Reply, docx_bytes, write_service_account_key
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from core.settings import SourceConfig
-from core.types import Principal
+from kb_chatbot.core.settings import SourceConfig
+from kb_chatbot.core.types import Principal
 from tests.live.conftest import CountingEmbedder, doc_acls, doc_texts, readable, resync_unchanged, settings, sync
 from tests.live.fakeapi import FakeSlack, Reply
 
@@ -158,7 +158,7 @@ def test_secrets_file_must_be_private_and_the_token_never_logged(tmp_path, slack
     assert rep.sources[0].status == "failed" and "chmod 600" in rep.sources[0].error
     secrets.chmod(0o600)
     # the CLI's logging: debug on, the redaction filter on its handler; slack_sdk logs headers
-    from core.secrets import install_redaction
+    from kb_chatbot.core.secrets import install_redaction
 
     root = logging.getLogger()
     handler = logging.StreamHandler()

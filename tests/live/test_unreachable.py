@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 
-from core.settings import SourceConfig
+from kb_chatbot.core.settings import SourceConfig
 from tests.live.conftest import doc_acls, settings, sync_many
 from tests.live.fakeapi import write_service_account_key
 

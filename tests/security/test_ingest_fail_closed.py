@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings, SourceConfig
-from core.types import Principal
-from index.embedder import HashEmbedder
-from index.generation import open_index
-from index.retriever import HybridRetriever
-from ingest.sync import sync_sources
+from kb_chatbot.core.settings import Settings, SourceConfig
+from kb_chatbot.core.types import Principal
+from kb_chatbot.index.embedder import HashEmbedder
+from kb_chatbot.index.generation import open_index
+from kb_chatbot.index.retriever import HybridRetriever
+from kb_chatbot.ingest.sync import sync_sources
 
 ANON = Principal("anonymous")
 CAROL = Principal("carol", groups=("hr",))
@@ -157,7 +157,7 @@ def test_sidecar_keys_are_normalised_and_unmatched_ones_are_failures(tmp_path):
 def test_the_admin_view_of_failed_files_shows_only_what_the_admin_may_read(tmp_path, wiki):
     """A failed file's path and reason name a restricted page: an admin who may not read it sees
     a count, not the name; an admin who may read it sees the row; `kb status` (no reader) all."""
-    from ingest.report import status_info
+    from kb_chatbot.ingest.report import status_info
 
     s = settings(tmp_path)
     drive = tmp_path / "drive"

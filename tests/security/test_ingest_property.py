@@ -15,16 +15,16 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from answer.log import AnswerLog
-from answer.service import KnowledgeAnswerService
-from core.settings import Settings, SourceConfig
-from core.types import Principal
-from generators.fake import FakeGenerator
-from index.embedder import HashEmbedder
-from index.generation import open_index
-from index.retriever import HybridRetriever
-from ingest.report import status_info
-from ingest.sync import sync_sources
+from kb_chatbot.app.answer.log import AnswerLog
+from kb_chatbot.app.answer.service import KnowledgeAnswerService
+from kb_chatbot.core.settings import Settings, SourceConfig
+from kb_chatbot.core.types import Principal
+from kb_chatbot.app.generators.fake import FakeGenerator
+from kb_chatbot.index.embedder import HashEmbedder
+from kb_chatbot.index.generation import open_index
+from kb_chatbot.index.retriever import HybridRetriever
+from kb_chatbot.ingest.report import status_info
+from kb_chatbot.ingest.sync import sync_sources
 
 GROUPS = ["hr", "eng"]
 #: What a page's front matter says about access, and who may then read it (None: nobody,

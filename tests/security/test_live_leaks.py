@@ -13,15 +13,15 @@ import random
 
 import pytest
 
-from answer.log import AnswerLog
-from answer.service import KnowledgeAnswerService
-from core.settings import Settings, SourceConfig
-from core.types import Principal
-from generators.fake import FakeGenerator
-from index.embedder import HashEmbedder
-from index.generation import open_index
-from index.retriever import HybridRetriever
-from ingest.sync import sync_sources
+from kb_chatbot.app.answer.log import AnswerLog
+from kb_chatbot.app.answer.service import KnowledgeAnswerService
+from kb_chatbot.core.settings import Settings, SourceConfig
+from kb_chatbot.core.types import Principal
+from kb_chatbot.app.generators.fake import FakeGenerator
+from kb_chatbot.index.embedder import HashEmbedder
+from kb_chatbot.index.generation import open_index
+from kb_chatbot.index.retriever import HybridRetriever
+from kb_chatbot.ingest.sync import sync_sources
 from tests.live.fakeapi import FakeConfluence, FakeGoogle, FakeSlack, write_service_account_key
 
 PEOPLE = ["ann", "ben", "cat", "dan", "eve"]

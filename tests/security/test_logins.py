@@ -5,7 +5,7 @@ import asyncio
 import os
 import time
 
-from web.auth import UserDirectory, UserRecord, hash_password, save_users
+from kb_chatbot.app.auth import UserDirectory, UserRecord, hash_password, save_users
 
 
 def _directory(tmp_path):

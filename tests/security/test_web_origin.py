@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from core.settings import load_settings
-from kb.services import build_services
-from web.app import WarmUp, asgi_app, build_app
-from web.auth import UserDirectory
+from kb_chatbot.core.settings import load_settings
+from kb_chatbot.app.kb.services import build_services
+from kb_chatbot.app.web.app import WarmUp, asgi_app, build_app
+from kb_chatbot.app.auth import UserDirectory
 
 SAMPLE = __import__("pathlib").Path(__file__).resolve().parents[2] / "data" / "sample"
 HOST = {"host": "kb.acme.example"}
@@ -17,7 +17,7 @@ EVIL = "https://evil.example"
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    from ingest.sync import sync_sources
+    from kb_chatbot.ingest.sync import sync_sources
 
     root = tmp_path_factory.mktemp("web")
     cfg = root / "kb.yaml"
@@ -81,7 +81,7 @@ def _login(client, user="alice", password="acme-demo"):
 
 
 def _guard(client):
-    from web.session import SessionGuard
+    from kb_chatbot.app.web.session import SessionGuard
 
     app = client.app.app  # SameOriginMiddleware -> SessionGuard
     assert isinstance(app, SessionGuard)
@@ -130,7 +130,7 @@ def test_a_token_the_guard_never_saw_issued_is_refused(client):
 
 
 def test_many_failed_logins_from_one_address_wait_even_for_other_names(client):
-    from web.session import AddressBackoff
+    from kb_chatbot.app.web.session import AddressBackoff
 
     guard = _guard(client)
     guard.backoff = AddressBackoff()

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from web.auth import UserDirectory
-from kb.services import build_services
-from web.app import EMPTY_INDEX, ChatController, ChatSession, WarmUp, build_app, launch_options
-from kb.jobs import IndexAdmin
-from web.admin import NotAdminError
-from core.errors import KBError, ModelNotFoundError
-from core.settings import load_settings
-from core.types import Answer, AnswerEvent, Principal
+from kb_chatbot.app.auth import UserDirectory
+from kb_chatbot.app.kb.services import build_services
+from kb_chatbot.app.web.app import EMPTY_INDEX, ChatController, ChatSession, WarmUp, build_app, launch_options
+from kb_chatbot.app.kb.jobs import IndexAdmin
+from kb_chatbot.app.web.admin import NotAdminError
+from kb_chatbot.core.errors import KBError, ModelNotFoundError
+from kb_chatbot.core.settings import load_settings
+from kb_chatbot.core.types import Answer, AnswerEvent, Principal
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"
@@ -50,7 +50,7 @@ server:
 @pytest.fixture(scope="module")
 def kb(tmp_path_factory):
     """Settings and services over the sample knowledge base (indexed once per module)."""
-    from ingest.sync import sync_sources
+    from kb_chatbot.ingest.sync import sync_sources
 
     root = tmp_path_factory.mktemp("kb")
     settings = load_settings(write_config(root, root / "data"))
@@ -211,7 +211,7 @@ def test_reindex_runs_in_background_once_at_a_time(kb, users):
     settings, services = kb
     admin = users.principal_for("admin")
     gate = threading.Event()
-    from ingest.sync import sync_sources
+    from kb_chatbot.ingest.sync import sync_sources
 
     def slow_sync(*args, **kwargs):
         gate.wait(10)
@@ -230,7 +230,7 @@ def test_reindex_runs_in_background_once_at_a_time(kb, users):
 
 
 def test_reindex_is_busy_while_another_ingest_holds_the_lock(kb, users):
-    from index.generation import ingest_lock
+    from kb_chatbot.index.generation import ingest_lock
 
     settings, services = kb
     job = IndexAdmin(settings, embedder_provider=lambda: services.embedder)
@@ -428,7 +428,7 @@ def test_a_refused_request_never_gets_answered_under_the_next_question(ctl, user
     """'Queue is full': begin() ran, the answer step never did. The next question must get its
     own answer, and the refused one must say it was not answered (it used to be answered in
     place of the next one)."""
-    from web.app import NOT_ANSWERED
+    from kb_chatbot.app.web.app import NOT_ANSWERED
 
     alice = users.principal_for("alice")
     session = ChatSession()
@@ -464,7 +464,7 @@ def test_the_admin_reindex_runs_in_its_own_process(kb, users):
 
 
 def test_a_reindex_process_that_dies_is_reported_and_the_page_lives(kb, users, monkeypatch):
-    import kb.jobs as jobs
+    import kb_chatbot.app.kb.jobs as jobs
 
     settings, services = kb
     monkeypatch.setattr(jobs, "_reindex_child", _die)

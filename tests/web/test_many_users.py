@@ -11,11 +11,11 @@ import threading
 import httpx
 import pytest
 
-from core.settings import load_settings
-from kb.services import build_services
+from kb_chatbot.core.settings import load_settings
+from kb_chatbot.app.kb.services import build_services
 from tests.web.test_chat_app import write_config
-from web.app import WarmUp, build_app, launch_options
-from web.auth import UserDirectory
+from kb_chatbot.app.web.app import WarmUp, build_app, launch_options
+from kb_chatbot.app.auth import UserDirectory
 
 USERS = 20
 
@@ -60,7 +60,7 @@ def _ask(base: str, question: str, submit: int, answer: int, out: dict, key: int
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    from ingest.sync import sync_sources
+    from kb_chatbot.ingest.sync import sync_sources
 
     root = tmp_path_factory.mktemp("many")
     settings = load_settings(write_config(root, root / "data"))

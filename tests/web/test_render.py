@@ -6,8 +6,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from web import render as R
-from core.types import Answer, Chunk, Citation, Hit
+from kb_chatbot.app.web import render as R
+from kb_chatbot.core.types import Answer, Chunk, Citation, Hit
 
 
 def cite(n=1, **kw) -> Citation:
@@ -20,7 +20,7 @@ def cite(n=1, **kw) -> Citation:
 
 def answer(text="The codename is Operation Tailwind [1].", citations=None, route="answered", **kw) -> Answer:
     if kw.get("sources") and "other_sources" not in kw:  # as the answer service fills it
-        from answer.citations import source_citations
+        from kb_chatbot.app.answer.citations import source_citations
 
         cited = {c.n for c in (citations or [])}
         kw["other_sources"] = tuple(c for c in source_citations(kw["sources"], "q") if c.n not in cited)

@@ -1,0 +1,456 @@
+"""The answer service: one question in, a cited answer (or an honest abstention) out.
+
+Flow (DESIGN.md "Flow of one question"): condense the follow-up with the chat history ->
+retrieve (ACL-filtered inside the retriever, re-checked here against the document ACL) ->
+premise check (a name, number or identifier of the question that no readable source contains:
+say so, generate nothing) -> rerank and trim (context filter) -> numbered sources in the prompt
+-> stream the draft, pausing after each sentence to verify it against its source
+(:mod:`kb_chatbot.app.answer.verify`: facts, then the model's own yes/no check on its KV cache) and stream
+what passed -> the whole answer verified -> hard gates: failed sentences removed ->
+confidence of what is left -> below ``answer.confidence_threshold`` (nothing left is 0): one
+targeted correction (the removed sentences named, a vacuous draft asked for the facts, or a
+rewritten query) -> still low: the escalation model if configured, else the abstention
+sentence with the closest sources. Every answer is written to the answer log with its route,
+scores and timings.
+
+How a UI consumes :meth:`KnowledgeAnswerService.stream`:
+
+- ``AnswerEvent("status", text)``: show as a transient note ("Searching the knowledge base…").
+- ``AnswerEvent("discard")``: the tokens streamed so far were a draft that is being replaced
+  (a correction or an escalation follows): clear it and its verified text; the tokens that
+  follow are the new draft.
+- ``AnswerEvent("token", text)``: the draft as written, unchecked (a terminal may show it
+  dimmed, as being checked; the chat page does not show it).
+- ``AnswerEvent("verified", text)``: the sentences checked so far that passed (the whole text
+  each time): show it as the answer being written.
+- ``AnswerEvent("answer", answer=Answer)``: always last. ``answer.text`` is authoritative:
+  replace whatever was streamed with it (an abstention or an answer with invalid citation
+  markers removed differs from the raw tokens), then show citations, confidence and route.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Sequence
+
+from kb_chatbot.app.answer.citations import CitationResult, answer_sentences, extract_citations, source_citations
+from kb_chatbot.app.answer.condense import condense_question, rewrite_query
+from kb_chatbot.app.answer.confidence import ConfidenceModel, answer_features, sentence_support
+from kb_chatbot.app.answer.context_filter import ContextFilter
+from kb_chatbot.app.answer.premise import missing_terms, not_in_cited, nothing_about, off_subject_terms
+from kb_chatbot.app.answer.prompts import ABSTAIN_TEXT, build_correction_messages, build_messages, is_abstention
+from kb_chatbot.app.answer.verify import Verification, Verifier, unsupported_claims
+from kb_chatbot.core.errors import GeneratorError
+from kb_chatbot.core.types import Answer, AnswerEvent, GenParams, Hit, Message, Principal, Route
+
+log = logging.getLogger(__name__)
+
+STATUS_SEARCHING = "Searching the knowledge base…"
+STATUS_WRITING = "Writing the answer…"
+STATUS_DOUBLE_CHECKING = "Double-checking the answer…"
+STATUS_ESCALATING = "Asking a larger model…"
+
+NO_SOURCES_NOTE = "No document you can read matches the question."
+CLOSEST_NOTE = "The closest sources are listed below."
+ERROR_TEXT = "The answer model failed; please try again later."
+
+#: Retrieval candidates per prompt source when the context filter is on (it reranks them).
+CANDIDATE_FACTOR = 3
+
+AclLookup = Callable[[str], frozenset[str]]
+
+
+def _complete_sentences(text: str, n_sources: int) -> list:
+    """The sentences of a reply still being written that are complete: all but the last, once
+    the last has begun with a word (markers after a full stop still belong to the sentence
+    before: "… weeks. [1]" is complete only when the next sentence starts)."""
+    sentences = answer_sentences(text, n_sources)
+    if len(sentences) < 2 or not re.match(r"\s*[^\s\[]", sentences[-1].text) or not re.search(r"\w", sentences[-1].text):
+        return []
+    return sentences[:-1]
+
+
+def _verify_mode(grounding_check: str) -> str:
+    """answer.grounding_check -> the verifier's mode ("embedding" is the old name of "facts")."""
+    return {"embedding": "facts"}.get(grounding_check, grounding_check)
+
+
+@dataclass
+class _Attempt:
+    text: str
+    hits: tuple[Hit, ...]
+    result: CitationResult
+    features: dict[str, float]
+    confidence: float
+    support: list[float]
+    model_id: str
+    verification: Verification
+
+
+@dataclass
+class _Run:
+    question: str
+    user: Principal
+    t0: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def add(self, key: str, seconds: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + seconds
+
+
+class KnowledgeAnswerService:
+    """Implements :class:`kb_chatbot.core.protocols.AnswerService`."""
+
+    def __init__(
+        self,
+        retriever,
+        generator,
+        embedder,
+        settings,
+        logstore=None,
+        escalation=None,
+        *,
+        confidence: ConfidenceModel | None = None,
+        context_filter: ContextFilter | None = None,
+        acl_lookup: AclLookup | None = None,
+        term_count: Callable[[str, frozenset[str]], int] | None = None,
+        chunk_total: Callable[[frozenset[str]], int] | None = None,
+    ):
+        self.retriever = retriever
+        self.generator = generator
+        self.embedder = embedder
+        self.settings = settings
+        self.logstore = logstore
+        self.escalation = escalation
+        self.confidence = confidence or ConfidenceModel()
+        rcfg = settings.retrieval
+        self.context_filter = context_filter
+        if self.context_filter is None and rcfg.context_filter:
+            self.context_filter = ContextFilter.from_settings(embedder, rcfg)
+        self.acl_lookup = acl_lookup
+        #: how many chunks the asker may read hold a word, and how many they may read (the
+        #: subject check; unreadable chunks never count); without them the check is off
+        self.term_count = term_count
+        self.chunk_total = chunk_total
+        if acl_lookup is None:
+            log.warning("answer_service acl_check=off reason=no_acl_lookup (relying on the retriever's filter)")
+
+    # --- the protocol ------------------------------------------------------------------
+    def answer(self, question: str, *, user: Principal, history: Sequence[Message] = ()) -> Answer:
+        final = None
+        for ev in self.stream(question, user=user, history=history):
+            if ev.kind == "answer":
+                final = ev.answer
+        assert final is not None  # stream always ends with an answer event
+        return final
+
+    def stream(self, question: str, *, user: Principal, history: Sequence[Message] = ()) -> Iterator[AnswerEvent]:
+        question = " ".join(question.split())
+        if not question:
+            raise ValueError("the question is empty")
+        run = _Run(question, user)
+        try:
+            answer = yield from self._flow(run, history)
+        except GeneratorError as e:
+            log.error("answer route=error user=%s error=%r", user.username, str(e))
+            answer = Answer(question, question, ERROR_TEXT, (), 0.0, "error", model_id=getattr(self.generator, "model_id", ""))
+        run.timings["total"] = time.perf_counter() - run.t0
+        answer = replace(answer, timings={k: round(v, 4) for k, v in run.timings.items()})
+        answer = self._record(answer, user)
+        yield AnswerEvent("answer", answer=answer)
+
+    # --- steps -------------------------------------------------------------------------
+    def _flow(self, run: _Run, history: Sequence[Message]):
+        cfg = self.settings
+        yield AnswerEvent("status", STATUS_SEARCHING)
+        standalone = run.question
+        if history:
+            t = time.perf_counter()
+            standalone = condense_question(self.generator, run.question, history, turns=cfg.answer.history_turns)
+            run.add("condense", time.perf_counter() - t)
+        hits = self._retrieve(standalone, run)
+        model_id = getattr(self.generator, "model_id", "")
+        if not hits:
+            log.info("answer route=abstained reason=no_readable_hits user=%s", run.user.username)
+            return Answer(run.question, standalone, f"{ABSTAIN_TEXT} {NO_SOURCES_NOTE}", (), 0.0, "abstained",
+                          model_id=model_id)
+        if cfg.answer.premise_check:
+            t = time.perf_counter()
+            missing = missing_terms(standalone, hits)
+            if missing:  # one targeted retry: search for the missing terms themselves
+                more = self._retrieve(" ".join(m.label for m in missing), run)
+                seen = {h.chunk.id for h in hits}
+                merged = list(hits) + [h for h in more if h.chunk.id not in seen]
+                missing = missing_terms(standalone, merged)
+                if not missing:
+                    hits = merged
+            run.add("premise", time.perf_counter() - t)
+            if missing:  # nothing to generate from: say so, with the closest sources
+                log.info("answer route=abstained reason=premise_missing terms=%d", len(missing))
+                context = tuple(hits[: cfg.retrieval.top_k])
+                cites = source_citations(context, standalone)
+                text = nothing_about(missing) + (f" {CLOSEST_NOTE}" if cites else "")
+                return Answer(run.question, standalone, text, cites, 0.0, "abstained", sources=context,
+                              scores={"premise_missing": float(len(missing))}, model_id=model_id)
+        context = self._filter(standalone, hits, run)
+        yield AnswerEvent("status", STATUS_WRITING)
+        messages = build_messages(standalone, context)
+        draft = yield from self._attempt(self.generator, standalone, messages, context, run, first=True)
+        best, corrected = draft, False
+        threshold = cfg.answer.confidence_threshold
+        log.info("answer_draft confidence=%.3f threshold=%.3f verification=%s kept=%d/%d",
+                 draft.confidence, threshold, draft.verification.status, len(draft.verification.passed),
+                 len(draft.verification.checks))
+        if draft.confidence < threshold and cfg.answer.self_correction:
+            yield AnswerEvent("discard")
+            yield AnswerEvent("status", STATUS_DOUBLE_CHECKING)
+            t = time.perf_counter()
+            second = yield from self._correct(standalone, hits, draft, run)
+            run.add("correction", time.perf_counter() - t)
+            corrected = True
+            log.info("answer_correction confidence_before=%.3f confidence_after=%.3f",
+                     draft.confidence, second.confidence)
+            best = second if second.confidence >= draft.confidence else draft
+        scores = dict(best.features)
+        scores["confidence_draft"] = round(draft.confidence, 4)
+        if best.confidence >= threshold:
+            off = self._off_subject(standalone, best, run.user)
+            if off:
+                log.info("answer route=abstained reason=off_subject terms=%d", len(off))
+                scores["off_subject"] = float(len(off))
+                cites = source_citations(best.hits, standalone)
+                text = not_in_cited(off) + (f" {CLOSEST_NOTE}" if cites else "")
+                return Answer(run.question, standalone, text, cites, 0.0, "abstained", corrected=corrected,
+                              sources=best.hits, scores=scores, model_id=best.model_id)
+            route: Route = "corrected" if corrected and best is not draft else "answered"
+            return self._answer(run, standalone, best, route, corrected=corrected, scores=scores)
+        if self.escalation is not None:
+            yield AnswerEvent("discard")
+            yield AnswerEvent("status", STATUS_ESCALATING)
+            t = time.perf_counter()
+            esc = yield from self._attempt(self.escalation, standalone, build_messages(standalone, best.hits), best.hits, run)
+            run.add("escalation", time.perf_counter() - t)
+            scores = dict(esc.features, confidence_draft=round(draft.confidence, 4))
+            log.info("answer_escalation model=%s confidence=%.3f", esc.model_id, esc.confidence)
+            if esc.confidence >= threshold and esc.result.citations:
+                return self._answer(run, standalone, esc, "escalated", corrected=corrected, escalated=True, scores=scores)
+            return self._abstain(run, standalone, esc, corrected=corrected, escalated=True, scores=scores)
+        return self._abstain(run, standalone, best, corrected=corrected, scores=scores)
+
+    def _off_subject(self, question: str, att: _Attempt, user: Principal) -> list[str]:
+        """Rare words of the question that no source the answer cites contains; rarity is over
+        what ``user`` may read, so the outcome says nothing about documents they cannot."""
+        return self._off_subject_of(question, att.hits, {c.n for c in att.result.citations}, user)
+
+    def _off_subject_of(self, question: str, hits: Sequence[Hit], cited_numbers: set[int],
+                        user: Principal) -> list[str]:
+        if not self.settings.answer.subject_check or self.term_count is None or self.chunk_total is None:
+            return []
+        cited = [hits[n - 1] for n in sorted(cited_numbers) if 0 < n <= len(hits)]
+        mine = user.principals()
+        try:
+            return off_subject_terms(question, cited, lambda w: self.term_count(w, mine), self.chunk_total(mine))
+        except Exception as e:  # the check is a gate, never a crash: an error keeps the answer
+            log.warning("subject check failed: %r", e)
+            return []
+
+    def _retrieve(self, query: str, run: _Run) -> list[Hit]:
+        rcfg = self.settings.retrieval
+        k = rcfg.top_k * (CANDIDATE_FACTOR if self.context_filter is not None else 1)
+        t = time.perf_counter()
+        hits = self.retriever.retrieve(query, user=run.user, top_k=k)
+        hits = self._readable(hits, run.user)
+        run.add("retrieve", time.perf_counter() - t)
+        return hits
+
+    def _readable(self, hits: Sequence[Hit], user: Principal) -> list[Hit]:
+        """Defence in depth: drop any hit whose document ACL does not admit ``user``."""
+        if self.acl_lookup is None:
+            return list(hits)
+        acls: dict[str, frozenset[str]] = {}
+        out = []
+        for h in hits:
+            doc = h.chunk.doc_id
+            if doc not in acls:
+                try:
+                    acls[doc] = frozenset(self.acl_lookup(doc))
+                except Exception as e:  # unknown document: treat as unreadable
+                    log.error("acl_lookup failed chunk_id=%s error=%r", h.chunk.id, type(e).__name__)
+                    acls[doc] = frozenset()
+            if user.can_read(acls[doc]):
+                out.append(h)
+            else:
+                log.error("acl_violation dropped chunk_id=%s user=%s (the retriever returned an unreadable chunk)",
+                          h.chunk.id, user.username)
+        return out
+
+    def _filter(self, query: str, hits: Sequence[Hit], run: _Run) -> tuple[Hit, ...]:
+        top_k = self.settings.retrieval.top_k
+        if self.context_filter is None:
+            return tuple(hits[:top_k])
+        res = self.context_filter.filter(query, hits, top_k=top_k)
+        run.add("filter", res.seconds)
+        return res.hits
+
+    def _attempt(self, generator, question: str, messages: list[Message], hits: Sequence[Hit], run: _Run,
+                 first: bool = False):
+        """Generate an answer and check it sentence by sentence while it is written.
+
+        When a sentence is complete, generation pauses, the sentence is checked (facts, then the
+        model's yes/no on its KV cache of the sources), the sentences that passed so far are
+        streamed as ``verified`` text, and generation resumes where it stopped (the reply so far
+        is prefilled; llama.cpp re-reads only the question and that reply). A backend that
+        cannot continue a reply (``continues_assistant`` False) is checked at the end instead.
+        """
+        gcfg = self.settings.generator
+        verifier = self._verifier(generator)
+        stepwise = verifier.mode != "off" and (verifier.mode == "facts" or getattr(generator, "continues_assistant", False))
+        pieces: list[str] = []
+        logprobs: list[float] = []
+        checked, shown, budget = 0, "", gcfg.max_tokens
+        conversation = list(messages)
+        t = time.perf_counter()
+        t_checks = 0.0
+        while budget > 0:
+            params = GenParams(max_tokens=budget, temperature=gcfg.temperature, logprobs=True)
+            complete: list = []
+            stream = generator.stream(conversation, params)
+            try:
+                for tok in stream:
+                    if not pieces and first and "first_token" not in run.timings:
+                        run.timings["first_token"] = time.perf_counter() - run.t0
+                    budget -= 1
+                    if tok.logprob is not None:
+                        logprobs.append(tok.logprob)
+                    if not tok.text:
+                        continue
+                    pieces.append(tok.text)
+                    yield AnswerEvent("token", tok.text)
+                    if stepwise:
+                        complete = _complete_sentences("".join(pieces), len(hits))
+                        if len(complete) > checked:
+                            break  # a sentence is complete: check it before writing on
+                else:
+                    complete = []
+            except GeneratorError:
+                raise
+            except Exception as e:  # a backend failure is an error answer, not a crash of the UI
+                raise GeneratorError(f"{getattr(generator, 'model_id', 'generator')}: {e}") from e
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+            if not complete:
+                break  # the reply ended (or the budget did)
+            t0 = time.perf_counter()
+            for sentence in complete[checked:]:
+                verifier.check_sentence(sentence, hits, question=question,
+                                        messages=messages if verifier.generator is generator else ())
+            checked = len(complete)
+            now = verifier.shown_so_far(complete, question)
+            # the answer-level subject check runs on the whole answer; what is shown before it
+            # must pass it already, on the sources cited so far (nm-02: a right sentence about
+            # the San Francisco office's Wi-Fi, asked about headquarters, was shown, then withdrawn)
+            if now and self._off_subject_of(question, hits, {n for c in verifier.passed_so_far(complete)
+                                                             for n in c.sources}, run.user):
+                now = ""
+            t_checks += time.perf_counter() - t0
+            if now != shown:
+                shown = now
+                if first and "first_verified" not in run.timings:
+                    run.timings["first_verified"] = time.perf_counter() - run.t0
+                yield AnswerEvent("verified", now)
+            conversation = list(messages) + [Message("assistant", "".join(pieces))]
+        run.add("generate", time.perf_counter() - t - t_checks)
+        run.add("verify", t_checks)
+        text = "".join(pieces).strip()
+        return self._score(text, tuple(hits), logprobs, getattr(generator, "model_id", ""), run, question,
+                           messages, generator, verifier)
+
+    def _verifier(self, generator) -> Verifier:
+        """The checker of ``generator``'s answers: the model that wrote the answer checks it (its
+        KV cache holds the prompt); an escalation model is checked by the local one."""
+        judge = generator if generator is self.generator else self.generator
+        return Verifier(judge, mode=_verify_mode(self.settings.answer.grounding_check))
+
+    def _score(self, text: str, hits: tuple[Hit, ...], logprobs: list[float], model_id: str, run: _Run,
+               question: str, messages: Sequence[Message] = (), generator=None,
+               verifier: Verifier | None = None) -> _Attempt:
+        """Verify the draft, keep what passed, and score the confidence of what is left."""
+        t = time.perf_counter()
+        mode = self.settings.answer.grounding_check
+        verifier = verifier or self._verifier(generator)
+        # the escalation model's answer is checked on the sources alone, not on its prompt
+        v = verifier.verify(text, hits, question=question, messages=messages if verifier.generator is generator else ())
+        run.add("verify", time.perf_counter() - t)
+        t = time.perf_counter()
+        kept = v.text if v.status not in ("abstained", "empty") else text
+        draft_markers = extract_citations(text, hits)
+        result = extract_citations(kept, hits)
+        if mode == "slm":
+            support = v.support if v.passed else [0.0] * len(result.sentences)
+        else:
+            support = sentence_support(result.sentences, hits, mode="embedding", embedder=self.embedder)
+        feats = answer_features(result, hits, support, logprobs, question=question)
+        feats["dropped_share"] = round(len(v.failed) / len(v.checks), 6) if v.checks else 0.0
+        if draft_markers.markers_total:  # markers naming no source are judged on the draft as written
+            feats["invalid_share"] = round(draft_markers.markers_invalid / draft_markers.markers_total, 6)
+        # hard gate: nothing verified, nothing to be confident about
+        conf = self.confidence.score(feats) if v.passed or mode == "off" else 0.0
+        run.add("score", time.perf_counter() - t)
+        return _Attempt(result.text, hits, result, feats, conf, list(support), model_id, v)
+
+    def _correct(self, standalone: str, hits: Sequence[Hit], draft: _Attempt, run: _Run):
+        """One targeted second try: a vacuous draft is asked for the facts; a draft with
+        unsupported sentences gets them named; an abstention or an empty check retrieves again
+        with a rewritten query."""
+        v = draft.verification
+        unsupported = unsupported_claims(v)
+        if v.status in ("abstained", "empty") or (not v.passed and not unsupported and v.status != "vacuous"):
+            query = rewrite_query(self.generator, standalone)
+            more = self._retrieve(query, run) if query != standalone else []
+        else:
+            query, more = standalone, []
+        seen = {h.chunk.id for h in hits}
+        merged = list(hits) + [h for h in more if h.chunk.id not in seen]
+        context = self._filter(standalone, merged, run) if more else draft.hits
+        log.info("answer_correction kind=%s query_changed=%s new_hits=%d unsupported=%d", v.status,
+                 query != standalone, len(merged) - len(hits), len(unsupported))
+        messages = build_correction_messages(standalone, context, unsupported, vacuous=v.status == "vacuous")
+        return (yield from self._attempt(self.generator, standalone, messages, context, run))
+
+    # --- outcomes ----------------------------------------------------------------------
+    def _answer(self, run: _Run, standalone: str, att: _Attempt, route: Route, *, corrected: bool,
+                escalated: bool = False, scores: dict[str, float]) -> Answer:
+        if is_abstention(att.text) or not att.result.sentences:  # nothing stated: list the sources
+            return self._abstain(run, standalone, att, corrected=corrected, escalated=escalated, scores=scores)
+        cited = {c.n for c in att.result.citations}
+        others = tuple(c for c in source_citations(att.hits, standalone) if c.n not in cited)
+        return Answer(run.question, standalone, att.text, att.result.citations, att.confidence, route,
+                      corrected=corrected, escalated=escalated, sources=att.hits, scores=scores, model_id=att.model_id,
+                      other_sources=others)
+
+    def _abstain(self, run: _Run, standalone: str, att: _Attempt, *, corrected: bool, escalated: bool = False,
+                 scores: dict[str, float]) -> Answer:
+        cites = source_citations(att.hits, standalone)
+        text = f"{ABSTAIN_TEXT} {CLOSEST_NOTE}" if cites else ABSTAIN_TEXT
+        return Answer(run.question, standalone, text, cites, att.confidence, "abstained", corrected=corrected,
+                      escalated=escalated, sources=att.hits, scores=scores, model_id=att.model_id)
+
+    def _record(self, answer: Answer, user: Principal) -> Answer:
+        log.info(
+            "answer route=%s confidence=%.3f corrected=%s escalated=%s sources=%s citations=%s model=%s timings=%s user=%s",
+            answer.route, answer.confidence, answer.corrected, answer.escalated,
+            ",".join(h.chunk.id for h in answer.sources), ",".join(str(c.n) for c in answer.citations),
+            answer.model_id, ",".join(f"{k}:{v:.3f}" for k, v in answer.timings.items()), user.username,
+        )
+        if self.logstore is None:
+            return answer
+        try:
+            return replace(answer, answer_id=self.logstore.record_answer(answer, user))
+        except (sqlite3.Error, OSError) as e:  # the user still gets the answer
+            log.error("answer_log write failed error=%r", e)
+            return answer
