@@ -32,7 +32,7 @@ CONFIGS = (("plain", 0), ("lookup, 4 draft tokens", 4), ("lookup, 10 draft token
 def answer_prompts(n: int, model: str):
     """Token ids of the answer prompts of the first ``n`` answerable dev-set questions."""
     from kb_chatbot.app.answer.prompts import build_messages
-    from kb_chatbot.app.answer.service import _Run
+    from kb_chatbot.app.answer.writer import Run
     from kb_chatbot.core.settings import load_settings
     from kb_chatbot.eval.questions import load_questions
     from kb_chatbot.eval.runner import _Parts, corpus_settings, ensure_indexed, eval_principal
@@ -50,7 +50,7 @@ def answer_prompts(n: int, model: str):
     user = eval_principal(index)
     out = []
     for q in [q for q in load_questions(common.REPO / "eval" / "devsets" / "handbook.jsonl") if q.answerable][:n]:
-        run = _Run(q.question, user)
+        run = Run(q.question, user)
         context = svc._filter(q.question, svc._retrieve(q.question, run), run)
         out.append((q.id, gen._prompt_tokens(build_messages(q.question, context))))
     return str(gen.model_path), gen.model_id, out

@@ -100,7 +100,7 @@ def summarize_retrieval(records: Sequence[dict], questions: Sequence[EvalQuestio
 def unsupported_count(answer: Answer, settings: Settings, embedder, generator) -> int:
     """Sentences of the shown answer whose facts are not in the sources they cite (an
     independent re-check with plain code: the service already removed what it caught)."""
-    from kb_chatbot.app.answer.verify import Verifier
+    from kb_chatbot.app.answer.checks import Verifier
 
     if not answer.sources:
         return 0

@@ -29,7 +29,7 @@ from typing import Literal, Sequence
 from kb_chatbot.app.answer.citations import strip_markers
 from kb_chatbot.app.answer.facts import Fact, SourceFacts, extract_facts, same_fact
 from kb_chatbot.app.answer.prompts import is_abstention
-from kb_chatbot.app.answer.verify import is_vacuous
+from kb_chatbot.app.answer.checks.vacuity import is_vacuous
 from kb_chatbot.core.text import content_words, split_sentences
 
 Verdict = Literal["correct", "wrong", "vacuous", "abstained"]

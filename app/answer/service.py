@@ -5,7 +5,8 @@ retrieve (ACL-filtered inside the retriever, re-checked here against the documen
 premise check (a name, number or identifier of the question that no readable source contains:
 say so, generate nothing) -> rerank and trim (context filter) -> numbered sources in the prompt
 -> stream the draft, pausing after each sentence to verify it against its source
-(:mod:`kb_chatbot.app.answer.verify`: facts, then the model's own yes/no check on its KV cache) and stream
+(:mod:`kb_chatbot.app.answer.writer` and :mod:`kb_chatbot.app.answer.checks`: facts, then the
+model's own yes/no check on its KV cache) and stream
 what passed -> the whole answer verified -> hard gates: failed sentences removed ->
 confidence of what is left -> below ``answer.confidence_threshold`` (nothing left is 0): one
 targeted correction (the removed sentences named, a vacuous draft asked for the facts, or a
@@ -30,21 +31,20 @@ How a UI consumes :meth:`KnowledgeAnswerService.stream`:
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Callable, Iterator, Sequence
 
-from kb_chatbot.app.answer.citations import CitationResult, answer_sentences, extract_citations, source_citations
+from kb_chatbot.app.answer.checks import SubjectCheck, missing_terms, not_in_cited, nothing_about, unsupported_claims
+from kb_chatbot.app.answer.citations import source_citations
 from kb_chatbot.app.answer.condense import condense_question, rewrite_query
-from kb_chatbot.app.answer.confidence import ConfidenceModel, answer_features, sentence_support
+from kb_chatbot.app.answer.confidence import ConfidenceModel
 from kb_chatbot.app.answer.context_filter import ContextFilter
-from kb_chatbot.app.answer.premise import missing_terms, not_in_cited, nothing_about, off_subject_terms
 from kb_chatbot.app.answer.prompts import ABSTAIN_TEXT, build_correction_messages, build_messages, is_abstention
-from kb_chatbot.app.answer.verify import Verification, Verifier, unsupported_claims
+from kb_chatbot.app.answer.writer import Attempt, CheckedWriter, Run
 from kb_chatbot.core.errors import GeneratorError
-from kb_chatbot.core.types import Answer, AnswerEvent, GenParams, Hit, Message, Principal, Route
+from kb_chatbot.core.types import Answer, AnswerEvent, Hit, Message, Principal, Route
 
 log = logging.getLogger(__name__)
 
@@ -61,44 +61,6 @@ ERROR_TEXT = "The answer model failed; please try again later."
 CANDIDATE_FACTOR = 3
 
 AclLookup = Callable[[str], frozenset[str]]
-
-
-def _complete_sentences(text: str, n_sources: int) -> list:
-    """The sentences of a reply still being written that are complete: all but the last, once
-    the last has begun with a word (markers after a full stop still belong to the sentence
-    before: "… weeks. [1]" is complete only when the next sentence starts)."""
-    sentences = answer_sentences(text, n_sources)
-    if len(sentences) < 2 or not re.match(r"\s*[^\s\[]", sentences[-1].text) or not re.search(r"\w", sentences[-1].text):
-        return []
-    return sentences[:-1]
-
-
-def _verify_mode(grounding_check: str) -> str:
-    """answer.grounding_check -> the verifier's mode ("embedding" is the old name of "facts")."""
-    return {"embedding": "facts"}.get(grounding_check, grounding_check)
-
-
-@dataclass
-class _Attempt:
-    text: str
-    hits: tuple[Hit, ...]
-    result: CitationResult
-    features: dict[str, float]
-    confidence: float
-    support: list[float]
-    model_id: str
-    verification: Verification
-
-
-@dataclass
-class _Run:
-    question: str
-    user: Principal
-    t0: float = field(default_factory=time.perf_counter)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def add(self, key: str, seconds: float) -> None:
-        self.timings[key] = self.timings.get(key, 0.0) + seconds
 
 
 class KnowledgeAnswerService:
@@ -133,8 +95,9 @@ class KnowledgeAnswerService:
         self.acl_lookup = acl_lookup
         #: how many chunks the asker may read hold a word, and how many they may read (the
         #: subject check; unreadable chunks never count); without them the check is off
-        self.term_count = term_count
-        self.chunk_total = chunk_total
+        self.subject = SubjectCheck(term_count, chunk_total, enabled=settings.answer.subject_check)
+        #: the generate-pause-check loop; the local model checks every draft
+        self.writer = CheckedWriter(settings, generator, embedder, self.confidence, self.subject)
         if acl_lookup is None:
             log.warning("answer_service acl_check=off reason=no_acl_lookup (relying on the retriever's filter)")
 
@@ -151,7 +114,7 @@ class KnowledgeAnswerService:
         question = " ".join(question.split())
         if not question:
             raise ValueError("the question is empty")
-        run = _Run(question, user)
+        run = Run(question, user)
         try:
             answer = yield from self._flow(run, history)
         except GeneratorError as e:
@@ -163,7 +126,7 @@ class KnowledgeAnswerService:
         yield AnswerEvent("answer", answer=answer)
 
     # --- steps -------------------------------------------------------------------------
-    def _flow(self, run: _Run, history: Sequence[Message]):
+    def _flow(self, run: Run, history: Sequence[Message]):
         cfg = self.settings
         yield AnswerEvent("status", STATUS_SEARCHING)
         standalone = run.question
@@ -198,7 +161,7 @@ class KnowledgeAnswerService:
         context = self._filter(standalone, hits, run)
         yield AnswerEvent("status", STATUS_WRITING)
         messages = build_messages(standalone, context)
-        draft = yield from self._attempt(self.generator, standalone, messages, context, run, first=True)
+        draft = yield from self.writer.write(self.generator, standalone, messages, context, run, first=True)
         best, corrected = draft, False
         threshold = cfg.answer.confidence_threshold
         log.info("answer_draft confidence=%.3f threshold=%.3f verification=%s kept=%d/%d",
@@ -231,7 +194,7 @@ class KnowledgeAnswerService:
             yield AnswerEvent("discard")
             yield AnswerEvent("status", STATUS_ESCALATING)
             t = time.perf_counter()
-            esc = yield from self._attempt(self.escalation, standalone, build_messages(standalone, best.hits), best.hits, run)
+            esc = yield from self.writer.write(self.escalation, standalone, build_messages(standalone, best.hits), best.hits, run)
             run.add("escalation", time.perf_counter() - t)
             scores = dict(esc.features, confidence_draft=round(draft.confidence, 4))
             log.info("answer_escalation model=%s confidence=%.3f", esc.model_id, esc.confidence)
@@ -240,24 +203,12 @@ class KnowledgeAnswerService:
             return self._abstain(run, standalone, esc, corrected=corrected, escalated=True, scores=scores)
         return self._abstain(run, standalone, best, corrected=corrected, scores=scores)
 
-    def _off_subject(self, question: str, att: _Attempt, user: Principal) -> list[str]:
+    def _off_subject(self, question: str, att: Attempt, user: Principal) -> list[str]:
         """Rare words of the question that no source the answer cites contains; rarity is over
         what ``user`` may read, so the outcome says nothing about documents they cannot."""
-        return self._off_subject_of(question, att.hits, {c.n for c in att.result.citations}, user)
+        return self.subject.off_subject(question, att.hits, {c.n for c in att.result.citations}, user)
 
-    def _off_subject_of(self, question: str, hits: Sequence[Hit], cited_numbers: set[int],
-                        user: Principal) -> list[str]:
-        if not self.settings.answer.subject_check or self.term_count is None or self.chunk_total is None:
-            return []
-        cited = [hits[n - 1] for n in sorted(cited_numbers) if 0 < n <= len(hits)]
-        mine = user.principals()
-        try:
-            return off_subject_terms(question, cited, lambda w: self.term_count(w, mine), self.chunk_total(mine))
-        except Exception as e:  # the check is a gate, never a crash: an error keeps the answer
-            log.warning("subject check failed: %r", e)
-            return []
-
-    def _retrieve(self, query: str, run: _Run) -> list[Hit]:
+    def _retrieve(self, query: str, run: Run) -> list[Hit]:
         rcfg = self.settings.retrieval
         k = rcfg.top_k * (CANDIDATE_FACTOR if self.context_filter is not None else 1)
         t = time.perf_counter()
@@ -287,7 +238,7 @@ class KnowledgeAnswerService:
                           h.chunk.id, user.username)
         return out
 
-    def _filter(self, query: str, hits: Sequence[Hit], run: _Run) -> tuple[Hit, ...]:
+    def _filter(self, query: str, hits: Sequence[Hit], run: Run) -> tuple[Hit, ...]:
         top_k = self.settings.retrieval.top_k
         if self.context_filter is None:
             return tuple(hits[:top_k])
@@ -295,115 +246,7 @@ class KnowledgeAnswerService:
         run.add("filter", res.seconds)
         return res.hits
 
-    def _attempt(self, generator, question: str, messages: list[Message], hits: Sequence[Hit], run: _Run,
-                 first: bool = False):
-        """Generate an answer and check it sentence by sentence while it is written.
-
-        When a sentence is complete, generation pauses, the sentence is checked (facts, then the
-        model's yes/no on its KV cache of the sources), the sentences that passed so far are
-        streamed as ``verified`` text, and generation resumes where it stopped (the reply so far
-        is prefilled; llama.cpp re-reads only the question and that reply). A backend that
-        cannot continue a reply (``continues_assistant`` False) is checked at the end instead.
-        """
-        gcfg = self.settings.generator
-        verifier = self._verifier(generator)
-        stepwise = verifier.mode != "off" and (verifier.mode == "facts" or getattr(generator, "continues_assistant", False))
-        pieces: list[str] = []
-        logprobs: list[float] = []
-        checked, shown, budget = 0, "", gcfg.max_tokens
-        conversation = list(messages)
-        t = time.perf_counter()
-        t_checks = 0.0
-        while budget > 0:
-            params = GenParams(max_tokens=budget, temperature=gcfg.temperature, logprobs=True)
-            complete: list = []
-            stream = generator.stream(conversation, params)
-            try:
-                for tok in stream:
-                    if not pieces and first and "first_token" not in run.timings:
-                        run.timings["first_token"] = time.perf_counter() - run.t0
-                    budget -= 1
-                    if tok.logprob is not None:
-                        logprobs.append(tok.logprob)
-                    if not tok.text:
-                        continue
-                    pieces.append(tok.text)
-                    yield AnswerEvent("token", tok.text)
-                    if stepwise:
-                        complete = _complete_sentences("".join(pieces), len(hits))
-                        if len(complete) > checked:
-                            break  # a sentence is complete: check it before writing on
-                else:
-                    complete = []
-            except GeneratorError:
-                raise
-            except Exception as e:  # a backend failure is an error answer, not a crash of the UI
-                raise GeneratorError(f"{getattr(generator, 'model_id', 'generator')}: {e}") from e
-            finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
-            if not complete:
-                break  # the reply ended (or the budget did)
-            t0 = time.perf_counter()
-            for sentence in complete[checked:]:
-                verifier.check_sentence(sentence, hits, question=question,
-                                        messages=messages if verifier.generator is generator else ())
-            checked = len(complete)
-            now = verifier.shown_so_far(complete, question)
-            # the answer-level subject check runs on the whole answer; what is shown before it
-            # must pass it already, on the sources cited so far (nm-02: a right sentence about
-            # the San Francisco office's Wi-Fi, asked about headquarters, was shown, then withdrawn)
-            if now and self._off_subject_of(question, hits, {n for c in verifier.passed_so_far(complete)
-                                                             for n in c.sources}, run.user):
-                now = ""
-            t_checks += time.perf_counter() - t0
-            if now != shown:
-                shown = now
-                if first and "first_verified" not in run.timings:
-                    run.timings["first_verified"] = time.perf_counter() - run.t0
-                yield AnswerEvent("verified", now)
-            conversation = list(messages) + [Message("assistant", "".join(pieces))]
-        run.add("generate", time.perf_counter() - t - t_checks)
-        run.add("verify", t_checks)
-        text = "".join(pieces).strip()
-        return self._score(text, tuple(hits), logprobs, getattr(generator, "model_id", ""), run, question,
-                           messages, generator, verifier)
-
-    def _verifier(self, generator) -> Verifier:
-        """The checker of ``generator``'s answers: the model that wrote the answer checks it (its
-        KV cache holds the prompt); an escalation model is checked by the local one."""
-        judge = generator if generator is self.generator else self.generator
-        return Verifier(judge, mode=_verify_mode(self.settings.answer.grounding_check))
-
-    def _score(self, text: str, hits: tuple[Hit, ...], logprobs: list[float], model_id: str, run: _Run,
-               question: str, messages: Sequence[Message] = (), generator=None,
-               verifier: Verifier | None = None) -> _Attempt:
-        """Verify the draft, keep what passed, and score the confidence of what is left."""
-        t = time.perf_counter()
-        mode = self.settings.answer.grounding_check
-        verifier = verifier or self._verifier(generator)
-        # the escalation model's answer is checked on the sources alone, not on its prompt
-        v = verifier.verify(text, hits, question=question, messages=messages if verifier.generator is generator else ())
-        run.add("verify", time.perf_counter() - t)
-        t = time.perf_counter()
-        kept = v.text if v.status not in ("abstained", "empty") else text
-        draft_markers = extract_citations(text, hits)
-        result = extract_citations(kept, hits)
-        if mode == "slm":
-            support = v.support if v.passed else [0.0] * len(result.sentences)
-        else:
-            support = sentence_support(result.sentences, hits, mode="embedding", embedder=self.embedder)
-        feats = answer_features(result, hits, support, logprobs, question=question)
-        feats["dropped_share"] = round(len(v.failed) / len(v.checks), 6) if v.checks else 0.0
-        if draft_markers.markers_total:  # markers naming no source are judged on the draft as written
-            feats["invalid_share"] = round(draft_markers.markers_invalid / draft_markers.markers_total, 6)
-        # hard gate: nothing verified, nothing to be confident about
-        conf = self.confidence.score(feats) if v.passed or mode == "off" else 0.0
-        run.add("score", time.perf_counter() - t)
-        return _Attempt(result.text, hits, result, feats, conf, list(support), model_id, v)
-
-    def _correct(self, standalone: str, hits: Sequence[Hit], draft: _Attempt, run: _Run):
+    def _correct(self, standalone: str, hits: Sequence[Hit], draft: Attempt, run: Run):
         """One targeted second try: a vacuous draft is asked for the facts; a draft with
         unsupported sentences gets them named; an abstention or an empty check retrieves again
         with a rewritten query."""
@@ -420,10 +263,10 @@ class KnowledgeAnswerService:
         log.info("answer_correction kind=%s query_changed=%s new_hits=%d unsupported=%d", v.status,
                  query != standalone, len(merged) - len(hits), len(unsupported))
         messages = build_correction_messages(standalone, context, unsupported, vacuous=v.status == "vacuous")
-        return (yield from self._attempt(self.generator, standalone, messages, context, run))
+        return (yield from self.writer.write(self.generator, standalone, messages, context, run))
 
     # --- outcomes ----------------------------------------------------------------------
-    def _answer(self, run: _Run, standalone: str, att: _Attempt, route: Route, *, corrected: bool,
+    def _answer(self, run: Run, standalone: str, att: Attempt, route: Route, *, corrected: bool,
                 escalated: bool = False, scores: dict[str, float]) -> Answer:
         if is_abstention(att.text) or not att.result.sentences:  # nothing stated: list the sources
             return self._abstain(run, standalone, att, corrected=corrected, escalated=escalated, scores=scores)
@@ -433,7 +276,7 @@ class KnowledgeAnswerService:
                       corrected=corrected, escalated=escalated, sources=att.hits, scores=scores, model_id=att.model_id,
                       other_sources=others)
 
-    def _abstain(self, run: _Run, standalone: str, att: _Attempt, *, corrected: bool, escalated: bool = False,
+    def _abstain(self, run: Run, standalone: str, att: Attempt, *, corrected: bool, escalated: bool = False,
                  scores: dict[str, float]) -> Answer:
         cites = source_citations(att.hits, standalone)
         text = f"{ABSTAIN_TEXT} {CLOSEST_NOTE}" if cites else ABSTAIN_TEXT

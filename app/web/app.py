@@ -25,6 +25,7 @@ import gradio as gr
 from kb_chatbot.app.web import render as R
 from kb_chatbot.app.auth import UserDirectory, header_user, principal_from_headers
 from kb_chatbot.app.web.admin import IndexAdmin, NotAdminError, feedback_summary, recent_questions
+from kb_chatbot.app.web.services import ChatServices
 from kb_chatbot.core.errors import ConfigError, IndexError_, KBError, ModelNotFoundError
 from kb_chatbot.core.settings import Settings, answer_slots
 from kb_chatbot.core.types import Message, Principal
@@ -84,7 +85,7 @@ _FATAL = (ModelNotFoundError, ConfigError, IndexError_)
 class WarmUp:
     """Loads the embedder, the index and the model once, in a background thread."""
 
-    def __init__(self, services: Any):
+    def __init__(self, services: ChatServices):
         self.services = services
         self.state = "pending"  # pending | running | ready | degraded | failed
         self.error: str | None = None
@@ -138,7 +139,7 @@ class ChatSession:
 class ChatController:
     """Everything the page does, as plain methods taking the caller's Principal."""
 
-    def __init__(self, services: Any, settings: Settings, warmup: WarmUp,
+    def __init__(self, services: ChatServices, settings: Settings, warmup: WarmUp,
                  directory: UserDirectory | None = None, admin: IndexAdmin | None = None):
         self.services = services
         self.settings = settings
@@ -390,7 +391,7 @@ def asgi_app(demo: gr.Blocks, settings: Settings, directory: UserDirectory | Non
     return SameOriginMiddleware(guarded, settings.server.allowed_origins)
 
 
-def build_app(services: Any, settings: Settings, *, warmup: WarmUp | None = None,
+def build_app(services: ChatServices, settings: Settings, *, warmup: WarmUp | None = None,
               directory: UserDirectory | None = None, controller: ChatController | None = None) -> gr.Blocks:
     """The chat page. Starts the warm-up (if not started) so the models load once, now."""
     if directory is None and settings.server.auth.mode == "users_file":

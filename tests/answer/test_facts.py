@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 import pytest
 
-from kb_chatbot.app.answer.facts import SourceFacts, asked_kind, extract_facts, missing_facts, same_fact, states_kind, words_to_number
+from kb_chatbot.app.answer.checks.asked_kind import asked_kind, states_kind
+from kb_chatbot.app.answer.facts import SourceFacts, extract_facts, missing_facts, same_fact, words_to_number
 
 amounts = st.integers(min_value=1, max_value=9_999_999)
 

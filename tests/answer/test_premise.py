@@ -1,7 +1,7 @@
 """The premise check: names, numbers and identifiers of the question that no readable source holds."""
 from __future__ import annotations
 
-from kb_chatbot.app.answer.premise import missing_terms, nothing_about
+from kb_chatbot.app.answer.checks.premise import missing_terms, nothing_about
 from kb_chatbot.core.types import Chunk, Hit
 
 
@@ -43,7 +43,7 @@ def test_a_title_counts_as_text():
 
 # --- the subject check: rare question words that the cited sources never mention -----------
 
-from kb_chatbot.app.answer.premise import SUBJECT_CHECK_MIN_CHUNKS, not_in_cited, off_subject_terms  # noqa: E402
+from kb_chatbot.app.answer.checks.subject import SUBJECT_CHECK_MIN_CHUNKS, not_in_cited, off_subject_terms  # noqa: E402
 
 #: chunk counts of a 1,000-chunk knowledge base (limit: 5 chunks)
 COUNTS = {"juice": 1, "headquarters": 2, "wi-fi": 3, "memo": 40, "according": 40, "bottles": 12,

@@ -3,7 +3,8 @@ name, a stock ticker, a pointer-only answer, an unsupported claim the SLM reject
 from __future__ import annotations
 
 from kb_chatbot.app.answer.prompts import build_messages
-from kb_chatbot.app.answer.verify import Verifier, is_vacuous
+from kb_chatbot.app.answer.checks import Verifier
+from kb_chatbot.app.answer.checks.vacuity import is_vacuous
 from kb_chatbot.core.types import Chunk, Hit
 from kb_chatbot.app.generators.fake import FakeGenerator
 

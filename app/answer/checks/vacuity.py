@@ -1,0 +1,45 @@
+"""Vacuity: a sentence that only points at a source ("the exempt services include those listed
+in [5]") says nothing the question did not. Cheapest gate, first."""
+from __future__ import annotations
+
+import re
+
+from kb_chatbot.app.answer.checks.base import CheckContext, SentenceCheck, failed
+from kb_chatbot.app.answer.facts import extract_facts
+from kb_chatbot.app.answer.prompts import is_abstention
+from kb_chatbot.core.text import content_words
+
+#: Words that only point at a source or describe the act of answering, not the answer.
+POINTER_WORDS = frozenset(
+    """list listed listing include included includes including mention mentioned mentions
+    describe described describes detail detailed details see refer referred refers source sources
+    document documents documented information info outline outlined outlines provide provided
+    provides specify specified specifies find found section page pages found available accord
+    according state stated states explain explained explains cover covered covers contain
+    contained contains relevant related regarding follow following read check specific first
+    second third fourth fifth last above below previous earlier latter former question answer
+    answers answered""".split()
+)
+
+
+def is_vacuous(claim: str, question: str) -> bool:
+    """True when ``claim`` adds no fact and no content word beyond the question and pointers.
+    A yes or a no answers a yes/no question even when the rest restates it."""
+    if extract_facts(claim) or re.match(r"\W*(?:yes|no)\b", claim, re.IGNORECASE):
+        return False
+    new = content_words(claim) - content_words(question)
+    new = {w for w in new if w not in POINTER_WORDS and w.rstrip("s") not in POINTER_WORDS}
+    return len(new) == 0
+
+
+class VacuityGate:
+    """Fails an abstention inside an answer, and a sentence that states nothing new."""
+
+    name = "vacuity"
+
+    def check(self, c: SentenceCheck, ctx: CheckContext) -> SentenceCheck:
+        if is_abstention(c.sentence.claim):
+            return failed(c, self.name, "abstention inside an answer")
+        if is_vacuous(c.sentence.claim, ctx.question):
+            return failed(c, self.name, "points at a source without stating anything", vacuous=True)
+        return c

@@ -1,0 +1,92 @@
+"""Each answer check as a unit, through the one interface (gates take a SentenceCheck and a
+CheckContext, answer gates the list), and the verifier's order: cheapest first, stop at the
+first failure, the model asked only about sentences whose facts hold."""
+from __future__ import annotations
+
+from kb_chatbot.app.answer.checks import CheckContext, SentenceCheck, SubjectCheck, Verifier
+from kb_chatbot.app.answer.checks.asked_kind import AskedKindGate
+from kb_chatbot.app.answer.checks.facts import FactsGate
+from kb_chatbot.app.answer.checks.premise import missing_terms
+from kb_chatbot.app.answer.checks.support import SupportGate
+from kb_chatbot.app.answer.checks.vacuity import VacuityGate
+from kb_chatbot.app.answer.citations import extract_citations
+from kb_chatbot.app.generators.fake import FakeGenerator
+from kb_chatbot.core.types import Chunk, Hit, Principal
+
+HITS = [
+    Hit(Chunk(id="c1", doc_id="d1", ordinal=0, text="The Silver plan deductible is $1,500 per person.", start=0, end=48),
+        "Benefits", "https://wiki/1", "t", "wiki", score=1.0),
+    Hit(Chunk(id="c2", doc_id="d2", ordinal=0, text="Transit passes cost $120 a month and are reimbursed.", start=0, end=51),
+        "Commuting", "https://wiki/2", "t", "wiki", score=0.9),
+]
+
+
+def sentence(text: str) -> SentenceCheck:
+    s = extract_citations(text, HITS).sentences[0]
+    return SentenceCheck(s, s.cited)
+
+
+def ctx(question: str) -> CheckContext:
+    return CheckContext(question, HITS)
+
+
+def test_vacuity_gate_fails_pointers_and_passes_statements():
+    c = VacuityGate().check(sentence("The deductible is listed in [1]."), ctx("What is the deductible?"))
+    assert not c.passed and c.vacuous and c.gate == "vacuity"
+    ok = sentence("The deductible is $1,500 per person [1].")
+    assert VacuityGate().check(ok, ctx("What is the deductible?")) is ok
+
+
+def test_facts_gate_recites_a_wrong_marker_and_fails_an_invented_amount():
+    moved = FactsGate().check(sentence("Transit passes cost $120 a month [1]."), ctx("What do transit passes cost?"))
+    assert moved.passed and moved.recited and moved.sources == (2,)
+    bad = FactsGate().check(sentence("The deductible is $2,500 [1]."), ctx("What is the deductible?"))
+    assert not bad.passed and bad.gate == "facts" and [f.text for f in bad.missing] == ["$2,500"]
+
+
+def test_support_gate_asks_the_model_and_fails_below_the_cut():
+    gen = FakeGenerator(yes=[0.2])
+    c = SupportGate(gen).check(sentence("The deductible is $1,500 per person [1]."), ctx("What is the deductible?"))
+    assert not c.passed and c.gate == "support" and c.support == 0.2
+    c = SupportGate(FakeGenerator(yes=[0.9])).check(sentence("The deductible is $1,500 [1]."), ctx("Deductible?"))
+    assert c.passed and c.support == 0.9
+
+
+def test_asked_kind_gate_fails_an_answer_without_the_amount_asked_for():
+    checks = [sentence("Transit passes are reimbursed [2].")]
+    out = AskedKindGate().check(checks, ctx("How much do transit passes cost?"))
+    assert not out[0].passed and out[0].vacuous and out[0].gate == "asked_kind"
+    checks = [sentence("Transit passes cost $120 a month [2].")]
+    assert AskedKindGate().check(checks, ctx("How much do transit passes cost?")) == checks
+
+
+def test_verifier_stops_at_the_first_failing_gate():
+    gen = FakeGenerator(yes=[0.9])  # one answer only: a second question to the model would fail
+    v = Verifier(gen, mode="slm").verify("The deductible is $9,999 [1]. The deductible is $1,500 per person [1].",
+                                         HITS, question="What is the deductible?")
+    assert [c.gate for c in v.checks] == ["facts", ""]
+    assert v.checks[0].support is None and v.checks[1].support == 0.9
+    assert v.text == "The deductible is $1,500 per person [1]."
+
+
+def test_subject_check_counts_over_what_the_asker_may_read():
+    seen = []
+
+    def count(word, principals):
+        seen.append(principals)
+        return 0 if word == "juice" else 500
+
+    subject = SubjectCheck(count, lambda principals: 1000)
+    user = Principal("bob", groups=("eng",))
+    assert subject.off_subject("How much juice is delivered?", HITS, {1}, user) == ["juice"]
+    assert all(p == user.principals() for p in seen)
+    assert SubjectCheck(count, lambda p: 1000, enabled=False).off_subject("juice?", HITS, {1}, user) == []
+
+    def broken(word, principals):
+        raise RuntimeError("store gone")
+    assert SubjectCheck(broken, lambda p: 1000).off_subject("How much juice?", HITS, {1}, user) == []
+
+
+def test_premise_names_what_no_source_holds():
+    assert [m.label for m in missing_terms("What is the Gold plan deductible?", HITS)] == ["Gold plan"]
+    assert missing_terms("What is the Silver plan deductible?", HITS) == []
