@@ -113,10 +113,15 @@ class IndexAdmin:
             failed, errors = facts["failed"], facts["errors"]
             summary = (f"{facts['documents']} documents, {facts['chunks']} chunks; "
                        f"generation {facts['current'] or 'none'}"
-                       + ("" if facts["changed"] else " (nothing changed)")
-                       + (f"; {failed} file(s) failed" if failed else "")
-                       + (f"; sources failed: {', '.join(errors)}" if errors else ""))
-            self._update(state="done", summary=summary)
+                       + (f"; {facts['read']}" if facts.get("read") else "")
+                       + ("" if facts["changed"] else " (nothing changed)"))
+            # a source or a file that failed makes the outcome a failure the admin must see,
+            # with the files and reasons; the index still holds what could be read
+            state = "failed" if errors else "partial" if failed else "done"
+            self._update(state=state, summary=summary, failures=facts.get("failures", []),
+                         source_errors=facts.get("source_errors", {}),
+                         error=(f"sources failed: {', '.join(errors)}" if errors
+                                else f"{failed} file(s) could not be read" if failed else None))
             log.info("reindex_finished user=%s documents=%d chunks=%d generation=%s changed=%s failed_files=%d",
                      username, facts["documents"], facts["chunks"], facts["current"], facts["changed"], failed)
         except KBError as e:
@@ -132,8 +137,11 @@ class IndexAdmin:
 
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe(duplex=False)
+        # not a daemon: a daemonic process may not have children, and the re-index starts the
+        # isolated parse workers (PDF, Office, HTML) as children of its own. It ends with the
+        # job: the finally below joins it, then kills it if it hangs.
         proc = ctx.Process(target=_reindex_child, args=(self.settings, [s.name for s in sources], child),
-                           name="kb-reindex", daemon=True)
+                           name="kb-reindex", daemon=False)
         proc.start()
         child.close()
         try:
@@ -157,12 +165,23 @@ class IndexAdmin:
                 proc.kill()
 
 
+#: Failed files listed on the page (the rest are counted; `kb status` lists them all).
+FAILURES_SHOWN = 20
+
+
 def _report_facts(report: Any) -> dict[str, Any]:
+    """What the page shows of a sync report: plain data (it crosses a process pipe)."""
+    sources = list(report.sources)
+    moved = [(n, sum(getattr(s, n, 0) for s in sources)) for n in ("added", "updated", "deleted", "unchanged")]
     return {
         "documents": report.documents_total, "chunks": report.chunks_total,
         "current": report.current_generation, "changed": bool(report.generation),
-        "failed": sum(getattr(s, "failed", 0) for s in report.sources),
-        "errors": [s.name for s in report.sources if getattr(s, "error", None)],
+        "read": ", ".join(f"{v} {n}" for n, v in moved if v),
+        "failed": sum(getattr(s, "failed", 0) for s in sources),
+        "errors": [s.name for s in sources if getattr(s, "error", None)],
+        "source_errors": {s.name: s.error for s in sources if getattr(s, "error", None)},
+        "failures": [{"source": s.name, "path": f.path, "reason": f.reason}
+                     for s in sources for f in getattr(s, "failures", [])][:FAILURES_SHOWN],
     }
 
 

@@ -330,6 +330,12 @@ def render_progress(p: Mapping[str, Any]) -> str:
                 f'<b>{esc(p.get("source") or "…")}</b> ({esc(p.get("source_index", 0))}/{esc(p.get("sources", 0))}): '
                 f'{esc(done)}{esc(f" of {total}" if total else "")} documents read · {esc(int(p.get("elapsed", 0)))} s'
                 f"{bar}</div>")
-    if state == "failed":
-        return f'<div class="kb-error">Re-index failed: {esc(p.get("error"))}</div>'
+    if state in ("failed", "partial"):
+        head = "Re-index failed" if state == "failed" else "Re-index finished with failures"
+        items = [f"<li><b>{esc(name)}</b>: {esc(why)}</li>" for name, why in (p.get("source_errors") or {}).items()]
+        items += [f"<li><code>{esc(f.get('path'))}</code> ({esc(f.get('source'))}): {esc(f.get('reason'))}</li>"
+                  for f in p.get("failures") or []]
+        detail = f"<ul>{''.join(items)}</ul>" if items else ""
+        summary = f"<br>{esc(p['summary'])}" if p.get("summary") else ""
+        return f'<div class="kb-error">{head}: {esc(p.get("error"))}{summary}{detail}</div>'
     return f'<div class="kb-ok">Re-index finished: {esc(p.get("summary", ""))}</div>'

@@ -459,7 +459,10 @@ def test_the_admin_reindex_runs_in_its_own_process(kb, users):
     assert job.start(users.principal_for("admin")) == "Re-index started."
     assert job.wait(120)
     snap = job.snapshot()
-    assert snap["state"] == "done", snap
+    # the sample drive's PDF, Office and HTML files are parsed in isolated workers, children of
+    # the re-index process: a daemonic re-index process could not start them, and every such
+    # file failed ("daemonic processes are not allowed to have children")
+    assert snap["state"] == "done" and not snap["failures"], snap
     assert "documents" in snap["summary"] and snap["documents"] > 0 and seen_pids
 
 

@@ -247,3 +247,8 @@ def test_progress_states():
     assert "acme-wiki" in running and "5 of 10" in running and "width:50%" in running
     assert "finished" in R.render_progress({"state": "done", "summary": "49 documents"})
     assert "kb-error" in R.render_progress({"state": "failed", "error": "boom"})
+    partial = R.render_progress({"state": "partial", "error": "1 file(s) could not be read", "summary": "49 documents",
+                                 "failures": [{"source": "acme-drive", "path": "hr/<b>x</b>.pdf",
+                                               "reason": "encrypted: ask for the password"}]})
+    assert 'class="kb-error"' in partial and "kb-ok" not in partial
+    assert "hr/&lt;b&gt;x&lt;/b&gt;.pdf" in partial and "encrypted: ask for the password" in partial
