@@ -1,16 +1,18 @@
 """Citation markers: parse [n], [n, m], [n-m], [n][m]; keep only those naming a provided source.
 
 A marker that names no provided source is removed from the text (an invalid number inside
-a valid group is removed from the group). Valid numbers are kept as written (nothing is
-renumbered) and mapped to :class:`kb_chatbot.core.types.Citation`, one per number, with the sentence of
-the source that best supports the citing sentence as the quote.
+a valid group is removed from the group). Valid numbers are mapped to
+:class:`kb_chatbot.core.types.Citation`, one per number, with the passage of the source that
+best supports the citing sentences as the quote. The final answer is renumbered in the order it
+cites (:func:`renumber`): the reader's first source is [1], whatever its place in the prompt.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
+from kb_chatbot.app.answer.facts import SourceFacts, extract_facts
 from kb_chatbot.app.answer.prompts import location_label
 from kb_chatbot.core.text import ends_with_abbreviation, overlap, sentence_spans
 from kb_chatbot.core.types import Citation, Hit
@@ -133,19 +135,47 @@ def answer_sentences(text: str, n_sources: int) -> list[AnswerSentence]:
 Similarity = Callable[[str, Sequence[str]], Sequence[float]]
 
 
+#: A quote shorter than this grows by the sentences after it (in the same passage), and so does
+#: a fragment: a table's header row or a slide title alone ("| Day | Hours |", "Slide 3: What
+#: Falcon does") is not a quote a reader can check the answer against.
+QUOTE_MIN_CHARS = 40
+QUOTE_MAX_CHARS = 500
+_FRAGMENT = re.compile(r"^\s*(?:#{1,6}\s|\|[\s|:-]*\||(?:slide|page|sheet)\s+\d+\s*:)", re.IGNORECASE)
+
+
+def _is_fragment(sentence: str) -> bool:
+    """A heading, a table's rule or header row, a slide or page title: says nothing alone."""
+    s = sentence.strip()
+    return bool(_FRAGMENT.match(s)) or (s.startswith("|") and len(re.findall(r"[A-Za-z]{2,}", s)) <= 4)
+
+
 def best_quote(claim: str, source_text: str, similarity: Similarity | None = None) -> str:
-    """The sentence of ``source_text`` that best supports ``claim`` (word overlap by default)."""
+    """The passage of ``source_text`` that best supports ``claim``: its best sentence (word
+    overlap by default; a sentence holding the claim's numbers and names first), grown by the
+    sentences after it to :data:`QUOTE_MIN_CHARS` when it is short or a fragment."""
     # the context filter joins non-adjacent sentences with " … ": never quote across a gap
-    sents = [s.text.strip(" …") for part in re.split(r"\s*…\s*", source_text) for s in sentence_spans(part)]
-    sents = [s for s in sents if s] or [source_text.strip()]
+    parts = [[s.text.strip(" …") for s in sentence_spans(part)] for part in re.split(r"\s*…\s*", source_text)]
+    parts = [[s for s in p if s] for p in parts]
+    sents = [(pi, si) for pi, p in enumerate(parts) for si in range(len(p))]
+    if not sents:
+        return source_text.strip()[:QUOTE_MAX_CHARS]
+    texts = [parts[pi][si] for pi, si in sents]
     if similarity is not None:
-        scores = list(similarity(claim, sents))
+        scores = list(similarity(claim, texts))
     else:
-        scores = [overlap(claim, s) + 0.01 * overlap(s, claim) for s in sents]
-    # on a tie a sentence beats a heading line ("# Paid time off")
-    scores = [sc - (0.001 if s.lstrip().startswith("#") else 0.0) for sc, s in zip(scores, sents)]
-    best = max(range(len(sents)), key=lambda i: scores[i])
-    return sents[best][:500]
+        scores = [overlap(claim, s) + 0.01 * overlap(s, claim) for s in texts]
+    facts = extract_facts(claim)
+    if facts:  # the sentence that holds the claim's facts is the one to check it against
+        scores = [sc + sum(SourceFacts(s).has(f) for f in facts) / len(facts) for sc, s in zip(scores, texts)]
+    # on a tie a sentence beats a heading line ("# Paid time off") or a table header
+    scores = [sc - (0.001 if _is_fragment(s) else 0.0) for sc, s in zip(scores, texts)]
+    pi, si = sents[max(range(len(sents)), key=lambda i: scores[i])]
+    quote = [parts[pi][si]]
+    j = si + 1
+    while (len(" ".join(quote)) < QUOTE_MIN_CHARS or all(_is_fragment(q) for q in quote)) and j < len(parts[pi]):
+        quote.append(parts[pi][j])
+        j += 1
+    return " ".join(quote)[:QUOTE_MAX_CHARS]
 
 
 def slack_permalink(hit: Hit) -> str:
@@ -201,6 +231,25 @@ def extract_citations(text: str, hits: Sequence[Hit], similarity: Similarity | N
         markers_invalid=len(invalid),
         invalid_numbers=tuple(invalid),
     )
+
+
+def renumber(text: str, citations: Sequence[Citation], others: Sequence[Citation] = ()
+             ) -> tuple[str, tuple[Citation, ...], tuple[Citation, ...]]:
+    """Number the sources in the order the answer cites them: the first marker read is [1].
+    ``others`` (sources given but not cited) are numbered after them. Returns (text,
+    citations, others), renumbered; the citations in their new order."""
+    order = cited_numbers(text)
+    mapping = {old: new for new, old in enumerate(order, 1)}
+    for c in citations:  # a citation whose marker the text lost still gets a number
+        mapping.setdefault(c.n, len(mapping) + 1)
+    pieces, pos = [], 0
+    for mk in parse_markers(text):
+        pieces.append(text[pos:mk.start] + _format([mapping.get(n, n) for n in mk.numbers]))
+        pos = mk.end
+    pieces.append(text[pos:])
+    cites = tuple(sorted((replace(c, n=mapping[c.n]) for c in citations), key=lambda c: c.n))
+    rest = tuple(replace(c, n=len(mapping) + i) for i, c in enumerate(others, 1))
+    return "".join(pieces), cites, rest
 
 
 def source_citations(hits: Sequence[Hit], question: str, similarity: Similarity | None = None) -> tuple[Citation, ...]:

@@ -37,7 +37,7 @@ from dataclasses import replace
 from typing import Callable, Iterator, Sequence
 
 from kb_chatbot.app.answer.checks import SubjectCheck, missing_terms, not_in_cited, nothing_about, unsupported_claims
-from kb_chatbot.app.answer.citations import source_citations
+from kb_chatbot.app.answer.citations import renumber, source_citations
 from kb_chatbot.app.answer.condense import condense_question, rewrite_query
 from kb_chatbot.app.answer.confidence import ConfidenceModel
 from kb_chatbot.app.answer.context_filter import ContextFilter
@@ -272,7 +272,8 @@ class KnowledgeAnswerService:
             return self._abstain(run, standalone, att, corrected=corrected, escalated=escalated, scores=scores)
         cited = {c.n for c in att.result.citations}
         others = tuple(c for c in source_citations(att.hits, standalone) if c.n not in cited)
-        return Answer(run.question, standalone, att.text, att.result.citations, att.confidence, route,
+        text, citations, others = renumber(att.text, att.result.citations, others)
+        return Answer(run.question, standalone, text, citations, att.confidence, route,
                       corrected=corrected, escalated=escalated, sources=att.hits, scores=scores, model_id=att.model_id,
                       other_sources=others)
 

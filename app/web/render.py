@@ -53,10 +53,45 @@ def safe_href(uri: str | None) -> str | None:
     return uri
 
 
+_MD = None
+
+
+def _markdown():
+    """CommonMark with tables and strikethrough; raw HTML in the text is escaped, never passed
+    through (``html=False``). No links and no images: a document or a prompt injection could
+    otherwise make the page fetch a remote image (a tracking or exfiltration URL) or dress a
+    phishing link as an answer; the source cards carry the checked links."""
+    global _MD
+    if _MD is None:
+        from markdown_it import MarkdownIt
+
+        _MD = MarkdownIt("commonmark", {"html": False, "breaks": True, "xhtmlOut": False}).enable(["table", "strikethrough"]).disable(["link", "image"])
+    return _MD
+
+
+def _no_blank_lines(rendered: str) -> str:
+    """The Chatbot's markdown pass ends a raw-HTML block at a blank line: newlines inside
+    <pre> become character references (the browser shows them as line breaks), the others go."""
+    def pre(m: re.Match) -> str:
+        return m.group(0).replace("\n", "&#10;")
+
+    rendered = re.sub(r"<pre>.*?</pre>", pre, rendered, flags=re.S)
+    return rendered.replace("\n", "")
+
+
+def markdown_html(text: str) -> str:
+    """Markdown (bold, lists, inline code, code blocks, tables) as safe HTML on one line."""
+    return _no_blank_lines(_markdown().render(text.strip()))
+
+
+def markdown_inline(text: str) -> str:
+    """One line of markdown (a quote): bold, italics and inline code; everything else escaped."""
+    return _no_blank_lines(_markdown().renderInline(text))
+
+
 def _paragraphs(text: str) -> str:
-    """Escaped text as <p> blocks; single newlines become <br>."""
-    blocks = [b.strip() for b in re.split(r"\n\s*\n", text.strip()) if b.strip()]
-    return "".join("<p>" + "<br>".join(esc(line) for line in b.splitlines()) + "</p>" for b in blocks)
+    """The text as safe HTML blocks (markdown rendered, HTML escaped)."""
+    return markdown_html(text)
 
 
 def answer_key(answer: Answer, fallback: str = "a") -> str:
@@ -135,7 +170,7 @@ def source_card(c: Citation, key: str) -> str:
     if meta:
         parts.append('<div class="kb-card-meta">' + " · ".join(esc(m) for m in meta) + "</div>")
     if quote:
-        parts.append(f'<blockquote class="kb-quote">{esc(quote)}</blockquote>')
+        parts.append(f'<blockquote class="kb-quote">{markdown_inline(quote)}</blockquote>')
     parts.append("</div>")
     return "".join(parts)
 
@@ -156,7 +191,11 @@ def source_cards(citations: Sequence[Citation], key: str, heading: str = "Source
 
 
 def _notes(answer: Answer) -> str:
+    """What the reader should know about how the answer was made; nothing on an abstention
+    (the box says what the knowledge base lacks, not how the pipeline got there)."""
     notes = []
+    if answer.route == "abstained":
+        return ""
     if answer.escalated:
         notes.append("A larger model was asked because the first answer was not well supported.")
     elif answer.corrected:

@@ -152,3 +152,30 @@ def test_an_abbreviation_or_a_lower_case_word_does_not_end_a_sentence():
         "Ask the U.S. Embassy [2].", "Then wait [1]."]
     assert [s.claim for s in answer_sentences("It takes 3.5 days. See e.g. Section 4 [1].", 5)] == [
         "It takes 3.5 days.", "See e.g. Section 4."]
+
+
+def test_a_quote_is_a_passage_not_a_table_header_or_slide_title():
+    from kb_chatbot.app.answer.citations import best_quote
+
+    table = "| Day | Hours |\n|---|---|\n| Monday | 9am to 5pm at the front desk, badge required |"
+    q = best_quote("The front desk is open 9am to 5pm on Monday.", table)
+    assert "9am to 5pm" in q and q != "| Day | Hours |"
+    slide = "Slide 3: What Falcon does\nFalcon routes warehouse robots around blocked aisles in real time."
+    assert "routes warehouse robots" in best_quote("What does Falcon do?", slide)
+    # the sentence holding the claim's number wins over one sharing more words
+    text = ("Vacation days are granted to all staff every year by policy. Staff get 22 vacation days. "
+            "After five years it is 25.")
+    assert best_quote("You get 22 vacation days.", text).startswith("Staff get 22 vacation days.")
+
+
+def test_sources_are_renumbered_in_the_order_the_answer_cites_them():
+    from kb_chatbot.app.answer.citations import renumber
+    from kb_chatbot.core.types import Citation
+
+    def cite(n):
+        return Citation(n=n, chunk_id=f"c{n}", doc_id=f"d{n}", title=f"T{n}", source="s", source_type="wiki", uri="")
+
+    text, cites, others = renumber("Use the VPN [4]. Ask IT [2, 4].", [cite(2), cite(4)], [cite(1), cite(3)])
+    assert text == "Use the VPN [1]. Ask IT [2, 1]."
+    assert [(c.n, c.chunk_id) for c in cites] == [(1, "c4"), (2, "c2")]
+    assert [(c.n, c.chunk_id) for c in others] == [(3, "c1"), (4, "c3")]

@@ -252,3 +252,28 @@ def test_progress_states():
                                                "reason": "encrypted: ask for the password"}]})
     assert 'class="kb-error"' in partial and "kb-ok" not in partial
     assert "hr/&lt;b&gt;x&lt;/b&gt;.pdf" in partial and "encrypted: ask for the password" in partial
+
+
+def test_answers_and_quotes_render_markdown_safely():
+    from kb_chatbot.core.types import Answer, Citation
+
+    text = ("Connect to **gw-7.vpn.acme.example** [1]:\n\n- open `vpn-client`\n- sign in <img src=x onerror=alert(1)>\n\n"
+            "```\nsudo vpn up\n\nvpn status\n```\n![t](https://evil.example/p.png) [go](https://evil.example)")
+    c = Citation(n=1, chunk_id="c1", doc_id="d1", title="VPN", source="wiki", source_type="wiki",
+                 uri="https://wiki.acme.example/vpn", quote="Use **gw-7** with `vpn-client` <b>now</b>")
+    html_out = R.render_answer(Answer("q", "q", text, (c,), 0.9, "answered", answer_id="a1"))
+    assert "<strong>gw-7.vpn.acme.example</strong>" in html_out and "<code>vpn-client</code>" in html_out
+    assert "<li>" in html_out and "<pre><code>sudo vpn up&#10;&#10;vpn status&#10;</code></pre>" in html_out
+    assert "<img" not in html_out and "&lt;img src=x" in html_out and "evil.example\"" not in html_out
+    assert "\n" not in html_out  # the Chatbot's markdown pass would end the HTML block at a blank line
+    assert '<blockquote class="kb-quote">Use <strong>gw-7</strong> with <code>vpn-client</code> &lt;b&gt;now' in html_out
+    assert 'href="#kb-src-a1-1"' in html_out  # markers still link to their card
+
+
+def test_the_abstention_box_speaks_to_the_user_not_about_the_pipeline():
+    from kb_chatbot.core.types import Answer
+
+    a = Answer("q", "q", "The knowledge base does not contain an answer to this question.", (), 0.1, "abstained",
+               corrected=True)
+    out = R.render_answer(a)
+    assert "Not covered" in out and "Double-checked" not in out and "draft" not in out
