@@ -5,7 +5,8 @@
   (strings are accepted too), or as ``source_path`` (or ``file``) with an optional ``page`` (or
   ``slide``, for decks); optional ``id``, ``keywords`` (words a good answer contains) and
   ``answerable`` (default: true unless the question has neither sources nor an answer, as the
-  ``source_type: null`` rows of ``data/sample/facts.jsonl``).
+  ``source_type: null`` rows of ``data/sample/facts.jsonl``); ``history``, the chat before a
+  follow-up question (``[{"role": "user", "content": ...}, {"role": "assistant", ...}]``).
   Citations written inside the expected answer, like ``[Some_File.pdf#page=7]``, are parsed
   into expected sources and removed from the answer text.
 - ARAGOG (deepset-ai/haystack-evaluation): one JSON object with parallel lists ``questions``,
@@ -172,6 +173,12 @@ def question_from_record(rec: dict[str, Any], default_id: str, where: str) -> Ev
     answerable = rec.get("answerable", bool(sources) or bool(answer.strip()))
     if not isinstance(answerable, bool):
         raise QuestionFileError(f"{where}: 'answerable' must be true or false, got {answerable!r}")
+    history = rec.get("history") or []
+    if not isinstance(history, list) or not all(
+            isinstance(h, dict) and h.get("role") in ("user", "assistant") and isinstance(h.get("content"), str)
+            for h in history):
+        raise QuestionFileError(f"{where}: 'history' must be a list of {{\"role\": \"user\"|\"assistant\", "
+                                "\"content\": text} objects")
     known = {"id", "question", "expected_answer", "answer", "expected_sources", "sources", "source_path",
              "file", "page", "slide", "keywords", "answerable"}
     return EvalQuestion(

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 
 from kb_chatbot.core.text import STOPWORDS
 from kb_chatbot.core.settings import Settings
-from kb_chatbot.core.types import Answer, Hit, Principal
+from kb_chatbot.core.types import Answer, Hit, Message, Principal
 from kb_chatbot.eval import metrics as m
 from kb_chatbot.eval.questions import EvalQuestion
 
@@ -149,11 +149,17 @@ def answer_record(q: EvalQuestion, a: Answer, unsupported: int) -> dict[str, Any
     }
 
 
+def question_history(q: EvalQuestion) -> list[Message]:
+    """The chat before a follow-up question: the ``history`` field of a JSONL row, a list of
+    ``{"role": "user" | "assistant", "content": ...}`` (empty for a standalone question)."""
+    return [Message(h["role"], h["content"]) for h in q.metadata.get("history") or []]
+
+
 def answer_records(questions: Sequence[EvalQuestion], service, user: Principal, *, settings: Settings,
                    embedder, generator, progress: bool = True, label: str = "") -> list[dict]:
     out = []
     for q in bar(questions, f"answers {label}", progress):
-        a = service.answer(q.question, user=user)
+        a = service.answer(q.question, user=user, history=question_history(q))
         # an abstention makes no claim: nothing in it can be unsupported
         n = 0 if a.route in ("abstained", "error") else unsupported_count(a, settings, embedder, generator)
         out.append(answer_record(q, a, n))

@@ -57,10 +57,35 @@ def _generate(generator: Generator, messages: list[Message], max_tokens: int, ta
     return generator.complete(messages, GenParams(max_tokens=max_tokens, temperature=0.0, stop=("\n",), task=task))
 
 
+#: Words that point back into the chat ("can I carry *them* over", "what about contractors?").
+_ANAPHORA = re.compile(
+    r"\b(?:it|its|they|them|their|theirs|that|those|these|this|one|ones|there|same|such|he|she|him|her)\b"
+    r"|^\W*(?:and|also|but|so|then|what about|how about|and what about|what if|ok(?:ay)?|same for)\b",
+    re.IGNORECASE)
+#: A follow-up with at most this many content words of its own needs the chat to be understood.
+SHORT_FOLLOW_UP = 6
+
+
+def needs_context(question: str) -> bool:
+    """True when ``question`` leans on the chat: a pronoun or an opening like "and"/"what about",
+    or so few words of its own that it cannot be searched alone."""
+    return bool(_ANAPHORA.search(question)) or len(content_words(question)) <= 1
+
+
+def _with_context(question: str, previous: str) -> str:
+    """The deterministic standalone form: the follow-up and the question it follows. Retrieval
+    gets the earlier question's terms ("vacation days") beside the new ones ("carry over")."""
+    return f"{_one_line(question).rstrip()} (follow-up to: {_one_line(previous)})"
+
+
 def condense_question(generator, question: str, history: Sequence[Message], *, turns: int, max_tokens: int = 64) -> str:
     """A standalone version of ``question`` given the last ``turns`` user/assistant turns.
 
-    No history (or ``turns == 0``): the question itself, and the model is not called.
+    No history (or ``turns == 0``): the question itself, and the model is not called. The
+    model's rewrite is kept when it passes the guard and, for a question that leans on the chat
+    (:func:`needs_context`), brings in a word of the earlier questions; otherwise the follow-up
+    is joined to the question it follows (a small model often returns "can I carry them over?"
+    unchanged, and retrieval then finds nothing about "them").
     """
     recent = [m for m in history if m.role in ("user", "assistant") and m.content.strip()]
     if not recent or turns <= 0:
@@ -82,8 +107,13 @@ def condense_question(generator, question: str, history: Sequence[Message], *, t
         log.warning("condense failed error=%r; keeping the question", e)
         return question
     # the rewrite may (and should) bring in words from the chat, e.g. the topic of "it"
-    chat_words = set().union(*(content_words(m.content) for m in recent if m.role == "user"))
+    asked_before = [m.content for m in recent if m.role == "user"]
+    chat_words = set().union(*(content_words(q) for q in asked_before))
     cleaned = _guard(question, out, extra_words=chat_words)
+    leans = needs_context(question) and asked_before
+    if leans and (cleaned is None or not (content_words(cleaned) & (chat_words - content_words(question)))):
+        log.info("condense fallback=previous_question rewrite=%s", "rejected" if cleaned is None else "no_context")
+        return _with_context(question, strip_markers(asked_before[-1]))
     if cleaned is None:
         log.info("condense rejected rewrite_chars=%d; keeping the question", len(out))
         return question

@@ -156,10 +156,14 @@ def test_condense_guard_keeps_the_question():
         def _reply(self, messages, task):
             return self.text, 0.5
 
-    q = "What about contractors?"
-    assert condense_question(Says(""), q, hist, turns=3) == q
-    assert condense_question(Says("Bananas are yellow fruit"), q, hist, turns=3) == q
-    assert condense_question(Says("x " * 400), q, hist, turns=3) == q
+    q = "What about contractors?"  # leans on the chat: a rejected rewrite falls back to the question before
+    joined = "What about contractors? (follow-up to: vacation days?)"
+    assert condense_question(Says(""), q, hist, turns=3) == joined
+    assert condense_question(Says("Bananas are yellow fruit"), q, hist, turns=3) == joined
+    assert condense_question(Says("x " * 400), q, hist, turns=3) == joined
+    assert condense_question(Says("What about contractors?"), q, hist, turns=3) == joined  # returned unchanged
+    alone = "How many sick days do contractors get?"  # stands alone: a bad rewrite keeps it
+    assert condense_question(Says("Bananas are yellow fruit"), alone, hist, turns=3) == alone
     good = "Standalone question: How many vacation days do contractors get?"
     assert condense_question(Says(good), q, hist, turns=3) == "How many vacation days do contractors get?"
     assert rewrite_query(Says("pizza"), "vacation days") == "vacation days"
