@@ -95,10 +95,11 @@ class FileTreeConnector:
                 rel = path.relative_to(self.root).as_posix()
                 try:
                     rel.encode("utf-8")
-                except UnicodeEncodeError:  # a name in another encoding: report it, go on
-                    shown = os.fsencode(rel).decode("utf-8", "replace")
-                    self.bad_names.append(shown)
-                    continue
+                except UnicodeEncodeError:  # a name in another encoding (Latin-1 from an old share)
+                    # indexed under the name with its odd bytes written as \xNN: valid text for the
+                    # index and the report, and what `ls --quoting-style=escape` shows on disk
+                    rel = os.fsencode(rel).decode("utf-8", "backslashreplace")
+                    self.bad_names.append(rel)
                 if name.startswith((".", "~")) or name.endswith(("~", ".tmp")):
                     continue  # hidden, Office lock files (~$x.docx), editor backups
                 if rel == self.permissions_file:
@@ -127,7 +128,7 @@ class FileTreeConnector:
                        f"permissions entry {key!r} matches no file (a typo or a moved file?); fix or remove it",
                        None, keep=True)
         for rel in self.bad_names:
-            self._fail(rel, "the file name is not valid UTF-8: rename the file to index it", None, keep=True)
+            log.info("file name is not valid UTF-8, indexed as source=%s path=%s", self.source, rel)
         for rel in self.symlinks:
             self._fail(rel, "symbolic link skipped: only regular files inside the source folder are read",
                        f"{self.source}:{rel}", drop=True)
@@ -210,8 +211,9 @@ class FileTreeConnector:
         )
 
     def title(self, path: Path, parsed: Parsed) -> str:
-        """Drive files are known by their file name (what the Drive UI shows)."""
-        return path.name
+        """Drive files are known by their file name (what the Drive UI shows); a name that is not
+        valid UTF-8 has its odd bytes written as \\xNN."""
+        return os.fsencode(path.name).decode("utf-8", "backslashreplace")
 
     def uri(self, path: Path, rel: str, parsed: Parsed) -> str:
         if self.base_url:

@@ -268,3 +268,36 @@ def test_make_connector_passes_settings(shared_drive):
     assert docs["acme-drive:hr/handbook.docx"].acl == {"group:hr"}
     assert docs["acme-drive:misc/deck.pptx"].acl == frozenset()
     assert docs["acme-drive:hr/handbook.docx"].uri == "https://drive.acme.example/hr/handbook.docx"
+
+
+def test_every_file_ends_indexed_or_failed_under_a_name_found_on_disk(tmp_path):
+    """Random and NUL-laden bytes named .html fail (they were indexed as mojibake); a good file
+    whose name is not valid UTF-8 is indexed, under its name with the odd byte as \\xe9."""
+    import os
+
+    from kb_chatbot.core.settings import load_settings
+    from kb_chatbot.ingest.sync import sync_sources
+
+    root = tmp_path / "d"
+    root.mkdir()
+    rnd = __import__("random").Random(7)
+    (root / "random.html").write_bytes(bytes(rnd.randrange(256) for _ in range(4000)))
+    (root / "nul.html").write_bytes(b"<html><body>" + b"\x00" * 300 + b"hello\x00world" * 40 + b"</body></html>")
+    (root / "good.html").write_text("<html><body><p>The parking garage is on level B2.</p></body></html>")
+    (root / "tiny.html").write_text("<p>Lunch is at noon.</p>")
+    latin1 = os.path.join(os.fsencode(root), b"caf\xe9-notes.txt")
+    with open(latin1, "wb") as f:
+        f.write(b"The cafeteria opens at 8 am and closes at 3 pm on weekdays.\n")
+    cfg = tmp_path / "kb.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nsources:\n  - {{name: d, type: drive, path: {root}, "
+                   "default_acl: public}\nembedding: {model: hash}\n")
+    report = sync_sources(load_settings(cfg), load_settings(cfg).sources)
+    src = report.sources[0]
+    failed = {f.path: f.reason for f in src.failures}
+    assert sorted(failed) == ["nul.html", "random.html"]
+    assert all(r.startswith("not an HTML page: binary data") for r in failed.values())
+    assert src.added == 3 and not src.skipped
+    conn = DriveConnector(root, source="d", default_acl="public")
+    docs = {d.id: d for d in conn.documents()}
+    assert sorted(docs) == ["d:caf\\xe9-notes.txt", "d:good.html", "d:tiny.html"]
+    assert docs["d:caf\\xe9-notes.txt"].title == "caf\\xe9-notes.txt" and "cafeteria" in docs["d:caf\\xe9-notes.txt"].text

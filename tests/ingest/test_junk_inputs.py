@@ -24,7 +24,7 @@ def test_an_impossible_slack_ts_is_time_zero_not_a_crash(ts):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="needs a file system that takes any bytes")
-def test_a_non_utf8_file_name_is_reported_and_the_rest_is_read(tmp_path):
+def test_a_non_utf8_file_name_is_indexed_under_an_escaped_name(tmp_path):
     root = tmp_path / "drive"
     root.mkdir()
     (root / "a-good.txt").write_text("Good text.")
@@ -32,10 +32,9 @@ def test_a_non_utf8_file_name_is_reported_and_the_rest_is_read(tmp_path):
         f.write(b"Latin-1 named file.")
     (root / "z-good.txt").write_text("Also good.")
     conn = DriveConnector(root, source="d", default_acl="public")
-    ids = [d.id for d in conn.documents()]
-    assert ids == ["d:a-good.txt", "d:z-good.txt"]
-    [f] = conn.failures
-    assert "not valid UTF-8" in f.reason and "caf" in f.path and f.report_only
+    docs = {d.id: d for d in conn.documents()}
+    assert sorted(docs) == ["d:a-good.txt", "d:caf\\xe9-latin1.txt", "d:z-good.txt"]
+    assert docs["d:caf\\xe9-latin1.txt"].text == "Latin-1 named file." and not conn.failures
 
 
 def _doc(n_sentences: int) -> Document:
