@@ -80,7 +80,7 @@ Question files: JSONL, one object per line:
               help="Source name(s) from the config, comma-separated, or the name for --corpus-path.")
 @click.option("--corpus-path", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A folder of documents indexed as an ad-hoc drive source named --corpus-name.")
-@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "aragog"]), default="auto", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "aragog", "squad"]), default="auto", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Questions the language model answers (spread over the expected files). Retrieval runs on all.")
 @click.option("--config", "config_a", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -114,7 +114,7 @@ def eval_run(ctx: click.Context, questions: Path, corpus_name: str, corpus_path:
     from kb_chatbot.app.kb.settings import get_settings
 
     if logging.getLogger().level > logging.DEBUG:  # per-answer INFO lines would bury the progress bars
-        for name in ("kb_chatbot.app.answer.service", "kb_chatbot.app.answer.context_filter", "kb_chatbot.ingest.sync", "index"):
+        for name in ("kb_chatbot.app.answer.service", "kb_chatbot.app.answer.context_filter", "kb_chatbot.ingest.sync", "kb_chatbot.index"):
             logging.getLogger(name).setLevel(logging.WARNING)
     if config_a is not None:
         settings_a, path_a = load_settings(config_a), str(config_a)
@@ -149,6 +149,59 @@ def eval_run(ctx: click.Context, questions: Path, corpus_name: str, corpus_path:
     written = write_report(result, out_dir)
     (out_dir / "results.partial.json").unlink(missing_ok=True)
     click.echo(markdown(result))
+    click.secho("\nwrote " + ", ".join(str(p) for p in written.values()), fg="green", err=True)
+
+
+@eval_cmd.command("suite", epilog="""\b
+Examples:
+  # the third-party sets and their typo copies, 30/20/30 answers each (eval/suites/third-party.yaml)
+  kb eval suite eval/suites/third-party.yaml --typos --labels eval/devsets/labels.jsonl
+""")
+@click.argument("suite_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--typos/--no-typos", default=True, show_default=True, help="Also run a typo-perturbed copy of each set.")
+@click.option("--seed", default=7, show_default=True, help="Seed of the question sample and the typos.")
+@click.option("--answers", type=click.IntRange(min=1), default=None, help="Answers per set (overrides the suite file).")
+@click.option("--only", default=None, help="Comma-separated set names to run (default: all).")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Human verdicts (JSONL from `kb eval label`) that override the automatic ones.")
+@click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where corpora are indexed for evaluation (default <data_dir>/eval of each set's config).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.pass_context
+def eval_suite(ctx: click.Context, suite_file: Path, typos: bool, seed: int, answers: int | None, only: str | None,
+               labels_path: Path | None, eval_dir: Path | None, out_dir: Path | None, quiet: bool) -> None:
+    """Run every set of SUITE_FILE (and a typo copy of each): one table of answered right,
+    shown-and-wrong, false abstention, unanswerable declined, page citations and ECE per set,
+    and a plot."""
+    from dataclasses import replace
+    from datetime import datetime
+
+    from kb_chatbot.eval import suite as S
+
+    for name in ("kb_chatbot.app.answer.service", "kb_chatbot.app.answer.context_filter", "kb_chatbot.ingest.sync",
+                 "kb_chatbot.index"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    specs = S.load_suite(suite_file)
+    if only:
+        wanted = {n.strip() for n in only.split(",")}
+        unknown = wanted - {s.name for s in specs}
+        if unknown:
+            raise click.UsageError(f"--only names no set of {suite_file}: {', '.join(sorted(unknown))}")
+        specs = [s for s in specs if s.name in wanted]
+    if answers:
+        specs = [replace(s, answers=answers) for s in specs]
+    out_dir = out_dir or Path("data/runtime/reports") / f"suite-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+    def partial(label: str, so_far: dict) -> None:
+        S.write(so_far, out_dir)
+        click.secho(f"{label} done: " + ", ".join(f"{lab} {so_far['sets'][label].get(k)}" for k, lab, _ in S.FIGURES[:3]),
+                    err=True)
+
+    result = S.run_suite(specs, typos=typos, seed=seed, default_config=(ctx.find_root().obj or {}).get("config"),
+                         eval_dir=eval_dir, labels=labels_path, progress=not quiet, on_set=partial)
+    written = S.write(result, out_dir)
+    click.echo(S.markdown(result))
     click.secho("\nwrote " + ", ".join(str(p) for p in written.values()), fg="green", err=True)
 
 

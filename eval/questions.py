@@ -9,6 +9,9 @@
   follow-up question (``[{"role": "user", "content": ...}, {"role": "assistant", ...}]``).
   Citations written inside the expected answer, like ``[Some_File.pdf#page=7]``, are parsed
   into expected sources and removed from the answer text.
+- SQuAD 2.0 JSON (``data[].paragraphs[].context`` and ``qas[]``): every question, with
+  ``is_impossible`` ones unanswerable; the paragraphs become the corpus, one file each
+  (:func:`write_squad_corpus`), and a question's expected source is its paragraph's file.
 - ARAGOG (deepset-ai/haystack-evaluation): one JSON object with parallel lists ``questions``,
   ``ground_truths`` and ``filepaths`` (file names of arXiv PDFs). A question whose PDF is not
   in the corpus folder (``glm_130b.pdf`` is missing from the shipped papers) cannot be answered
@@ -32,7 +35,7 @@ from kb_chatbot.core.errors import KBError
 log = logging.getLogger(__name__)
 
 SourceRef = tuple[str, "int | None"]
-Format = Literal["auto", "jsonl", "aragog"]
+Format = Literal["auto", "jsonl", "aragog", "squad"]
 
 #: The ARAGOG question file and its papers folder, relative to ``../shared/eval/aragog``.
 ARAGOG_JSON = Path("datasets/ARAGOG/eval_questions_relevant_doc.json")
@@ -276,7 +279,61 @@ def load_aragog(path: str | Path, corpus_dir: str | Path | None = None) -> list[
     return out
 
 
-def detect_format(path: str | Path) -> Literal["jsonl", "aragog"]:
+# --- SQuAD 2.0 -------------------------------------------------------------------------------
+
+
+def _squad(path: Path) -> list[tuple[str, str, list[dict], str]]:
+    """(title, file name, qas, context) per paragraph of a SQuAD JSON file."""
+    try:
+        data = json.loads(_read(path))
+    except json.JSONDecodeError as e:
+        raise QuestionFileError(f"{path}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise QuestionFileError(f"{path}: expected SQuAD JSON with a 'data' list")
+    out = []
+    for a, article in enumerate(data["data"], 1):
+        title = str(article.get("title") or f"article-{a}")
+        for i, para in enumerate(article.get("paragraphs") or [], 1):
+            if not isinstance(para.get("context"), str) or not isinstance(para.get("qas"), list):
+                raise QuestionFileError(f"{path}: article {a} paragraph {i}: needs 'context' and 'qas'")
+            slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or f"article-{a}"
+            out.append((title, f"{slug}-p{i:02d}.md", para["qas"], para["context"]))
+    return out
+
+
+def write_squad_corpus(path: str | Path, dest: str | Path) -> Path:
+    """The paragraphs of a SQuAD file as one markdown file each under ``dest`` (created; files
+    already there with the same text are left alone, so re-indexing is a no-op)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for title, name, _qas, context in _squad(Path(path)):
+        text = f"---\ntitle: {title}, {name[:-3].rsplit('-', 1)[-1]}\naccess: [public]\n---\n\n{context.strip()}\n"
+        f = dest / name
+        if not f.exists() or f.read_text(encoding="utf-8") != text:
+            f.write_text(text, encoding="utf-8")
+    return dest
+
+
+def load_squad(path: str | Path) -> list[EvalQuestion]:
+    """Every question of a SQuAD 2.0 file; ids are SQuAD's own."""
+    path = Path(path)
+    out = []
+    for _title, name, qas, _context in _squad(path):
+        for qa in qas:
+            impossible = bool(qa.get("is_impossible"))
+            answers = [a.get("text", "") for a in qa.get("answers") or []]
+            plausible = [a.get("text", "") for a in qa.get("plausible_answers") or []]
+            out.append(EvalQuestion(
+                id=str(qa.get("id")), question=str(qa.get("question", "")).strip(),
+                expected_answer="" if impossible else (answers[0] if answers else ""),
+                expected_sources=() if impossible else ((name, None),), answerable=not impossible,
+                metadata={"answers": answers, "plausible_answers": plausible, "paragraph": name}))
+    if not out:
+        raise QuestionFileError(f"{path}: no questions found")
+    return out
+
+
+def detect_format(path: str | Path) -> Literal["jsonl", "aragog", "squad"]:
     """``aragog`` for a folder or a JSON object with ``questions`` + ``filepaths``; else ``jsonl``."""
     path = Path(path)
     if path.is_dir():
@@ -291,6 +348,8 @@ def detect_format(path: str | Path) -> Literal["jsonl", "aragog"]:
             return "jsonl"  # several objects, one per line
         if isinstance(data, dict) and "questions" in data and "filepaths" in data:
             return "aragog"
+        if isinstance(data, dict) and isinstance(data.get("data"), list) and "version" in data:
+            return "squad"
     return "jsonl"
 
 
@@ -305,8 +364,10 @@ def load_questions(path: str | Path, fmt: Format = "auto", *, corpus_dir: str | 
         qs = load_aragog(path, corpus_dir)
     elif kind == "jsonl":
         qs = load_jsonl(path)
+    elif kind == "squad":
+        qs = load_squad(path)
     else:
-        raise QuestionFileError(f"unknown question format {fmt!r} (auto, jsonl or aragog)")
+        raise QuestionFileError(f"unknown question format {fmt!r} (auto, jsonl, aragog or squad)")
     return qs[:limit] if limit else qs
 
 

@@ -1,0 +1,79 @@
+"""`kb eval suite`: several sets (JSONL over a folder, SQuAD whose paragraphs become the corpus)
+and their typo copies, one table and one plot; the sample keeps unanswerable questions."""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from kb_chatbot.app.kb.cli import main
+from kb_chatbot.eval.questions import EvalQuestion, load_questions
+from kb_chatbot.eval.suite import sample
+from kb_chatbot.eval.typos import perturb_word, typo_copy
+
+SQUAD = {"version": "v2.0", "data": [{"title": "Harbours", "paragraphs": [
+    {"context": "The harbour of Dunmore was built in 1821 by the engineer Alexander Nimmo.",
+     "qas": [{"id": "s1", "question": "Who built the harbour of Dunmore?", "is_impossible": False,
+              "answers": [{"text": "Alexander Nimmo", "answer_start": 52}]},
+             {"id": "s2", "question": "Who destroyed the harbour of Dunmore in 1821?", "is_impossible": True,
+              "answers": [], "plausible_answers": [{"text": "Alexander Nimmo", "answer_start": 52}]}]},
+    {"context": "Ferries to the islands leave twice a day in summer.",
+     "qas": [{"id": "s3", "question": "How often do ferries leave in summer?", "is_impossible": False,
+              "answers": [{"text": "twice a day", "answer_start": 29}]}]}]}]}
+
+
+def test_a_suite_runs_each_set_and_its_typo_copy(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "pto.md").write_text("# Paid time off\n\nEvery employee gets 25 days of paid time off per year.\n")
+    (tmp_path / "q.jsonl").write_text(json.dumps(
+        {"id": "pto", "question": "How many days of paid time off do employees get?",
+         "expected_answer": "25 days.", "expected_sources": [{"file": "pto.md"}]}) + "\n" + json.dumps(
+        {"id": "moon", "question": "Where is the moon base cafeteria?", "answerable": False}) + "\n")
+    (tmp_path / "squad.json").write_text(json.dumps(SQUAD))
+    (tmp_path / "kb.yaml").write_text("data_dir: runtime\nembedding:\n  model: hash\ngenerator:\n  backend: fake\n")
+    (tmp_path / "suite.yaml").write_text(
+        "sets:\n"
+        "  - {name: tiny, questions: q.jsonl, config: kb.yaml, corpus_name: docs, corpus_path: docs}\n"
+        "  - {name: harbours, questions: squad.json, config: kb.yaml, corpus_name: harbours}\n")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["-c", str(tmp_path / "kb.yaml"), "eval", "suite", str(tmp_path / "suite.yaml"),
+                                    "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    suite = json.loads((out / "suite.json").read_text())
+    assert list(suite["sets"]) == ["tiny", "tiny~typo", "harbours", "harbours~typo"]
+    assert suite["sets"]["harbours"]["n"] == 3 and suite["sets"]["harbours"]["n_unanswerable"] == 1
+    assert (out / "suite.png").stat().st_size > 0 and "| harbours~typo |" in (out / "suite.md").read_text()
+    # the SQuAD paragraphs were indexed as the corpus: the answerable question's paragraph was found
+    rec = json.loads((out / "harbours" / "results.json").read_text())
+    [run] = rec["retrieval"].values()
+    assert run["summary"]["file"]["hit@5"] == 1.0
+    typo = json.loads((out / "harbours~typo" / "results.json").read_text())
+    [arun] = typo["answers"].values()
+    assert all(r["id"].endswith("~typo") for r in arun["records"])
+
+
+def test_the_sample_keeps_unanswerable_questions_and_typos_are_seeded(tmp_path):
+    qs = [EvalQuestion(f"a{i}", f"question number {i} about leave", "x", answerable=i % 10 != 0) for i in range(100)]
+    picked = sample(qs, 30, seed=3)
+    assert len(picked) == 30 and sum(not q.answerable for q in picked) == 10  # a third, though 10% in the set
+    assert picked == sample(qs, 30, seed=3) and picked != sample(qs, 30, seed=4)
+    copy = typo_copy(qs[:20], seed=1)
+    assert copy == typo_copy(qs[:20], seed=1)
+    assert all(c.question != q.question and c.metadata["clean_question"] == q.question for c, q in zip(copy, qs))
+    import random
+
+    rng = random.Random(0)
+    edits = {perturb_word("connect", rng) for _ in range(200)}
+    assert "conect" in edits and "connnect" in edits and any(len(e) == 7 and e != "connect" for e in edits)
+
+
+def test_squad_questions_and_corpus(tmp_path):
+    from kb_chatbot.eval.questions import write_squad_corpus
+
+    (tmp_path / "squad.json").write_text(json.dumps(SQUAD))
+    qs = load_questions(tmp_path / "squad.json")
+    assert [(q.id, q.answerable, q.expected_files) for q in qs] == [
+        ("s1", True, ("harbours-p01.md",)), ("s2", False, ()), ("s3", True, ("harbours-p02.md",))]
+    folder = write_squad_corpus(tmp_path / "squad.json", tmp_path / "corpus")
+    assert sorted(p.name for p in folder.iterdir()) == ["harbours-p01.md", "harbours-p02.md"]
