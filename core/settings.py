@@ -215,6 +215,9 @@ class AnswerConfig(_Section):
     #: rare in the knowledge base (asked about "juice", answered from a memo about water);
     #: active from 300 chunks (in a smaller knowledge base rarity says nothing).
     subject_check: bool = True
+    #: Correct typos of the question against the knowledge base's own words ('conect' ->
+    #: 'connect'); the page says "Showing results for …". Only words the asker may read.
+    spelling: bool = True
     history_turns: int = Field(default=3, ge=0)
     #: Larger OpenAI-compatible model used when confidence stays low after correction.
     escalation: OpenAIEndpoint | None = None

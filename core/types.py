@@ -284,12 +284,15 @@ class Answer:
     #: The sources the model was given but the answer does not cite, numbered as in its prompt,
     #: each with its sentence closest to the question: every card the page shows is here.
     other_sources: tuple[Citation, ...] = ()
+    #: The question as corrected for spelling, when it was ("Showing results for …").
+    showing_for: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "answer_id": self.answer_id,
             "question": self.question,
             "standalone_question": self.standalone_question,
+            "showing_results_for": self.showing_for,
             "answer": self.text,
             "citations": [c.to_dict() for c in self.citations],
             "other_sources": [c.to_dict() for c in self.other_sources],

@@ -112,6 +112,28 @@ def _chunk_tuple(c: Chunk, title: str) -> tuple:
 _MAX_VARS = 10_000
 
 
+_STEMMER: sqlite3.Connection | None = None
+_STEMMER_LOCK = threading.Lock()
+
+
+def porter_stems(words: Sequence[str]) -> list[str]:
+    """Each word's term as the index's FTS5 tokenizer makes it ('services' -> 'servic'), from
+    the same tokenizer in an in-memory table, so a question word and the index always agree."""
+    global _STEMMER
+    out = []
+    with _STEMMER_LOCK:
+        if _STEMMER is None:
+            _STEMMER = sqlite3.connect(":memory:", check_same_thread=False)
+            _STEMMER.execute("CREATE VIRTUAL TABLE w USING fts5(t, tokenize='porter unicode61 remove_diacritics 2')")
+            _STEMMER.execute("CREATE VIRTUAL TABLE wv USING fts5vocab(w, 'instance')")
+        for word in words:
+            _STEMMER.execute("DELETE FROM w")
+            _STEMMER.execute("INSERT INTO w(rowid, t) VALUES (1, ?)", (word,))
+            terms = [r[0] for r in _STEMMER.execute("SELECT term FROM wv ORDER BY offset")]
+            out.append(terms[0] if len(terms) == 1 else word.lower())
+    return out
+
+
 def _placeholders(n: int) -> str:
     return ",".join("?" * n)
 
@@ -456,6 +478,41 @@ class Store:
                         AND a.principal IN ({_placeholders(len(ps))}))""", [term, *ps]).fetchone()[0])
             except sqlite3.OperationalError:  # not a term FTS5 can look up: treat as common
                 return 1 << 30
+
+    def vocabulary(self) -> dict[str, int]:
+        """Every FTS5 term of the index (porter stems of chunk text and titles) -> the number of
+        chunks holding it; read once per store (a published generation never changes). The
+        candidates of spelling correction: a candidate is shown to a user only after
+        :meth:`term_chunk_count` finds it in a chunk they may read."""
+        if getattr(self, "_vocab", None) is None:
+            with self._lock:
+                self.conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunks_vocab "
+                                  "USING fts5vocab(main, 'chunks_fts', 'row')")
+                self._vocab = {t: int(n) for t, n in self.conn.execute("SELECT term, doc FROM temp.chunks_vocab")
+                               if t.isalpha()}
+        return self._vocab
+
+    def surface_forms(self, term: str, principals: Iterable[str]) -> dict[str, int]:
+        """How a stem is written in (up to 20) chunks ``principals`` may read, with counts
+        ({"services": 9, "service": 4} for "servic"); empty when none of them holds it."""
+        ps = sorted(set(principals))
+        if not ps or not term.isalpha():
+            return {}
+        with self._lock:
+            try:
+                rows = self.conn.execute(
+                    f"""SELECT highlight(chunks_fts, 0, char(1), char(2)) FROM chunks_fts f JOIN chunks c
+                        ON c.id = f.rowid WHERE chunks_fts MATCH ? AND EXISTS (SELECT 1 FROM doc_acl a
+                        WHERE a.doc_id = c.doc_id AND a.principal IN ({_placeholders(len(ps))})) LIMIT 20""",
+                    [f'text:"{term}"', *ps]).fetchall()
+            except sqlite3.OperationalError:
+                return {}
+        seen: dict[str, int] = {}
+        for (text,) in rows:
+            for piece in (text or "").split("\x01")[1:]:
+                word = piece.split("\x02", 1)[0].lower()
+                seen[word] = seen.get(word, 0) + 1
+        return seen
 
     def readable_chunk_count(self, principals: Iterable[str]) -> int:
         """How many chunks ``principals`` may read."""

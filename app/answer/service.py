@@ -42,6 +42,7 @@ from kb_chatbot.app.answer.condense import condense_question, rewrite_query
 from kb_chatbot.app.answer.confidence import ConfidenceModel
 from kb_chatbot.app.answer.context_filter import ContextFilter
 from kb_chatbot.app.answer.prompts import ABSTAIN_TEXT, build_correction_messages, build_messages, is_abstention
+from kb_chatbot.app.answer.spelling import SpellChecker
 from kb_chatbot.app.answer.writer import Attempt, CheckedWriter, Run
 from kb_chatbot.core.errors import GeneratorError
 from kb_chatbot.core.types import Answer, AnswerEvent, Hit, Message, Principal, Route
@@ -80,6 +81,7 @@ class KnowledgeAnswerService:
         acl_lookup: AclLookup | None = None,
         term_count: Callable[[str, frozenset[str]], int] | None = None,
         chunk_total: Callable[[frozenset[str]], int] | None = None,
+        speller: SpellChecker | None = None,
     ):
         self.retriever = retriever
         self.generator = generator
@@ -95,6 +97,8 @@ class KnowledgeAnswerService:
         self.acl_lookup = acl_lookup
         #: how many chunks the asker may read hold a word, and how many they may read (the
         #: subject check; unreadable chunks never count); without them the check is off
+        #: corrects typos against the knowledge base's words (None: off)
+        self.speller = speller
         self.subject = SubjectCheck(term_count, chunk_total, enabled=settings.answer.subject_check)
         #: the generate-pause-check loop; the local model checks every draft
         self.writer = CheckedWriter(settings, generator, embedder, self.confidence, self.subject)
@@ -121,7 +125,7 @@ class KnowledgeAnswerService:
             log.error("answer route=error user=%s error=%r", user.username, str(e))
             answer = Answer(question, question, ERROR_TEXT, (), 0.0, "error", model_id=getattr(self.generator, "model_id", ""))
         run.timings["total"] = time.perf_counter() - run.t0
-        answer = replace(answer, timings={k: round(v, 4) for k, v in run.timings.items()})
+        answer = replace(answer, timings={k: round(v, 4) for k, v in run.timings.items()}, showing_for=run.showing_for)
         answer = self._record(answer, user)
         yield AnswerEvent("answer", answer=answer)
 
@@ -134,6 +138,13 @@ class KnowledgeAnswerService:
             t = time.perf_counter()
             standalone = condense_question(self.generator, run.question, history, turns=cfg.answer.history_turns)
             run.add("condense", time.perf_counter() - t)
+        if self.speller is not None and cfg.answer.spelling:
+            t = time.perf_counter()
+            spelled = self.speller.correct(standalone, run.user.principals())
+            run.add("spelling", time.perf_counter() - t)
+            if spelled.fixes:
+                standalone = run.showing_for = spelled.text
+                log.info("answer spelling fixes=%d", len(spelled.fixes))
         hits = self._retrieve(standalone, run)
         model_id = getattr(self.generator, "model_id", "")
         if not hits:

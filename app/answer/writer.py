@@ -44,6 +44,8 @@ class Run:
     user: Principal
     t0: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
+    #: the question as corrected for spelling, when it was
+    showing_for: str | None = None
 
     def add(self, key: str, seconds: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + seconds

@@ -96,6 +96,8 @@ class Services:
     @property
     def answer_service(self):
         from kb_chatbot.app.answer.service import KnowledgeAnswerService
+        from kb_chatbot.app.answer.spelling import SpellChecker
+        from kb_chatbot.index.store import porter_stems
 
         def build():
             index = self.index
@@ -108,6 +110,8 @@ class Services:
                 escalation=self.escalation, confidence=self.confidence, acl_lookup=acl_lookup,
                 term_count=lambda word, principals: index.store.term_chunk_count(word, principals),
                 chunk_total=lambda principals: index.store.readable_chunk_count(principals),
+                speller=SpellChecker(lambda: index.store.vocabulary(), porter_stems,
+                                     lambda term, principals: index.store.surface_forms(term, principals)),
             )
 
         return self._once("answer_service", build)

@@ -213,9 +213,12 @@ def render_answer(answer: Answer, *, threshold: float = 0.5, key: str | None = N
     key = key or answer_key(answer)
     if answer.route == "error":
         return render_error(answer.text)
+    showing = (f'<div class="kb-showing">Showing results for <em>{esc(answer.showing_for)}</em></div>'
+               if answer.showing_for else "")
     if answer.route == "abstained":
         return (
             '<div class="kb-answer kb-abstained">'
+            f"{showing}"
             f'<div class="kb-abstain"><div class="kb-abstain-title">{esc(ABSTAIN_TITLE)}</div>'
             f"{_paragraphs(answer.text)}</div>"
             f"{_notes(answer)}"
@@ -232,6 +235,7 @@ def render_answer(answer: Answer, *, threshold: float = 0.5, key: str | None = N
                   f'searched</summary>{"".join(source_card(c, key) for c in others)}</details>')
     return (
         '<div class="kb-answer">'
+        f"{showing}"
         f'<div class="kb-answer-text">{body}</div>'
         f'<div class="kb-answer-meta">{confidence_badge(answer.confidence, threshold)}</div>'
         f"{_notes(answer)}"

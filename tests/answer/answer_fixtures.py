@@ -72,6 +72,8 @@ def make_rig(root: Path, docs: Sequence[Document], *, generator=None, escalation
     from kb_chatbot.app.generators.fake import FakeGenerator
     from kb_chatbot.app.answer.log import AnswerLog
     from kb_chatbot.app.answer.service import KnowledgeAnswerService
+    from kb_chatbot.app.answer.spelling import SpellChecker
+    from kb_chatbot.index.store import porter_stems
 
     settings = make_settings(root, **overrides)
     index, real_retriever, embedder = build_index(settings, docs)
@@ -82,6 +84,7 @@ def make_rig(root: Path, docs: Sequence[Document], *, generator=None, escalation
         acl_lookup=lambda d: index.store.document_acl(d),
         term_count=lambda w, ps: index.store.term_chunk_count(w, ps),
         chunk_total=lambda ps: index.store.readable_chunk_count(ps),
+        speller=SpellChecker(index.store.vocabulary, porter_stems, index.store.surface_forms),
     )
     return Rig(settings, index, retriever or real_retriever, embedder, generator, log, service)
 

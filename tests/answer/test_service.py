@@ -426,3 +426,32 @@ def test_a_backend_that_cannot_continue_a_reply_is_checked_at_the_end(tmp_path):
     events, ans = collect(rig.service, "How many paid vacation days do full-time employees get?", BOB)
     assert not any(e.kind == "verified" for e in events) and len(gen.calls) == 1
     assert ans.route == "answered" and ans.text.count("[1]") == 2
+
+
+def test_a_question_with_typos_is_corrected_and_says_so(tmp_path):
+    """'conect' and 'servises' are in no chunk: the question is corrected to the knowledge
+    base's own words before retrieval, the checks and the prompt, and the answer says so."""
+    from kb_chatbot.app.web.render import render_answer
+
+    rig = make_rig(tmp_path, [
+        doc("vpn", "To connect to the VPN from home, open AcmeTunnel and sign in with single sign-on. "
+                   "The client connects to gw-7.vpn.acme.example.", title="VPN"),
+        doc("services", "Our services include payroll and benefits administration.", title="Services")])
+    ans = rig.service.answer("how do i conect to the vpn from home?", user=BOB)
+    assert ans.showing_for == "how do i connect to the vpn from home?"
+    assert ans.standalone_question == ans.showing_for and ans.question == "how do i conect to the vpn from home?"
+    assert ans.to_dict()["showing_results_for"] == ans.showing_for
+    assert "Showing results for <em>how do i connect to the vpn from home?</em>" in render_answer(ans)
+    assert rig.service.answer("How do I connect to the VPN?", user=BOB).showing_for is None  # nothing to fix
+
+
+def test_a_correction_is_never_a_word_only_hidden_documents_hold(tmp_path):
+    """'juise' is one edit from 'juice', which only the board's documents use: Bob's question is
+    left as typed (a correction would tell him hidden documents speak of juice); Dora's is fixed."""
+    rig = make_rig(tmp_path, [
+        doc("memo", "Supplies memo. 20,000 bottles of water were delivered on January 23, 2023."),
+        doc("board", "Board juice tasting: the orange juice supplier changes in March.", acl=["group:board"])])
+    assert rig.service.answer("How many bottles of juise were delivered?", user=BOB).showing_for is None
+    dora = Principal("dora", "dora@acme.example", ("board",))
+    assert rig.service.answer("How many bottles of juise were delivered?", user=dora).showing_for == \
+        "How many bottles of juice were delivered?"

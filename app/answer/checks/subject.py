@@ -57,11 +57,22 @@ def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_ch
         if word in FILLER_WORDS or len(word) < 4:
             continue
         st = _stem(word)
-        if st in have or (len(st) >= 6 and any(t.startswith(st[:6]) for t in have)):
+        if st in have or (len(st) >= 6 and any(t.startswith(st[:6]) for t in have)) or _near(st, have):
             continue
         if chunk_count(word) <= limit:
             out.append(word)
     return out
+
+
+def _near(stem: str, have: set[str]) -> bool:
+    """A word form or a typo of a word the sources hold: one edit away for words of 5+
+    letters, two for 9+ ('prerequisite' / 'prerequisites', 'servise' / 'service')."""
+    if len(stem) < 5:
+        return False
+    from rapidfuzz import distance, process
+
+    limit = 2 if len(stem) >= 9 else 1
+    return process.extractOne(stem, have, scorer=distance.Levenshtein.distance, score_cutoff=limit) is not None
 
 
 def not_in_cited(terms: Sequence[str]) -> str:

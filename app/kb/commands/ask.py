@@ -121,7 +121,9 @@ def ask(ctx: click.Context, question: str, username: str | None, groups: str | N
         return
     if drafting:
         click.echo("", err=True)
-    click.echo(answer.text)
+    if answer.showing_for:
+        click.secho(f"Showing results for: {answer.showing_for}", fg="bright_black")
+    click.echo(_terminal(answer.text))
     if answer.citations:
         click.echo("\nSources:")
         for c in answer.citations:
@@ -135,3 +137,16 @@ def ask(ctx: click.Context, question: str, username: str | None, groups: str | N
         f"\nconfidence {answer.confidence:.2f} · route {answer.route}"
         f"{' · corrected' if answer.corrected else ''} · {t.get('total', 0.0):.1f} s{first} · model {answer.model_id}"
     )
+
+
+def _terminal(text: str) -> str:
+    """The answer for a terminal: commands and code (``inline`` and fenced blocks) in cyan,
+    without the markdown fences; plain text as it is."""
+    import re
+
+    def block(m: re.Match) -> str:
+        return "\n".join(click.style("    " + line, fg="cyan") for line in m.group(1).strip("\n").splitlines())
+
+    text = re.sub(r"```[^\n]*\n(.*?)```", block, text, flags=re.S)
+    return re.sub(r"`([^`\n]+)`", lambda m: click.style(m.group(1), fg="cyan"), text)
+
