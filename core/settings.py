@@ -208,6 +208,10 @@ class AnswerConfig(_Section):
     #: "slm": its facts must be in the cited source, then the answer model's yes/no check;
     #: "facts" (old name "embedding"): the facts only; "off": nothing is removed.
     grounding_check: Literal["slm", "facts", "embedding", "off"] = "slm"
+    #: With grounding_check "slm": what is left of an answer must also answer the question
+    #: asked (the model's yes/no, P(yes) >= answers_min), not a neighbouring one.
+    answers_check: bool = True
+    answers_min: float = Field(default=0.3, ge=0.0, le=1.0)
     #: Abstain without generating when a name, number or identifier of the question is in
     #: no readable source ("The knowledge base has nothing about 'Gold plan'").
     premise_check: bool = True

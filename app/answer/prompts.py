@@ -197,6 +197,24 @@ def build_check_messages(answer_messages: Sequence[Message], claim: str, sources
     ]
 
 
+def build_answers_messages(answer_messages: Sequence[Message], question: str, reply: str) -> list[Message]:
+    """'Does this reply answer the question asked?' over the answer prompt's own sources block
+    (its KV cache is reused, as in :func:`build_check_messages`). Supported is not enough: a
+    reply about a neighbouring subject (the nurse line's "24 hours a day, 7 days a week" to
+    "how many days a week may I work from home?") is supported by its source and answers
+    nothing."""
+    system, head = _sources_head(answer_messages)
+    return [
+        system,
+        Message(
+            "user",
+            f"{head}\n\n{QUESTION_PREFIX}Does the reply below answer exactly this question, and not a related "
+            f"one: \"{neutralise(' '.join(question.split()))}\"? Reply with one word: yes or no.\n"
+            f"Reply: {neutralise(' '.join(reply.split()))}",
+        ),
+    ]
+
+
 def _sources_head(answer_messages: Sequence[Message]) -> tuple[Message, str]:
     """(system message, the answer prompt's user message up to the end of its sources)."""
     system, user = answer_messages[0], answer_messages[-1].content

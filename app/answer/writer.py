@@ -80,7 +80,9 @@ class CheckedWriter:
 
     def verifier(self, generator) -> Verifier:
         judge = generator if generator is self.checker else self.checker
-        return Verifier(judge, mode=verify_mode(self.settings.answer.grounding_check))
+        a = self.settings.answer
+        return Verifier(judge, mode=verify_mode(a.grounding_check), answers_check=a.answers_check,
+                        answers_min=a.answers_min)
 
     def write(self, generator, question: str, messages: list[Message], hits: Sequence[Hit], run: Run,
               first: bool = False):

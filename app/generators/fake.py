@@ -63,6 +63,9 @@ class FakeGenerator(GeneratorBase):
         if self.yes:
             return self.yes.popleft()
         user = messages[-1].content
+        asked = re.search(r'answer exactly this question, and not a related one: "(.*)"\?.*\nReply: (.*)$', user, re.S)
+        if asked:  # does the reply answer the question: it shares a content word with it
+            return 0.9 if overlap(asked.group(1), asked.group(2)) > 0 else 0.1
         m = _BARE_SOURCE.search(user)
         if m:  # a standalone check: the evidence is in this message
             evidence, rest = m.group(1), user[m.end():]

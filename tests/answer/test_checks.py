@@ -100,3 +100,20 @@ def test_subject_check_tolerates_word_forms_and_typos():
     rare = lambda w: 0  # noqa: E731  every word is rare
     assert off_subject_terms("What are the prerequisites of the servise account?", [hit], rare, 1000) == []
     assert off_subject_terms("What are the licence terms?", [hit], rare, 1000) == ["licence", "terms"]
+
+
+def test_answers_question_gate_fails_what_answers_another_question():
+    from kb_chatbot.app.answer.checks.answers_question import AnswersQuestionGate
+    from kb_chatbot.app.answer.prompts import build_messages
+
+    q = "How much do transit passes cost?"
+    context = CheckContext(q, HITS, build_messages(q, HITS))
+    gen = FakeGenerator(yes=[0.1])
+    out = AnswersQuestionGate(gen, 0.3).check([sentence("The Silver plan deductible is $1,500 per person [1].")], context)
+    assert not out[0].passed and out[0].gate == "answers_question"
+    asked = gen.yes_calls[0][-1].content
+    assert f'answer exactly this question, and not a related one: "{q}"' in asked and "Reply: The Silver plan" in asked
+    assert gen.yes_calls[0][0].content == context.messages[0].content  # the answer prompt's prefix: KV cache reused
+    ok = AnswersQuestionGate(FakeGenerator(yes=[0.8]), 0.3).check([sentence("Transit passes cost $120 a month [2].")],
+                                                                   context)
+    assert ok[0].passed

@@ -312,7 +312,9 @@ def test_slm_grounding_check_asks_the_generator(tmp_path):
         gen = FakeGenerator(yes=[p_yes])  # the SLM's verdict on "does the source state this?"
         rig = make_rig(tmp_path / str(i), DOCS, generator=gen, answer={"grounding_check": "slm", "self_correction": False})
         ans = rig.service.answer("How many vacation days do employees get?", user=BOB)
-        assert len(gen.yes_calls) == 1 and "Claim: Full-time employees get 25 days" in gen.yes_calls[0][-1].content
+        assert "Claim: Full-time employees get 25 days" in gen.yes_calls[0][-1].content
+        # a supported answer is then asked whether it answers the question; a failed one is not
+        assert len(gen.yes_calls) == (1 if p_yes < 0.5 else 2)
         # the check reuses the answer prompt's system message and sources block (KV cache)
         answer_prompt = next(c for c in gen.calls if c[0].content == SYSTEM_PROMPT)
         head = answer_prompt[1].content.split("Question: ")[0]
@@ -412,7 +414,9 @@ def test_each_sentence_is_checked_while_the_answer_is_written(tmp_path):
     # start of the assistant's reply
     assert gen.calls[1][-1].role == "assistant"
     assert gen.calls[1][-1].content.startswith("Full-time employees get 25 days")
-    assert len(gen.yes_calls) == 1  # sentence 1 once (entailment); sentence 2 failed its facts
+    # sentence 1 once (support), then once whether it answers the question (remembered for the
+    # whole answer, which is the same text); sentence 2 failed its facts
+    assert len(gen.yes_calls) == 2 and "Reply: Full-time employees get 25 days" in gen.yes_calls[1][-1].content
     assert ans.text == "Full-time employees get 25 days of paid vacation per year [1]."
 
 
@@ -455,3 +459,17 @@ def test_a_correction_is_never_a_word_only_hidden_documents_hold(tmp_path):
     dora = Principal("dora", "dora@acme.example", ("board",))
     assert rig.service.answer("How many bottles of juise were delivered?", user=dora).showing_for == \
         "How many bottles of juice were delivered?"
+
+
+def test_a_supported_answer_to_another_question_is_not_shown(tmp_path):
+    """The nurse line's hours are supported by their source, but they do not answer how many
+    days a week staff may work from home: the answers-the-question check declines it, and
+    nothing of it was streamed as verified text."""
+    docs = [doc("nurse-line", "The nurse line is open 24 hours a day, 7 days a week.", title="Nurse line"),
+            doc("pto", "Full-time employees get 25 days of paid vacation per year.", title="PTO")]
+    gen = FakeGenerator(["The line is open 24 hours a day, 7 days a week [1]."], yes=[0.95, 0.04, 0.95, 0.04])
+    rig = make_rig(tmp_path, docs, generator=gen, answer={"self_correction": False})
+    events, ans = collect(rig.service, "How many days a week may staff work from home?", BOB)
+    assert ans.route == "abstained" and "24 hours" not in ans.text
+    assert not [e for e in events if e.kind == "verified" and e.text]
+    assert any("Reply: The line is open 24 hours" in c[-1].content for c in gen.yes_calls)

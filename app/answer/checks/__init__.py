@@ -8,6 +8,7 @@ Each sentence of a draft, cheapest first (:class:`SentenceGate`):
     support      the answer model's own yes/no "does source [n] state this?" on its KV cache
 The answer as a whole (:class:`AnswerGate`):
     asked_kind   a fee, number or time asked for is stated
+    answers_question  the answer model's yes/no "does the reply answer exactly this question?"
     subject      the cited sources mention the question's rare words (counted over what the
                  asker may read)
 

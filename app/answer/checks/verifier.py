@@ -2,7 +2,8 @@
 
 Each sentence of a draft goes through the sentence gates in order (vacuity, facts, then in mode
 "slm" the model's support check) and stops at its first failure; then the answer gates look at
-what is left together (the kind of fact asked for). Hard gates, not a blend: a sentence that
+what is left together (the kind of fact asked for, then, when ``answers_check`` is on, whether
+it answers the question asked at all). Hard gates, not a blend: a sentence that
 fails any gate is removed. What is left is the answer; nothing left means the caller abstains
 (or regenerates once, for a vacuous draft).
 
@@ -16,6 +17,7 @@ import logging
 import time
 from typing import Literal, Sequence
 
+from kb_chatbot.app.answer.checks.answers_question import ANSWERS_MIN, AnswersQuestionGate
 from kb_chatbot.app.answer.checks.asked_kind import AskedKindGate, asked_kind, states_kind
 from kb_chatbot.app.answer.checks.base import (AnswerGate, CheckContext, SentenceCheck, SentenceGate, Verification,
                                                joined)
@@ -35,7 +37,8 @@ CheckMode = Literal["slm", "facts", "off"]
 class Verifier:
     """Checks answers against their sources (see the module docstring)."""
 
-    def __init__(self, generator: Generator | None, *, mode: CheckMode = "slm", support_min: float = SUPPORT_MIN):
+    def __init__(self, generator: Generator | None, *, mode: CheckMode = "slm", support_min: float = SUPPORT_MIN,
+                 answers_check: bool = False, answers_min: float = ANSWERS_MIN):
         if mode == "slm" and generator is None:
             raise ValueError("the slm check needs a generator")
         self.generator = generator
@@ -44,6 +47,8 @@ class Verifier:
         self.text_gates: list[SentenceGate] = [VacuityGate(), FactsGate()]
         self.model_gates: list[SentenceGate] = [SupportGate(generator, support_min)] if mode == "slm" else []
         self.answer_gates: list[AnswerGate] = [AskedKindGate()]
+        #: the answer gate that asks the model, last: whether what is left answers the question
+        self.answers_gate = AnswersQuestionGate(generator, answers_min) if mode == "slm" and answers_check else None
         #: Sentences already checked (by their text with markers), so a sentence checked while
         #: the answer streamed is not checked again when the whole answer is verified.
         self._done: dict[str, SentenceCheck] = {}
@@ -85,7 +90,13 @@ class Verifier:
         kind = asked_kind(question)
         if kind is not None and not any(states_kind(c.sentence.claim, kind) for c in passed):
             return ""
-        return joined(passed)
+        text = joined(passed)
+        # nor until what passed answers the question asked (a supported sentence about a
+        # neighbouring subject would be shown, then withdrawn by the whole-answer check)
+        if text and self.answers_gate is not None and self._ctx is not None and \
+                self.answers_gate.probability(text, self._ctx) < self.answers_gate.answers_min:
+            return ""
+        return text
 
     def verify(self, answer_text: str, hits: Sequence[Hit], *, question: str,
                messages: Sequence[Message] = ()) -> Verification:
@@ -112,6 +123,8 @@ class Verifier:
             checks = [self._run(self.model_gates, c, ctx) if c.passed and c.sentence.text not in self._done else c
                       for c in checks]
             checks = self._answer_gates(checks, ctx)  # the sentence with the number may have failed
+        if self.answers_gate is not None:
+            checks = self.answers_gate.check(checks, ctx)
         passed = [c for c in checks if c.passed]
         if passed:
             status = "ok" if len(passed) == len(checks) else "partial"
