@@ -109,10 +109,26 @@ _SENT_END = re.compile(r"(?<=[.!?])\s+(?=[^a-z\s])|\n+")
 _LEADING_MARKERS = re.compile(r"^(?:\s*" + MARKER.pattern + r")+")
 
 
+#: A fenced code block (or one still open at the end of a reply being written).
+CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)", re.S)
+_STASHED = re.compile(r"\x00(\d+)\x00")
+
+
 def answer_sentences(text: str, n_sources: int) -> list[AnswerSentence]:
-    """The answer's sentences; markers right after a full stop belong to the sentence before."""
+    """The answer's sentences; markers right after a full stop belong to the sentence before.
+    A code block is never split: it belongs to the sentence before it ("Run this: ```…```")."""
+    blocks: list[str] = []
+
+    def stash(m: re.Match) -> str:
+        blocks.append(m.group(0))
+        return f"\x00{len(blocks) - 1}\x00"
+
+    text = CODE_BLOCK.sub(stash, text)
     pieces: list[str] = []
     for raw in _SENT_END.split(text):
+        if pieces and _STASHED.match(raw.strip()):  # a code block on its own line(s)
+            pieces[-1] += "\n" + raw.strip()
+            continue
         if pieces and ends_with_abbreviation(pieces[-1]) and raw.strip():  # "… the U.S. Capitol …"
             pieces[-1] += " " + raw.strip()
             continue
@@ -124,6 +140,7 @@ def answer_sentences(text: str, n_sources: int) -> list[AnswerSentence]:
             pieces.append(raw.strip())
     out: list[AnswerSentence] = []
     for raw in pieces:
+        raw = _STASHED.sub(lambda m: blocks[int(m.group(1))], raw)
         claim = strip_markers(raw)
         cited = tuple(n for n in cited_numbers(raw) if 1 <= n <= n_sources)
         if not claim:  # markers only (answer starts with one): nothing to support

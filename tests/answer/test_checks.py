@@ -117,3 +117,45 @@ def test_answers_question_gate_fails_what_answers_another_question():
     ok = AnswersQuestionGate(FakeGenerator(yes=[0.8]), 0.3).check([sentence("Transit passes cost $120 a month [2].")],
                                                                    context)
     assert ok[0].passed
+
+
+DOC_HITS = [
+    Hit(Chunk(id="d1", doc_id="docs1", ordinal=0, text="To download the packages, run:\n\n    oc adm release mirror "
+              "--to-dir=/mirror quay.io/ocp:4.14\n\nThe operator needs OpenShift 4.12 or later.", start=0, end=120),
+        "Mirroring", "https://docs/1", "t", "wiki", score=1.0),
+    Hit(Chunk(id="d2", doc_id="docs2", ordinal=0, text="Set spec.replicas: 3 in the CR to scale out.", start=0, end=44),
+        "Scaling", "https://docs/2", "t", "wiki", score=0.9),
+]
+
+
+def test_code_copied_from_the_source_is_its_own_evidence_and_invented_code_fails():
+    def verify(text, question):
+        from kb_chatbot.app.answer.checks import Verifier
+
+        gen = FakeGenerator(yes=[0.01] * 5)  # the model would reject everything: code must not need it
+        return Verifier(gen, mode="slm").verify(text, DOC_HITS, question=question)
+
+    q = "What command downloads the packages?"
+    v = verify("To download the packages, run this command [1]:\n```\noc adm release mirror --to-dir=/mirror "
+               "quay.io/ocp:4.14\n```", q)
+    assert v.status == "ok" and "oc adm release mirror" in v.text and len(v.checks) == 1
+    v = verify("Run `oc adm release mirror --all` [1].", q)
+    assert v.status == "none" and v.checks[0].gate == "code"
+    v = verify("Set `spec.replicas: 3` in the CR [1].", "Which property scales out the operator?")
+    assert v.status == "ok" and "[2]" in v.text  # the code is in [2]: re-cited there
+
+
+def test_an_announcement_without_the_command_is_vacuous_and_code_questions_need_code():
+    from kb_chatbot.app.answer.checks import Verifier
+    from kb_chatbot.app.answer.checks.asked_kind import asked_kind, states_kind
+
+    v = Verifier(None, mode="facts").verify("To download the packages, use the following command [1]:", DOC_HITS,
+                                            question="How do I download the packages?")
+    assert v.status == "vacuous" and v.checks[0].gate == "vacuity"
+    assert asked_kind("Which OpenShift versions are required?") == "code"
+    assert asked_kind("What command downloads the packages?") == "code"
+    assert not states_kind("Use the operator in the console.", "code")
+    assert states_kind("OpenShift 4.12 or later.", "code") and states_kind("Run `kb reindex`.", "code")
+    v = Verifier(None, mode="facts").verify("Use the operator in the console [1].", DOC_HITS,
+                                            question="Which OpenShift versions are required?")
+    assert v.status == "vacuous" and v.checks[0].gate == "asked_kind"

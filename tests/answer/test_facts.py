@@ -98,7 +98,7 @@ def test_quoted_strings_must_occur():
     ("In what year did Microsoft release WordStar 2000?", "time"),
     ("What happens when I lose my badge?", None),
     ("What is the time zone of the travel team?", None),
-    ("Which CL command changes function usage?", None),
+    ("Which CL command changes function usage?", "code"),  # answered by CHGFCNUSG, the thing itself
 ])
 def test_the_kind_a_question_asks_for(question, kind):
     assert asked_kind(question) == kind

@@ -3,7 +3,9 @@
 Before generation (the question against what was retrieved):
     premise      a name, number or identifier of the question that no readable source contains
 Each sentence of a draft, cheapest first (:class:`SentenceGate`):
-    vacuity      states nothing beyond the question and pointers ("see [2]")
+    vacuity      states nothing beyond the question and pointers ("see [2]"), or announces a
+                 command it does not show ("use the following command:")
+    code         its commands and code are verbatim in the source it cites (then their own evidence)
     facts        its amounts, dates, numbers, names are in the source it cites (or it is re-cited)
     support      the answer model's own yes/no "does source [n] state this?" on its KV cache
 The answer as a whole (:class:`AnswerGate`):

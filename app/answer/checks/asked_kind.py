@@ -2,7 +2,8 @@
 many days…", "When…") is not answered by sentences that state none (the 1.5B model answered a
 fee question with "30-60 minutes after booking", every word of it in a source). An answer gate:
 when no sentence still standing states that kind of fact, they all fail as vacuous (the answer
-is regenerated once, then abstains)."""
+is regenerated once, then abstains). A question for a command, a setting or a version needs
+one in the answer ("use the operator in the console" answers no "which versions are required?")."""
 from __future__ import annotations
 
 import re
@@ -11,7 +12,7 @@ from typing import Literal
 from kb_chatbot.app.answer.checks.base import CheckContext, SentenceCheck, failed
 from kb_chatbot.app.answer.facts import extract_facts
 
-AskedKind = Literal["money", "quantity", "time"]
+AskedKind = Literal["money", "quantity", "time", "code"]
 
 #: "What fee is charged…", "How much does it cost…", "What is the price of…": an amount of money.
 _ASKS_MONEY = re.compile(
@@ -54,11 +55,25 @@ _WORDY_QUANTITY = re.compile(
 )
 
 
+#: "Which command…", "What version of…", "Which property sets…": the thing itself (code, a key,
+#: a version number), as technical documentation states it.
+_ASKS_CODE = re.compile(
+    r"\b(?:what|which)\s+(?:\w+\s+){0,2}(?:command|commands|cli|flag|flags|option|property|properties|parameter|"
+    r"parameters|setting|key|variable|version|versions|endpoint|url|path|port)\b"
+    r"|\bwhat\s+(?:do|should|must)\s+i\s+(?:run|type|enter)\b",
+    re.IGNORECASE,
+)
+_STATES_CODE = re.compile(r"`[^`]+`|\b\d+\.\d+(?:\.\d+)*\b|\b[\w-]+=\S+|(?<!\w)--?[a-z][\w-]*|\b\w+\.\w+[\w./-]*|"
+                          r"\b[a-z]+[_-][a-z0-9_-]+\b|\b[A-Z][A-Z0-9_]{2,}\b")
+
+
 def asked_kind(question: str) -> AskedKind | None:
     """The kind of fact a question asks for, when its wording says so plainly: "money" for a
     fee, cost or price; "quantity" for how many, how long, how far, what share; "time" for
     when, what date, what year; None otherwise (a yes/no, who, what, why or how question:
     anything could answer it)."""
+    if _ASKS_CODE.search(question):
+        return "code"
     if _ASKS_MONEY.search(question):
         return "money"
     if _ASKS_QUANTITY.search(question):
@@ -73,6 +88,8 @@ def states_kind(text: str, kind: AskedKind) -> bool:
     or that there is none ("free", "no fee"); for a quantity any number, percentage, amount or
     date, or a quantity in words ("a week", "twice a year", "none"); for a time a date, a
     number (a year, "4:30 PM") or a word of time ("every Monday", "before the trip")."""
+    if kind == "code":  # a span of code, a version, key=value, a --flag, a dotted or snake_case name
+        return bool(_STATES_CODE.search(text))
     facts = extract_facts(text, weak_numbers=True)
     if kind == "money":  # "80% of the premium" and "65.5 cents a mile" answer how much is paid too
         return (any(f.kind in ("money", "percent") or f.unit in ("cent", "penny", "pennie") for f in facts)
@@ -90,6 +107,7 @@ class AskedKindGate:
         standing = [c for c in checks if c.passed]
         if kind is None or not standing or any(states_kind(c.sentence.claim, kind) for c in standing):
             return checks
-        what = {"money": "an amount of money", "quantity": "a number", "time": "a time or a date"}[kind]
+        what = {"money": "an amount of money", "quantity": "a number", "time": "a time or a date",
+                "code": "a command, setting or version"}[kind]
         return [failed(c, self.name, f"the question asks for {what}; the answer states none", vacuous=True)
                 if c.passed else c for c in checks]

@@ -45,6 +45,8 @@ class SentenceCheck:
     recited: bool = False
     #: The gate that failed it ("" while it passes).
     gate: str = ""
+    #: Its code (commands, blocks, keys) is verbatim in its source: no yes/no check needed.
+    verbatim: bool = False
 
     @property
     def passed(self) -> bool:

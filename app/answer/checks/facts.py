@@ -8,6 +8,7 @@ marker names a source without them (a wrong marker is not a wrong fact: the smal
 cites [2] for what [1] says)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 from kb_chatbot.app.answer.checks.base import CheckContext, SentenceCheck, failed
@@ -27,14 +28,15 @@ class FactsGate:
         # entailment check still reads the whole sentence
         facts = [f for f in extract_facts(s.claim)
                  if not (ctx.asked.has(f) and any(p.has(f) for p in prepared))]
-        if s.cited:
-            cited = [prepared[n - 1] for n in s.cited]
+        numbers = c.sources if c.recited else s.cited  # an earlier gate may have re-cited it
+        if numbers:
+            cited = [prepared[n - 1] for n in numbers]
             missing = tuple(f for f in facts if not any(p.has(f) for p in cited))
             if not missing:
                 return c
-            other = holder(s.claim, facts, prepared, hits, exclude=s.cited)
+            other = holder(s.claim, facts, prepared, hits, exclude=numbers)
             if other is not None:
-                return SentenceCheck(s, (other,), recited=True)
+                return replace(c, sources=(other,), recited=True)
             return failed(c, self.name, "not in the cited source: " + ", ".join(f.text for f in missing),
                           missing=missing)
         # uncited: the source that holds all its facts and shares the most words becomes its citation
@@ -46,7 +48,7 @@ class FactsGate:
         best = max(holders, key=lambda i: overlap(s.claim, hits[i].prompt_text))
         if overlap(s.claim, hits[best].prompt_text) <= 0:
             return failed(c, self.name, "uncited, and no source is about it", sources=())
-        return SentenceCheck(s, (best + 1,))
+        return replace(c, sources=(best + 1,))
 
 
 def holder(claim: str, facts: Sequence[Fact], prepared: list[SourceFacts], hits: Sequence[Hit],

@@ -23,6 +23,8 @@ class SupportGate:
         self.support_min = support_min
 
     def check(self, c: SentenceCheck, ctx: CheckContext) -> SentenceCheck:
+        if c.verbatim:  # the source's own code, copied: its own evidence
+            return c
         claim = c.sentence.claim
         if ctx.messages:  # the prompt that produced the answer: its KV cache is reused
             check = build_check_messages(ctx.messages, claim, c.sources)

@@ -42,4 +42,11 @@ class VacuityGate:
             return failed(c, self.name, "abstention inside an answer")
         if is_vacuous(c.sentence.claim, ctx.question):
             return failed(c, self.name, "points at a source without stating anything", vacuous=True)
+        if announces_nothing(c.sentence.claim):
+            return failed(c, self.name, "announces a command or list it does not show", vacuous=True)
         return c
+
+
+def announces_nothing(claim: str) -> bool:
+    """'To download the packages, use the following command:' with no command after it."""
+    return claim.rstrip().endswith(":") and "`" not in claim

@@ -1,7 +1,7 @@
 """The verifier: the sentence gates, cheapest first, then the answer gates, over a draft.
 
-Each sentence of a draft goes through the sentence gates in order (vacuity, facts, then in mode
-"slm" the model's support check) and stops at its first failure; then the answer gates look at
+Each sentence of a draft goes through the sentence gates in order (vacuity, code, facts, then in
+mode "slm" the model's support check, which code copied verbatim skips) and stops at its first failure; then the answer gates look at
 what is left together (the kind of fact asked for, then, when ``answers_check`` is on, whether
 it answers the question asked at all). Hard gates, not a blend: a sentence that
 fails any gate is removed. What is left is the answer; nothing left means the caller abstains
@@ -21,6 +21,7 @@ from kb_chatbot.app.answer.checks.answers_question import ANSWERS_MIN, AnswersQu
 from kb_chatbot.app.answer.checks.asked_kind import AskedKindGate, asked_kind, states_kind
 from kb_chatbot.app.answer.checks.base import (AnswerGate, CheckContext, SentenceCheck, SentenceGate, Verification,
                                                joined)
+from kb_chatbot.app.answer.checks.code import CodeGate
 from kb_chatbot.app.answer.checks.facts import FactsGate
 from kb_chatbot.app.answer.checks.support import SUPPORT_MIN, SupportGate
 from kb_chatbot.app.answer.checks.vacuity import VacuityGate
@@ -44,7 +45,7 @@ class Verifier:
         self.generator = generator
         self.mode = mode
         #: the gates whose verdict needs no model, then the one that asks it
-        self.text_gates: list[SentenceGate] = [VacuityGate(), FactsGate()]
+        self.text_gates: list[SentenceGate] = [VacuityGate(), CodeGate(), FactsGate()]
         self.model_gates: list[SentenceGate] = [SupportGate(generator, support_min)] if mode == "slm" else []
         self.answer_gates: list[AnswerGate] = [AskedKindGate()]
         #: the answer gate that asks the model, last: whether what is left answers the question
