@@ -115,10 +115,35 @@ class HybridRetriever:
         missing_bm25 = [i for i in order if i not in bm25_scores]
         if missing_bm25 and fq:
             bm25_scores.update(snap.store.bm25_scores(fq, missing_bm25))
-        ranked = [(i, fused[i]) for i in order]
+        order = self._named_first(snap, query, qvec, fq, principals, order, fused, dense_scores, bm25_scores, top_k)
+        ranked = [(i, fused.get(i, 0.0)) for i in order]
         hits = self._hits(snap, ranked, principals, dense_scores, bm25_scores, score_of="fused")
         log.debug("retrieve mode=hybrid gen=%s dense=%d bm25=%d hits=%d", snap.generation, len(dense), len(sparse), len(hits))
         return hits
+
+    #: Chunks of a document named in the question that lead the hits.
+    NAMED_CHUNKS = 3
+
+    def _named_first(self, snap: IndexSnapshot, query: str, qvec: np.ndarray, fq: str, principals: frozenset[str],
+                     order: list[int], fused: dict[int, float], dense_scores: dict[int, float],
+                     bm25_scores: dict[int, float], top_k: int) -> list[int]:
+        """A document named in the question ("according to Benefits Details.pdf, …") leads the
+        hits with its chunks closest to the question, whether or not the searches ranked them:
+        the asker said where the answer is."""
+        named = snap.store.named_documents(query, principals)
+        if not named:
+            return order
+        ids = snap.store.chunk_ids_of(named)
+        if not ids:
+            return order
+        got, vecs = snap.vectors.vectors(ids)
+        dense = {int(i): float(v @ qvec) for i, v in zip(got, vecs)}
+        sparse = snap.store.bm25_scores(fq, ids) if fq else {}
+        dense_scores.update(dense)
+        bm25_scores.update(sparse)
+        mine = sorted(dense, key=lambda i: (-(dense[i] + (0.05 if sparse.get(i) else 0.0)), i))[: self.NAMED_CHUNKS]
+        log.debug("retrieve named_documents=%d chunks=%d", len(named), len(mine))
+        return (mine + [i for i in order if i not in mine])[:top_k]
 
     def _hits(self, snap: IndexSnapshot, ranked: list[tuple[int, float]], principals: frozenset[str],
               dense_scores: dict[int, float], bm25_scores: dict[int, float], *, score_of: str) -> list[Hit]:

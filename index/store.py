@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -513,6 +514,39 @@ class Store:
                 word = piece.split("\x02", 1)[0].lower()
                 seen[word] = seen.get(word, 0) + 1
         return seen
+
+    def named_documents(self, text: str, principals: Iterable[str]) -> list[str]:
+        """Documents ``principals`` may read whose title is written in ``text``: a file name
+        ("Benefits Details.pdf", with or without its extension) or a title of two or more words
+        ("Paid parental leave"), whole words, case aside. One-word titles never count: they are
+        ordinary words in questions."""
+        if getattr(self, "_titles", None) is None:
+            with self._lock:
+                self._titles = [(d, t) for d, t in self.conn.execute("SELECT doc_id, title FROM documents")]
+        low = " ".join(text.lower().split())
+        found = []
+        for doc_id, title in self._titles:
+            name = " ".join(title.lower().split())
+            stem = name.rsplit(".", 1)[0] if re.search(r"\.[a-z0-9]{2,5}$", name) else None
+            forms = [f for f in (name, stem) if f and len(f) >= 5 and (" " in f or f != stem and "." in f)]
+            if any(re.search(r"(?<!\w)" + re.escape(f) + r"(?!\w)", low) for f in forms):
+                found.append(doc_id)
+        if not found:
+            return []
+        ps = sorted(set(principals))
+        with self._lock:
+            readable = {r[0] for r in self.conn.execute(
+                f"""SELECT DISTINCT doc_id FROM doc_acl WHERE doc_id IN ({_placeholders(len(found))})
+                    AND principal IN ({_placeholders(len(ps))})""", [*found, *ps])} if ps else set()
+        return [d for d in found if d in readable]
+
+    def chunk_ids_of(self, doc_ids: Sequence[str]) -> list[int]:
+        """The chunk row ids of ``doc_ids`` (callers check access: :meth:`chunk_rows` does)."""
+        if not doc_ids:
+            return []
+        with self._lock:
+            return [int(r[0]) for r in self.conn.execute(
+                f"SELECT id FROM chunks WHERE doc_id IN ({_placeholders(len(doc_ids))}) ORDER BY id", list(doc_ids))]
 
     def readable_chunk_count(self, principals: Iterable[str]) -> int:
         """How many chunks ``principals`` may read."""

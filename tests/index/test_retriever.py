@@ -205,3 +205,25 @@ def test_open_index_without_an_index(tmp_path):
     assert r.retrieve("anything", user=ALICE, top_k=3) == []
     _ingest(s, CORPUS)
     assert r.retrieve("vacation days", user=ALICE, top_k=1)[0].chunk.doc_id == "kb:1"
+
+
+def test_a_document_named_in_the_question_leads_the_hits(tmp_path):
+    """'according to Benefits Details.pdf' selects that file even when the searches rank other
+    pages first; a one-word title is an ordinary word; an unreadable named file is ignored."""
+    s = _settings(tmp_path / "data", retrieval={"top_k": 3})
+    filler = [_doc(10 + i, f"Dental coverage note {i}: dental cleanings twice a year are covered.", ["public"],
+                   f"Dental {i}") for i in range(6)]
+    docs = [*filler,
+            _doc(1, "Plan summary. Orthodontics for adults is covered at 50 percent.", ["public"], "Benefits Details.pdf"),
+            _doc(2, "Dental coverage for contractors ends after 90 days.", ["group:hr"], "Contractor Terms.pdf"),
+            _doc(3, "Dental is great.", ["public"], "Dental")]
+    _ingest(s, docs)
+    r = HybridRetriever(open_index(s), EMB, s.retrieval)
+    plain = r.retrieve("What dental coverage is there?", user=BOB, top_k=3)
+    assert all(h.doc_title != "Benefits Details.pdf" for h in plain)
+    named = r.retrieve("According to the benefits details.pdf, what dental coverage is there?", user=BOB, top_k=3)
+    assert named[0].doc_title == "Benefits Details.pdf" and len(named) == 3
+    assert r.retrieve("In Benefits Details, what dental coverage is there?", user=BOB, top_k=3)[0].doc_title == \
+        "Benefits Details.pdf"
+    hidden = r.retrieve("Per Contractor Terms.pdf, what dental coverage is there?", user=BOB, top_k=3)
+    assert all(h.doc_title != "Contractor Terms.pdf" for h in hidden)
