@@ -169,6 +169,8 @@ class CheckedWriter:
             support = sentence_support(result.sentences, hits, mode="embedding", embedder=self.embedder)
         feats = answer_features(result, hits, support, logprobs, question=question)
         feats["dropped_share"] = round(len(v.failed) / len(v.checks), 6) if v.checks else 0.0
+        if v.answers_p is not None:  # logged, and the calibration of answer.answers_min reads it
+            feats["answers_p"] = round(v.answers_p, 4)
         if draft_markers.markers_total:  # markers naming no source are judged on the draft as written
             feats["invalid_share"] = round(draft_markers.markers_invalid / draft_markers.markers_total, 6)
         # hard gate: nothing verified, nothing to be confident about

@@ -28,6 +28,8 @@ class AnswersQuestionGate:
         self.generator = generator
         self.answers_min = answers_min
         self._seen: dict[str, float] = {}
+        #: P(yes) of the last answer checked
+        self.last: float | None = None
 
     def probability(self, reply: str, ctx: CheckContext) -> float:
         """P(yes) that ``reply`` answers ``ctx.question`` (remembered per reply text)."""
@@ -44,7 +46,7 @@ class AnswersQuestionGate:
         standing = [c for c in checks if c.passed]
         if not standing:
             return checks
-        p = self.probability(joined(standing), ctx)
+        p = self.last = self.probability(joined(standing), ctx)
         if p >= self.answers_min:
             return checks
         return [failed(c, self.name, f"does not answer the question asked (P={p:.2f})") if c.passed else c

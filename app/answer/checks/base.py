@@ -60,6 +60,8 @@ class Verification:
     text: str
     status: Literal["ok", "partial", "none", "vacuous", "abstained", "empty"]
     seconds: dict[str, float] = field(default_factory=dict)
+    #: P(yes) of the answers-the-question check on what passed (None when it did not run).
+    answers_p: float | None = None
 
     @property
     def passed(self) -> list[SentenceCheck]:

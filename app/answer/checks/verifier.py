@@ -125,6 +125,7 @@ class Verifier:
                       for c in checks]
             checks = self._answer_gates(checks, ctx)  # the sentence with the number may have failed
         if self.answers_gate is not None:
+            self.answers_gate.last = None
             checks = self.answers_gate.check(checks, ctx)
         passed = [c for c in checks if c.passed]
         if passed:
@@ -140,7 +141,8 @@ class Verifier:
                 log.info("verify removed sentence gate=%s reason=%s support=%s sources=%s", c.gate, c.reason,
                          "-" if c.support is None else f"{c.support:.2f}", ",".join(map(str, c.sources)))
         seconds = {"facts": round(t_facts, 4), "entailment": round(time.perf_counter() - t0 - t_facts, 4)}
-        return Verification(tuple(checks), joined(passed), status, seconds)
+        answers_p = self.answers_gate.last if self.answers_gate is not None else None
+        return Verification(tuple(checks), joined(passed), status, seconds, answers_p)
 
     def _answer_gates(self, checks: list[SentenceCheck], ctx: CheckContext) -> list[SentenceCheck]:
         for gate in self.answer_gates:
