@@ -423,7 +423,7 @@ def build_app(services: ChatServices, settings: Settings, *, warmup: WarmUp | No
                     send = gr.Button("Ask", variant="primary", scale=0, min_width=100, elem_id="kb-send")
                     new_chat = gr.Button("New chat", variant="secondary", scale=0, min_width=120, elem_id="kb-new")
                 with gr.Row(elem_classes="kb-feedback-row"):
-                    comment = gr.Textbox(placeholder="Optional comment, then rate an answer with its thumbs up or down",
+                    comment = gr.Textbox(placeholder="Comment on your rating (optional)",
                                          show_label=False, scale=3, lines=1, max_lines=1, elem_id="kb-comment")
                     feedback_note = gr.HTML("", elem_id="kb-feedback-note", scale=2)
             with gr.Tab("Admin", id="admin", visible=False) as admin_tab:

@@ -39,6 +39,14 @@ ANSWER_TIMEOUT_MS = 300_000
 FINAL = "#kb-chat .kb-answer:not(.kb-streaming), #kb-chat .kb-error"
 
 
+def _current_db(data_dir: Path) -> str:
+    """The published generation's SQLite file."""
+    from kb_chatbot.core.settings import Settings
+    from kb_chatbot.index.generation import open_index
+
+    return str(open_index(Settings(data_dir=data_dir)).store.path)
+
+
 def _require() -> None:
     if not CHROMIUM.exists():
         pytest.skip("Debian's Chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
@@ -64,6 +72,10 @@ def server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("e2e")
     data_dir = root / "data"
+    drive = root / "drive"  # a copy: the re-index test adds files to it
+    import shutil
+
+    shutil.copytree(SAMPLE / "drive", drive)
     backend = "llamacpp" if importlib.util.find_spec("llama_cpp") else "transformers"
     cfg = root / "kb.yaml"
     cfg.write_text(
@@ -72,7 +84,7 @@ data_dir: {data_dir}
 sources:
   - {{name: acme-wiki, type: wiki, path: {SAMPLE / 'wiki'}, base_url: "https://wiki.acme.example/"}}
   - {{name: acme-slack, type: slack, path: {SAMPLE / 'slack'}, base_url: "https://acme.slack.com/"}}
-  - {{name: acme-drive, type: drive, path: {SAMPLE / 'drive'}, base_url: "https://drive.acme.example/"}}
+  - {{name: acme-drive, type: drive, path: {drive}, base_url: "https://drive.acme.example/"}}
 embedding: {{model: packaged}}
 generator: {{backend: {backend}, model: smollm2-135m, threads: 1, max_tokens: 96}}
 server:
@@ -104,7 +116,7 @@ server:
             if time.monotonic() > deadline:
                 pytest.fail(f"kb serve did not answer on {url} in time; log: {log_path.read_text()[-3000:]}")
             time.sleep(1)
-        yield {"url": url, "data_dir": data_dir, "backend": backend}
+        yield {"url": url, "data_dir": data_dir, "backend": backend, "drive": drive}
     finally:
         proc.terminate()
         try:
@@ -244,9 +256,69 @@ def test_admin_tab_only_for_admins(server, browser):
     for name in ("acme-wiki", "acme-slack", "acme-drive", "Recent questions", "Re-index now"):
         assert name in text
     assert SECRET not in page.content()  # the admin sees questions, never other users' answers
-    # re-index in the background; the page polls its progress until it finishes
+    # re-index in the background, the way the page runs it (its own process, which starts the
+    # isolated parse workers); new PDF, Word, PowerPoint and HTML files must be read
+    drive = server["drive"]
+    new = {"policies/security-handbook.pdf": "policies/e2e-copy.pdf", "policies/travel-policy.docx": "policies/e2e-copy.docx",
+           "sales/falcon-launch-deck.pptx": "sales/e2e-copy.pptx", "engineering/architecture.html": "engineering/e2e-copy.html"}
+    import shutil
+
+    for src, dst in new.items():
+        shutil.copy(drive / src, drive / dst)
     page.get_by_role("button", name="Re-index now").click()
     page.wait_for_selector("#kb-progress .kb-ok, #kb-progress .kb-error", timeout=300_000)
-    assert "Re-index finished" in page.inner_text("#kb-progress"), page.inner_text("#kb-progress")
+    progress = page.inner_text("#kb-progress")
+    assert page.locator("#kb-progress .kb-ok").count() == 1, progress  # green only when nothing failed
+    assert "Re-index finished" in progress and "4 added" in progress, progress
+    with sqlite3.connect(_current_db(server["data_dir"])) as db:
+        chunks = dict(db.execute("SELECT d.doc_id, count(c.id) FROM documents d JOIN chunks c ON c.doc_id = d.doc_id "
+                                 "GROUP BY d.doc_id").fetchall())
+    for dst in new.values():
+        assert chunks.get(f"acme-drive:{dst}", 0) > 0, f"{dst} was not read: {sorted(chunks)}"
     page.screenshot(path=str(OUT / "e2e-admin.png"), full_page=True)
+    ctx.close()
+
+
+@pytest.mark.parametrize("width,height", [(1366, 768), (1920, 1080), (390, 844)])
+def test_the_page_holds_its_layout_at_common_widths(server, browser, width, height):
+    """At a laptop, a desktop and a phone width: nothing clipped (the sign-out link, the
+    comment box's placeholder), the column as wide after the first answer as before it, and
+    the chat's clear/copy buttons clear of the messages. Screenshots in test-output/."""
+    ctx, page = _login(browser, server["url"], "alice")
+    page.set_viewport_size({"width": width, "height": height})
+    page.wait_for_timeout(300)
+
+    def box(selector: str) -> dict:
+        return page.locator(selector).first.bounding_box()
+
+    def column() -> float:
+        return page.evaluate("document.querySelector('.gradio-container').getBoundingClientRect().width")
+
+    sign_out = box("#kb-who a")
+    assert sign_out and sign_out["x"] >= 0 and sign_out["x"] + sign_out["width"] <= width + 0.5, sign_out
+    fits = page.evaluate("""() => {
+        const el = document.querySelector('#kb-comment input, #kb-comment textarea');
+        const s = getComputedStyle(el);
+        const c = document.createElement('canvas').getContext('2d');
+        c.font = `${s.fontWeight} ${s.fontSize} ${s.fontFamily}`;
+        const room = el.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
+        return [c.measureText(el.placeholder).width, room];
+    }""")
+    assert fits[0] <= fits[1], f"placeholder {fits[0]:.0f}px in {fits[1]:.0f}px"
+    before = column()
+    _ask(page, "How many vacation days do I get per year?")
+    _ask(page, "Which server does the VPN client connect to?")
+    page.wait_for_timeout(300)
+    assert abs(column() - before) <= 1, (before, column())
+    page.evaluate("document.querySelector('#kb-chat .bubble-wrap')?.scrollTo(0, 0)")
+    page.wait_for_timeout(200)
+    overlap = page.evaluate("""() => {
+        const r = (e) => e.getBoundingClientRect();
+        const hit = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+        const icons = [...document.querySelectorAll('#kb-chat .icon-button-wrapper')].map(r);
+        const msgs = [...document.querySelectorAll('#kb-chat .message')].map(r);
+        return icons.some(i => msgs.some(m => hit(i, m)));
+    }""")
+    assert not overlap, "the chat's buttons cover a message"
+    page.screenshot(path=str(OUT / f"e2e-layout-{width}.png"), full_page=True)
     ctx.close()
