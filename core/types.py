@@ -314,8 +314,11 @@ class AnswerEvent:
     draft checked so far that passed (the whole of it each time, not a delta): what a page
     shows while the answer is written. ``discard``: the tokens streamed so far were a draft
     that is being replaced (a correction or an escalation follows); clear them and any
-    verified text. ``answer`` is always last and authoritative."""
+    verified text. ``sources``: the sources found for the question, before any answer (each
+    with its passage closest to the question): a page shows them at once, marked as sources,
+    not an answer. ``answer`` is always last and authoritative."""
 
-    kind: Literal["status", "token", "verified", "discard", "answer"]
+    kind: Literal["status", "sources", "token", "verified", "discard", "answer"]
     text: str = ""
     answer: Answer | None = None
+    sources: tuple[Citation, ...] = ()

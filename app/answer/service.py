@@ -17,6 +17,8 @@ scores and timings.
 How a UI consumes :meth:`KnowledgeAnswerService.stream`:
 
 - ``AnswerEvent("status", text)``: show as a transient note ("Searching the knowledge base…").
+- ``AnswerEvent("sources", sources=…)``: the sources found, each with its passage closest to
+  the question, as soon as they are known (about a second): show them as sources, not an answer.
 - ``AnswerEvent("discard")``: the tokens streamed so far were a draft that is being replaced
   (a correction or an escalation follows): clear it and its verified text; the tokens that
   follow are the new draft.
@@ -170,6 +172,9 @@ class KnowledgeAnswerService:
                 return Answer(run.question, standalone, text, cites, 0.0, "abstained", sources=context,
                               scores={"premise_missing": float(len(missing))}, model_id=model_id)
         context = self._filter(standalone, hits, run)
+        # the sources at once, before a word of the answer (the model needs seconds to read them)
+        yield AnswerEvent("sources", sources=source_citations(context, standalone))
+        run.timings.setdefault("sources", time.perf_counter() - run.t0)
         yield AnswerEvent("status", STATUS_WRITING)
         messages = build_messages(standalone, context)
         draft = yield from self.writer.write(self.generator, standalone, messages, context, run, first=True)

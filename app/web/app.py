@@ -255,18 +255,22 @@ class ChatController:
     def _stream(self, question: str, session: ChatSession, user: Principal, idx: int, show):
         # the page shows checked text only: the sentences of the draft that passed their check
         # ("verified"), never the raw draft, which may still hold an invented fact
-        status, verified = "Thinking…", ""
+        status, verified, found = "Thinking…", "", ()
         history = list(session.history)
+        key = f"s{idx}"
         for ev in self.services.answer_service.stream(question, user=user, history=history):
             if ev.kind == "status":
                 status = ev.text
-                yield show(R.render_streaming(status, verified))
+                yield show(R.render_streaming(status, verified, found, key))
+            elif ev.kind == "sources":
+                found = ev.sources
+                yield show(R.render_streaming(status, verified, found, key))
             elif ev.kind == "discard":
                 verified = ""  # the draft is being replaced
-                yield show(R.render_streaming(status, verified))
+                yield show(R.render_streaming(status, verified, found, key))
             elif ev.kind == "verified":
                 verified = ev.text
-                yield show(R.render_streaming(status, verified))
+                yield show(R.render_streaming(status, verified, found, key))
             elif ev.kind == "answer" and ev.answer is not None:
                 a = ev.answer
                 key = R.answer_key(a, fallback=f"m{idx}")

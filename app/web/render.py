@@ -251,13 +251,16 @@ def other_sources(answer: Answer) -> list[Citation]:
     return list(answer.other_sources)
 
 
-def render_streaming(status: str | None, draft: str) -> str:
-    """The message while an answer streams: the current status line and the text so far."""
+def render_streaming(status: str | None, draft: str, sources: Sequence[Citation] = (), key: str = "s") -> str:
+    """The message while an answer streams: the status line, the checked text so far, and the
+    sources found (folded under a heading that says they are sources, not the answer)."""
     parts = ['<div class="kb-answer kb-streaming">']
     if status:
         parts.append(f'<div class="kb-status"><span class="kb-spinner"></span>{esc(status)}</div>')
     if draft.strip():
         parts.append(f'<div class="kb-answer-text">{_paragraphs(draft)}</div>')
+    if sources:
+        parts.append(source_cards(sources, key, heading="Sources found · the answer is being written", show=3))
     parts.append("</div>")
     return "".join(parts)
 

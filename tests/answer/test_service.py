@@ -289,6 +289,13 @@ def test_kb_ask_json_and_text(tmp_path):
     assert "25 days" in r.stdout and "Sources:" in r.stdout and "[1] PTO policy" in r.stdout
     r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "vacation", "--user", "mallory"])
     assert r.exit_code != 0 and "mallory" in r.output
+    r = CliRunner().invoke(main, ["--config", str(cfg), "ask", "When is the Falcon robot launch date?", "--user", "alice",
+                                  "--json-events"])
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[-1] == "answer" and "sources" in kinds and "token" not in kinds
+    assert kinds.index("sources") < kinds.index("answer") and events[-1]["route"] == "answered"
+    assert any(s["title"] == "Falcon plan" for s in events[kinds.index("sources")]["sources"])
 
 
 def test_kb_ask_history_file(tmp_path):
@@ -473,3 +480,15 @@ def test_a_supported_answer_to_another_question_is_not_shown(tmp_path):
     assert ans.route == "abstained" and "24 hours" not in ans.text
     assert not [e for e in events if e.kind == "verified" and e.text]
     assert any("Reply: The line is open 24 hours" in c[-1].content for c in gen.yes_calls)
+
+
+def test_the_sources_come_before_any_answer_text(tmp_path):
+    """A 'sources' event with the readable sources found, each with its passage, precedes every
+    token; `kb ask --json-events` prints it as its first JSON line."""
+    rig = make_rig(tmp_path, DOCS)
+    events, ans = collect(rig.service, "How many vacation days do full-time employees get?", BOB)
+    kinds = [e.kind for e in events]
+    assert "sources" in kinds and kinds.index("sources") < kinds.index("token")
+    found = events[kinds.index("sources")].sources
+    assert found and all(c.quote for c in found) and "sources" in ans.timings
+    assert {c.doc_id for c in found} <= {h.chunk.doc_id for h in ans.sources}

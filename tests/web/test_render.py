@@ -277,3 +277,13 @@ def test_the_abstention_box_speaks_to_the_user_not_about_the_pipeline():
                corrected=True)
     out = R.render_answer(a)
     assert "Not covered" in out and "Double-checked" not in out and "draft" not in out
+
+
+def test_sources_found_show_while_the_answer_is_written():
+    from kb_chatbot.core.types import Citation
+
+    c = Citation(n=1, chunk_id="c1", doc_id="d1", title="VPN", source="wiki", source_type="wiki",
+                 uri="https://wiki.acme.example/vpn", quote="Open **AcmeTunnel** and sign in.")
+    html_out = R.render_streaming("Writing the answer…", "", [c], key="s3")
+    assert "Sources found · the answer is being written" in html_out and "kb-streaming" in html_out
+    assert "<strong>AcmeTunnel</strong>" in html_out and 'id="kb-src-s3-1"' in html_out

@@ -59,6 +59,7 @@ def read_history(path: str | None) -> list[Message]:
 Examples:
   kb ask "How many vacation days do I get?" --user alice
   kb ask "What is the launch date of Falcon?" --user bob --json
+  kb ask "How do I connect to the VPN?" --user bob --json-events   # sources first, then the answer
   kb ask "and for contractors?" --user carol --history-file chat.json
   KB_GENERATOR__BACKEND=fake kb ask "expense limit for meals" --groups finance
 """
@@ -70,15 +71,18 @@ Examples:
 @click.option("--history-file", type=click.Path(dir_okay=False), default=None,
               help='Earlier turns: a JSON list of {"role": "user"|"assistant", "content": "..."}.')
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON (no streaming).")
+@click.option("--json-events", "as_events", is_flag=True,
+              help="Print each event as one JSON line as it happens: sources (within about a second), "
+                   "status, verified text, then the answer.")
 @click.pass_context
 def ask(ctx: click.Context, question: str, username: str | None, groups: str | None, history_file: str | None,
-        as_json: bool) -> None:
+        as_json: bool, as_events: bool) -> None:
     """Answer QUESTION from the knowledge base, with citations, as --user would see it."""
     from kb_chatbot.app.kb.services import build_services
     from kb_chatbot.app.kb.settings import get_settings
 
     if logging.getLogger().level > logging.DEBUG:  # no INFO lines inside the streamed answer (-v shows them)
-        for name in ("answer", "generators", "index", "ingest"):
+        for name in ("kb_chatbot.app.answer", "kb_chatbot.app.generators", "kb_chatbot.index", "kb_chatbot.ingest"):
             logging.getLogger(name).setLevel(logging.WARNING)
     settings = get_settings(ctx)
     user = resolve_user(settings, username, groups)
@@ -97,9 +101,12 @@ def ask(ctx: click.Context, question: str, username: str | None, groups: str | N
     live = sys.stderr.isatty() and not as_json
     drafting = False
     for ev in service.stream(question, user=user, history=history):
+        if as_events and ev.kind != "token":  # the raw draft is never printed: it may not survive its check
+            click.echo(json.dumps(_event_dict(ev), ensure_ascii=False), nl=True)
+            sys.stdout.flush()
         if ev.kind == "answer":
             answer = ev.answer
-        elif as_json:
+        elif as_json or as_events:
             continue
         elif ev.kind == "discard":
             if drafting:
@@ -116,6 +123,8 @@ def ask(ctx: click.Context, question: str, username: str | None, groups: str | N
                 drafting = True
             click.secho(ev.text, fg="bright_black", err=True, nl=False)
     assert answer is not None
+    if as_events:
+        return
     if as_json:
         click.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
         return
@@ -137,6 +146,15 @@ def ask(ctx: click.Context, question: str, username: str | None, groups: str | N
         f"\nconfidence {answer.confidence:.2f} · route {answer.route}"
         f"{' · corrected' if answer.corrected else ''} · {t.get('total', 0.0):.1f} s{first} · model {answer.model_id}"
     )
+
+
+def _event_dict(ev) -> dict:
+    """One streamed event as JSON: {"event": kind, ...}."""
+    if ev.kind == "answer":
+        return {"event": "answer", **ev.answer.to_dict()}
+    if ev.kind == "sources":
+        return {"event": "sources", "sources": [c.to_dict() for c in ev.sources]}
+    return {"event": ev.kind, "text": ev.text}
 
 
 def _terminal(text: str) -> str:
