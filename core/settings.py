@@ -222,6 +222,9 @@ class AnswerConfig(_Section):
     #: Correct typos of the question against the knowledge base's own words ('conect' ->
     #: 'connect'); the page says "Showing results for …". Only words the asker may read.
     spelling: bool = True
+    #: Answers kept for repeated questions, per asker's principals and the exact sources
+    #: (0: off). A repeat costs the search (~0.3 s), not the model.
+    cache_size: int = Field(default=256, ge=0)
     history_turns: int = Field(default=3, ge=0)
     #: Larger OpenAI-compatible model used when confidence stays low after correction.
     escalation: OpenAIEndpoint | None = None

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Callable, Iterator, Sequence
 
@@ -101,6 +102,8 @@ class KnowledgeAnswerService:
         #: subject check; unreadable chunks never count); without them the check is off
         #: corrects typos against the knowledge base's words (None: off)
         self.speller = speller
+        #: answers by (question, principals, sources' text): a repeated question costs a search
+        self._cache: OrderedDict[tuple, Answer] = OrderedDict()
         self.subject = SubjectCheck(term_count, chunk_total, enabled=settings.answer.subject_check)
         #: the generate-pause-check loop; the local model checks every draft
         self.writer = CheckedWriter(settings, generator, embedder, self.confidence, self.subject)
@@ -175,6 +178,33 @@ class KnowledgeAnswerService:
         # the sources at once, before a word of the answer (the model needs seconds to read them)
         yield AnswerEvent("sources", sources=source_citations(context, standalone))
         run.timings.setdefault("sources", time.perf_counter() - run.t0)
+        key = self._cache_key(standalone, run.user, context)
+        cached = self._cache.get(key) if key is not None else None
+        if cached is not None:  # the same question over the same readable sources: at once
+            self._cache.move_to_end(key)
+            log.info("answer route=%s cached=1", cached.route)
+            return replace(cached, question=run.question, scores={**cached.scores, "cached": 1.0})
+        answer = yield from self._write(run, standalone, hits, context)
+        if key is not None and answer.route in ("answered", "corrected", "escalated", "abstained"):
+            self._cache[key] = answer
+            while len(self._cache) > cfg.answer.cache_size:
+                self._cache.popitem(last=False)
+        return answer
+
+    def _cache_key(self, standalone: str, user: Principal, context: Sequence[Hit]) -> tuple | None:
+        """The question as searched, who asks (their principals: nothing is shared between
+        readers of different documents) and the exact text of every source in the prompt: a
+        changed document or a re-ranked context is a new key."""
+        if self.settings.answer.cache_size <= 0:
+            return None
+        import hashlib
+
+        texts = hashlib.sha256("\x00".join(f"{h.chunk.id}\x01{h.prompt_text}" for h in context).encode()).hexdigest()
+        return (" ".join(standalone.lower().split()), user.principals(), texts, getattr(self.generator, "model_id", ""))
+
+    def _write(self, run: Run, standalone: str, hits: Sequence[Hit], context: tuple[Hit, ...]):
+        """Write, check and correct the answer from ``context`` (the prompt's sources)."""
+        cfg = self.settings
         yield AnswerEvent("status", STATUS_WRITING)
         messages = build_messages(standalone, context)
         draft = yield from self.writer.write(self.generator, standalone, messages, context, run, first=True)

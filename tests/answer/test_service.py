@@ -492,3 +492,17 @@ def test_the_sources_come_before_any_answer_text(tmp_path):
     found = events[kinds.index("sources")].sources
     assert found and all(c.quote for c in found) and "sources" in ans.timings
     assert {c.doc_id for c in found} <= {h.chunk.doc_id for h in ans.sources}
+
+
+def test_a_repeated_question_is_answered_from_the_cache_per_reader(tmp_path):
+    """The same question over the same sources, by someone with the same principals, is
+    answered without the model; another reader, or a changed source, is asked afresh."""
+    rig = make_rig(tmp_path, DOCS)
+    first = rig.service.answer("How many vacation days do full-time employees get?", user=BOB)
+    calls = len(rig.generator.calls)
+    again = rig.service.answer("how many vacation days do  full-time employees get?", user=BOB)
+    assert len(rig.generator.calls) == calls and again.text == first.text and again.scores.get("cached") == 1.0
+    assert again.answer_id != first.answer_id  # logged as its own answer
+    carol = Principal("carol", "carol@acme.example", ("finance",))
+    rig.service.answer("How many vacation days do full-time employees get?", user=carol)
+    assert len(rig.generator.calls) > calls
