@@ -8,11 +8,12 @@ over the trust dev set's corpus (the 18F handbook and the Drive files in ../shar
 once by ``kb eval`` into ``data/runtime/eval-dev``; indexed here if missing), asking questions
 of ``eval/devsets/handbook.jsonl`` spread over answerable and near-miss ones:
 
-- ``before``: ``kb.yaml`` as this round found it: ``generator.threads: 1``, MiniLM in bf16
-  (``embedding.dtype: bf16``), the context filter's old budget (3,600 characters, 2 near-tie
-  chunks);
-- ``now``: ``kb.yaml`` now: ``threads: auto`` (every physical core), ``dtype: auto`` (fp32
-  where the CPU has no native bf16), 1,800 characters, 5 sources.
+- ``before``: the checks this round found: no spelling correction (``answer.spelling: false``)
+  and no answers-the-question check (``answer.answers_check: false``);
+- ``now``: ``kb.yaml`` now: both on (one more yes/no over the cached prompt per answer).
+
+Both use the same threads (``auto``), embedder dtype and context budget; the answer cache is
+off in both (every question is new to it anyway).
 
 The runs alternate per question (before, now), each with its own model instance, so machine
 noise hits both alike. Per run: time to first token (from the question's arrival), total,
@@ -108,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     base.generator.model = args.model
     settings = {"before": base.model_copy(deep=True), "now": base.model_copy(deep=True)}
     b, n = settings["before"], settings["now"]
-    b.generator.threads, b.embedding.dtype = 1, "bf16"
-    b.retrieval.context_chars, b.retrieval.near_tie_chunks = 3600, 2
-    n.generator.threads, n.embedding.dtype = "auto", "auto"
-    n.retrieval.context_chars, n.retrieval.near_tie_chunks = 1800, 0
+    for s in (b, n):
+        s.generator.threads, s.embedding.dtype, s.answer.cache_size = "auto", "auto", 0
+    b.answer.spelling, b.answer.answers_check = False, False
+    n.answer.spelling, n.answer.answers_check = True, True
     corpus = {k: corpus_settings(s, "handbook,drive") for k, s in settings.items()}
     embedders = {k: load_embedder(c.embedding) for k, c in corpus.items()}
     ensure_indexed(corpus["now"], embedder=embedders["now"], progress=True)
