@@ -104,6 +104,7 @@ class KnowledgeAnswerService:
         self.speller = speller
         #: answers by (question, principals, sources' text): a repeated question costs a search
         self._cache: OrderedDict[tuple, Answer] = OrderedDict()
+        self._cache_ids: dict[str, tuple] = {}  # answer id -> cache key (for forget)
         self.subject = SubjectCheck(term_count, chunk_total, enabled=settings.answer.subject_check)
         #: the generate-pause-check loop; the local model checks every draft
         self.writer = CheckedWriter(settings, generator, embedder, self.confidence, self.subject)
@@ -132,7 +133,15 @@ class KnowledgeAnswerService:
         run.timings["total"] = time.perf_counter() - run.t0
         answer = replace(answer, timings={k: round(v, 4) for k, v in run.timings.items()}, showing_for=run.showing_for)
         answer = self._record(answer, user)
+        if run.cache_key is not None and answer.answer_id:
+            self._cache_ids[answer.answer_id] = run.cache_key
         yield AnswerEvent("answer", answer=answer)
+
+    def forget(self, answer_id: str) -> None:
+        """Drop the cached answer behind ``answer_id`` (feedback said it is wrong)."""
+        key = self._cache_ids.pop(answer_id, None)
+        if key is not None and self._cache.pop(key, None) is not None:
+            log.info("answer_cache forgot answer_id=%s", answer_id)
 
     # --- steps -------------------------------------------------------------------------
     def _flow(self, run: Run, history: Sequence[Message]):
@@ -178,7 +187,7 @@ class KnowledgeAnswerService:
         # the sources at once, before a word of the answer (the model needs seconds to read them)
         yield AnswerEvent("sources", sources=source_citations(context, standalone))
         run.timings.setdefault("sources", time.perf_counter() - run.t0)
-        key = self._cache_key(standalone, run.user, context)
+        key = run.cache_key = self._cache_key(standalone, run.user, context)
         cached = self._cache.get(key) if key is not None else None
         if cached is not None:  # the same question over the same readable sources: at once
             self._cache.move_to_end(key)
@@ -189,6 +198,9 @@ class KnowledgeAnswerService:
             self._cache[key] = answer
             while len(self._cache) > cfg.answer.cache_size:
                 self._cache.popitem(last=False)
+            if len(self._cache_ids) > 8 * cfg.answer.cache_size:  # ids of evicted answers
+                live = set(self._cache)
+                self._cache_ids = {i: k for i, k in self._cache_ids.items() if k in live}
         return answer
 
     def _cache_key(self, standalone: str, user: Principal, context: Sequence[Hit]) -> tuple | None:

@@ -46,6 +46,8 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
     #: the question as corrected for spelling, when it was
     showing_for: str | None = None
+    #: the answer cache's key of this question (None: not cacheable)
+    cache_key: tuple | None = None
 
     def add(self, key: str, seconds: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + seconds

@@ -306,6 +306,10 @@ class ChatController:
         except KBError as e:
             log.warning("feedback_refused user=%s answer_id=%s error=%r", user.username, answer_id, str(e))
             return f"Feedback not saved: {e}"
+        if rating < 0:  # a reader says it is wrong: never serve it again from the answer cache
+            forget = getattr(self.services.answer_service, "forget", None)
+            if forget is not None:
+                forget(answer_id)
         log.info("feedback user=%s answer_id=%s rating=%d comment=%s", user.username, answer_id, rating,
                  bool(comment and comment.strip()))
         return "Thanks: your feedback was saved (" + ("helpful" if rating > 0 else "not helpful") + ")."

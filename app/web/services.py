@@ -11,7 +11,11 @@ from kb_chatbot.core.types import AnswerEvent, Message, Principal
 
 class AnswerStream(Protocol):
     def stream(self, question: str, *, user: Principal, history: Sequence[Message] = ()) -> Iterator[AnswerEvent]:
-        """Status, draft, verified text, then always one ``answer`` event."""
+        """Status, sources, draft, verified text, then always one ``answer`` event."""
+        ...
+
+    def forget(self, answer_id: str) -> None:
+        """A reader rated this answer wrong: never serve it again from the answer cache."""
         ...
 
 

@@ -506,3 +506,12 @@ def test_a_repeated_question_is_answered_from_the_cache_per_reader(tmp_path):
     carol = Principal("carol", "carol@acme.example", ("finance",))
     rig.service.answer("How many vacation days do full-time employees get?", user=carol)
     assert len(rig.generator.calls) > calls
+
+
+def test_an_answer_rated_wrong_is_not_served_again_from_the_cache(tmp_path):
+    rig = make_rig(tmp_path, DOCS)
+    first = rig.service.answer("How many vacation days do full-time employees get?", user=BOB)
+    rig.service.forget(first.answer_id)
+    calls = len(rig.generator.calls)
+    rig.service.answer("How many vacation days do full-time employees get?", user=BOB)
+    assert len(rig.generator.calls) > calls

@@ -489,7 +489,8 @@ def test_the_page_streams_checked_sentences_and_never_the_raw_draft(ctl, users, 
     source = services.answer_service.generator
     source.replies.append("The Falcon public launch is on March 9, 2027, at ProMat in Chicago [1]. "
                           "The launch party budget is $48,000 [1].")
-    frames, _ = run_turn(ctl, QUESTION, users.principal_for("alice"))
+    # asked in other words than the earlier tests: the same question would come from the answer cache
+    frames, _ = run_turn(ctl, "When is the Falcon public launch event?", users.principal_for("alice"))
     streaming = [f for f in frames[:-1] if "kb-answer-text" in f]
     assert streaming and all("March 9, 2027" in f for f in streaming)
     assert not any("48,000" in f for f in frames)
