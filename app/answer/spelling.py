@@ -12,8 +12,9 @@ retrieval, the checks and the prompt get, and the page says "Showing results for
 
 Fails closed: a correction is only ever a word found in a chunk the asker may read (the
 surface form comes from such a chunk), so a correction never reveals a hidden document's
-words. Names, codes and short words are left alone: a word with a digit, an inner capital or
-all capitals ('VPN', 'iOS', 'GS-15'), or of fewer than 4 letters.
+words. Names, codes and short words are left alone: a capitalised word inside a sentence ('the TTS Gold
+plan' is not 'Old'), a word with a digit, an inner capital or all capitals ('VPN', 'iOS',
+'GS-15'), and words of fewer than 4 letters.
 """
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ class Spelling:
     fixes: tuple[tuple[str, str], ...] = ()
 
 
+def _starts_sentence(text: str, at: int) -> bool:
+    before = text[:at].rstrip()
+    return not before or before[-1] in ".?!:\"'(“"
+
+
 class SpellChecker:
     """``vocabulary()``: the index's terms -> chunk counts; ``stems(words)``: the index
     tokenizer's term of each word; ``surface(term, principals)``: how a term is written in
@@ -58,7 +64,10 @@ class SpellChecker:
     def _correct(self, question: str, principals: frozenset[str]) -> Spelling:
         from rapidfuzz import distance, process
 
-        matches = [m for m in _WORD.finditer(question) if len(m.group(0)) >= MIN_LETTERS and m.group(0)[1:].islower()]
+        # a capital inside a question is a name ('the TTS Gold plan': never 'Old'); only the
+        # first word of a sentence may be capitalised and corrected ('Howw' -> 'How')
+        matches = [m for m in _WORD.finditer(question) if len(m.group(0)) >= MIN_LETTERS and m.group(0)[1:].islower()
+                   and (m.group(0).islower() or _starts_sentence(question, m.start()))]
         if not matches:
             return Spelling(question)
         vocab = self.vocabulary()

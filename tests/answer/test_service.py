@@ -515,3 +515,13 @@ def test_an_answer_rated_wrong_is_not_served_again_from_the_cache(tmp_path):
     calls = len(rig.generator.calls)
     rig.service.answer("How many vacation days do full-time employees get?", user=BOB)
     assert len(rig.generator.calls) > calls
+
+
+def test_a_name_inside_the_question_is_never_corrected(tmp_path):
+    """'Gold' is one edit from 'old', a word of the knowledge base; capitalised inside the
+    question it is a name (the plan asked about), not a typo."""
+    rig = make_rig(tmp_path, [doc("plans", "The old Silver plan had a deductible of $1,500. Plans renew in May.")])
+    ans = rig.service.answer("What is the deductible of the TTS Gold health plan?", user=BOB)
+    assert ans.showing_for is None and "Gold" in ans.text
+    # the first word of a sentence may be corrected ('Plams' is in no chunk; 'plans' is)
+    assert rig.service.answer("Plams renew in which month?", user=BOB).showing_for == "Plans renew in which month?"
