@@ -19,7 +19,7 @@ from kb_chatbot.core.errors import KBError, ModelNotFoundError
 from kb_chatbot.core.settings import load_settings
 from kb_chatbot.core.types import Answer, AnswerEvent, Principal
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SAMPLE = REPO / "data" / "sample"
 QUESTION = "What is the codename of the Falcon launch event?"
 #: What a non-member of the private #proj-falcon channel must never see.

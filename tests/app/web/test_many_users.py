@@ -13,7 +13,7 @@ import pytest
 
 from kb_chatbot.core.settings import load_settings
 from kb_chatbot.app.kb.services import build_services
-from tests.web.test_chat_app import write_config
+from tests.app.web.test_chat_app import write_config
 from kb_chatbot.app.web.app import WarmUp, build_app, launch_options
 from kb_chatbot.app.auth import UserDirectory
 

@@ -18,7 +18,7 @@ from kb_chatbot.core.settings import ScheduleConfig, load_settings
 from kb_chatbot.index.generation import Generations, ingest_lock
 from kb_chatbot.app.kb.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _config(tmp_path: Path, sources: str = "", extra: str = "") -> Path:
