@@ -125,6 +125,7 @@ def answer_record(q: EvalQuestion, a: Answer, unsupported: int) -> dict[str, Any
         "answerable": q.answerable,
         "expected_answer": q.expected_answer,
         "answer": a.text,
+        "showing_for": a.showing_for,
         "route": a.route,
         "abstained": abstained,
         "error": a.route == "error",

@@ -25,9 +25,11 @@ from typing import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
-_WORD = re.compile(r"(?<![\w'-])[A-Za-z][a-z]*(?:'[a-z]+)?(?![\w-])")
+_WORD = re.compile(r"(?<![\w'])[A-Za-z]+(?:'[a-z]+)?(?!\w)")
 #: Edit distance allowed by word length (letters).
 MIN_LETTERS = 4
+#: Index terms looked at per unknown word (their written forms are read from chunks).
+CANDIDATES = 40
 LONG_WORD = 8
 
 
@@ -66,8 +68,8 @@ class SpellChecker:
 
         # a capital inside a question is a name ('the TTS Gold plan': never 'Old'); only the
         # first word of a sentence may be capitalised and corrected ('Howw' -> 'How')
-        matches = [m for m in _WORD.finditer(question) if len(m.group(0)) >= MIN_LETTERS and m.group(0)[1:].islower()
-                   and (m.group(0).islower() or _starts_sentence(question, m.start()))]
+        matches = [m for m in _WORD.finditer(question) if len(m.group(0)) >= MIN_LETTERS
+                   and (m.group(0).islower() or _starts_sentence(question, m.start()) and not m.group(0).isupper())]
         if not matches:
             return Spelling(question)
         vocab = self.vocabulary()
@@ -83,7 +85,7 @@ class SpellChecker:
                 continue
             limit = 2 if len(word) >= LONG_WORD else 1
             found = process.extract(stem, terms, scorer=distance.Levenshtein.distance, score_cutoff=limit + 1,
-                                    limit=8)
+                                    limit=CANDIDATES)
             options: list[tuple[int, int, int, str]] = []  # (edits, insertions+deletions, -count, form)
             for term, _d, _i in found:
                 for form, n in self.surface(term, principals).items():
@@ -93,7 +95,7 @@ class SpellChecker:
             if not options:
                 continue
             fixed = min(options)[3]
-            if word[0].isupper():
+            if word[0].isupper():  # 'Howw' -> 'How', 'HHow' -> 'How'
                 fixed = fixed[0].upper() + fixed[1:]
             out.append(question[pos:m.start()] + fixed)
             pos = m.end()

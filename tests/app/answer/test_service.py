@@ -525,3 +525,10 @@ def test_a_name_inside_the_question_is_never_corrected(tmp_path):
     assert ans.showing_for is None and "Gold" in ans.text
     # the first word of a sentence may be corrected ('Plams' is in no chunk; 'plans' is)
     assert rig.service.answer("Plams renew in which month?", user=BOB).showing_for == "Plans renew in which month?"
+
+
+def test_spelling_reaches_hyphenated_parts_and_a_doubled_capital_at_the_start(tmp_path):
+    rig = make_rig(tmp_path, [doc("tock", "For a 5-day week, bill at least 32 hours to project work. "
+                                          "How much you bill depends on the day count.")])
+    assert rig.service.answer("HHow many hours for a 5-dday week?", user=BOB).showing_for == \
+        "How many hours for a 5-day week?"
