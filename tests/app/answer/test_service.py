@@ -317,7 +317,8 @@ def test_slm_grounding_check_asks_the_generator(tmp_path):
     confidences = []
     for i, p_yes in enumerate((0.02, 0.98)):
         gen = FakeGenerator(yes=[p_yes])  # the SLM's verdict on "does the source state this?"
-        rig = make_rig(tmp_path / str(i), DOCS, generator=gen, answer={"grounding_check": "slm", "self_correction": False})
+        rig = make_rig(tmp_path / str(i), DOCS, generator=gen,
+                       answer={"grounding_check": "slm", "self_correction": False, "answers_check": True})
         ans = rig.service.answer("How many vacation days do employees get?", user=BOB)
         assert "Claim: Full-time employees get 25 days" in gen.yes_calls[0][-1].content
         # a supported answer is then asked whether it answers the question; a failed one is not
@@ -409,7 +410,7 @@ def test_each_sentence_is_checked_while_the_answer_is_written(tmp_path):
     sentence never reaches the verified stream, and no sentence is checked twice."""
     gen = FakeGenerator(["Full-time employees get 25 days of paid vacation per year [1]. "
                          "Employees also get 12 days of paid sick leave [1]."])
-    rig = make_rig(tmp_path, DOCS, generator=gen)
+    rig = make_rig(tmp_path, DOCS, generator=gen, answer={"answers_check": True})
     events, ans = collect(rig.service, "How many paid vacation days do full-time employees get?", BOB)
     kinds = [e.kind for e in events]
     first_verified = kinds.index("verified")
@@ -433,7 +434,7 @@ def test_a_backend_that_cannot_continue_a_reply_is_checked_at_the_end(tmp_path):
 
     gen = NoPrefill(["Full-time employees get 25 days of paid vacation per year [1]. "
                      "Unused vacation days carry over up to 5 days [1]."])
-    rig = make_rig(tmp_path, DOCS, generator=gen)
+    rig = make_rig(tmp_path, DOCS, generator=gen, answer={"answers_check": True})
     events, ans = collect(rig.service, "How many paid vacation days do full-time employees get?", BOB)
     assert not any(e.kind == "verified" for e in events) and len(gen.calls) == 1
     assert ans.route == "answered" and ans.text.count("[1]") == 2
@@ -475,7 +476,7 @@ def test_a_supported_answer_to_another_question_is_not_shown(tmp_path):
     docs = [doc("nurse-line", "The nurse line is open 24 hours a day, 7 days a week.", title="Nurse line"),
             doc("pto", "Full-time employees get 25 days of paid vacation per year.", title="PTO")]
     gen = FakeGenerator(["The line is open 24 hours a day, 7 days a week [1]."], yes=[0.95, 0.04, 0.95, 0.04])
-    rig = make_rig(tmp_path, docs, generator=gen, answer={"self_correction": False})
+    rig = make_rig(tmp_path, docs, generator=gen, answer={"self_correction": False, "answers_check": True})
     events, ans = collect(rig.service, "How many days a week may staff work from home?", BOB)
     assert ans.route == "abstained" and "24 hours" not in ans.text
     assert not [e for e in events if e.kind == "verified" and e.text]
