@@ -175,6 +175,9 @@ class KnowledgeAnswerService:
                 missing = missing_terms(standalone, merged)
                 if not missing:
                     hits = merged
+            if history:  # a term the chat brought in was asked about before: only the new question's count
+                now = run.question.lower()
+                missing = [m for m in missing if m.fact.text.lower() in now]
             run.add("premise", time.perf_counter() - t)
             if missing:  # nothing to generate from: say so, with the closest sources
                 log.info("answer route=abstained reason=premise_missing terms=%d", len(missing))

@@ -533,3 +533,16 @@ def test_spelling_reaches_hyphenated_parts_and_a_doubled_capital_at_the_start(tm
                                           "How much you bill depends on the day count.")])
     assert rig.service.answer("HHow many hours for a 5-dday week?", user=BOB).showing_for == \
         "How many hours for a 5-day week?"
+
+
+def test_a_name_the_chat_brought_in_does_not_decline_the_follow_up(tmp_path):
+    """'Which server does it connect to?' after a question about the VPN client on a Mac: the
+    condensed question carries 'Mac' (the page says macOS); the premise check counts only the
+    terms of the new question."""
+    rig = make_rig(tmp_path, [doc("vpn", "Install AcmeTunnel from the Self Service app on macOS. "
+                                         "The client connects to the gateway gw-7.vpn.acme.example.", title="VPN")])
+    history = [Message("user", "How do I install the VPN client on a Mac?"),
+               Message("assistant", "Install AcmeTunnel from the Self Service app [1].")]
+    rig.generator._condense = lambda user: "Which server does the VPN client on a Mac connect to?"
+    ans = rig.service.answer("Which server does it connect to?", user=BOB, history=history)
+    assert "Mac" in ans.standalone_question and "nothing about" not in ans.text
