@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from kb_chatbot.app.answer.checks.base import CheckContext, SentenceCheck, failed
-from kb_chatbot.app.answer.facts import extract_facts
+from kb_chatbot.app.answer.facts import SourceFacts, extract_facts
 from kb_chatbot.app.answer.prompts import is_abstention
 from kb_chatbot.core.text import content_words
 
@@ -18,16 +18,22 @@ POINTER_WORDS = frozenset(
     according state stated states explain explained explains cover covered covers contain
     contained contains relevant related regarding follow following read check specific first
     second third fourth fifth last above below previous earlier latter former question answer
-    answers answered""".split()
+    answers answered instruction instructions step steps guide guides guidance procedure procedures
+    documentation doc docs need needs""".split()
 )
 
 
-def is_vacuous(claim: str, question: str) -> bool:
-    """True when ``claim`` adds no fact and no content word beyond the question and pointers.
-    A yes or a no answers a yes/no question even when the rest restates it."""
-    if extract_facts(claim) or re.match(r"\W*(?:yes|no)\b", claim, re.IGNORECASE):
+def is_vacuous(claim: str, question: str, names: str = "") -> bool:
+    """True when ``claim`` adds no fact and no content word beyond the question, pointers and
+    the ``names`` of the sources ("follow the instructions in the VPN and Remote Access
+    document" names a page, it says nothing). A yes or a no answers a yes/no question even when
+    the rest restates it."""
+    if re.match(r"\W*(?:yes|no)\b", claim, re.IGNORECASE):
         return False
-    new = content_words(claim) - content_words(question)
+    known = SourceFacts(f"{question}\n{names}")  # a name of the question or of a page is no news
+    if any(not (f.kind == "name" and known.has(f)) for f in extract_facts(claim)):
+        return False
+    new = content_words(claim) - content_words(question) - content_words(names)
     new = {w for w in new if w not in POINTER_WORDS and w.rstrip("s") not in POINTER_WORDS}
     return len(new) == 0
 
@@ -40,7 +46,8 @@ class VacuityGate:
     def check(self, c: SentenceCheck, ctx: CheckContext) -> SentenceCheck:
         if is_abstention(c.sentence.claim):
             return failed(c, self.name, "abstention inside an answer")
-        if is_vacuous(c.sentence.claim, ctx.question):
+        titles = " ".join(f"{h.doc_title} {' '.join(h.chunk.heading_path)}" for h in ctx.hits)
+        if is_vacuous(c.sentence.claim, ctx.question, titles):
             return failed(c, self.name, "points at a source without stating anything", vacuous=True)
         if announces_nothing(c.sentence.claim):
             return failed(c, self.name, "announces a command or list it does not show", vacuous=True)

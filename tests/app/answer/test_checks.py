@@ -159,3 +159,21 @@ def test_an_announcement_without_the_command_is_vacuous_and_code_questions_need_
     v = Verifier(None, mode="facts").verify("Use the operator in the console [1].", DOC_HITS,
                                             question="Which OpenShift versions are required?")
     assert v.status == "vacuous" and v.checks[0].gate == "asked_kind"
+
+
+def test_a_sentence_that_only_names_the_page_is_vacuous():
+    vpn = [Hit(Chunk(id="v1", doc_id="vpn", ordinal=0, text="Open AcmeTunnel and sign in with single sign-on.",
+                     start=0, end=48, heading_path=("Connecting",)), "VPN and Remote Access", "https://wiki/vpn", "t",
+               "wiki", score=1.0)]
+    q = "how do i connect to the vpn from home?"
+    pointer = sentence_for("To connect to the VPN from home, follow the instructions in the VPN and Remote Access "
+                           "section of the VPN and Remote Access document [1].", vpn)
+    out = VacuityGate().check(pointer, CheckContext(q, vpn))
+    assert not out.passed and out.vacuous
+    real = sentence_for("Open AcmeTunnel and sign in with single sign-on [1].", vpn)
+    assert VacuityGate().check(real, CheckContext(q, vpn)).passed
+
+
+def sentence_for(text: str, hits) -> SentenceCheck:
+    s = extract_citations(text, hits).sentences[0]
+    return SentenceCheck(s, s.cited)
