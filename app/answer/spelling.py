@@ -7,7 +7,8 @@ stems, so 'services' and 'service' are one word) is replaced by the closest way 
 the index is written: the terms within one edit more than allowed are looked up (rapidfuzz),
 their written forms read from chunks, and the form closest to the typed word wins if it is
 within the allowed distance (1 edit, 2 for words of 8+ letters)
-('leace' -> 'leave', not 'lead'; 'comands' -> 'commands'; 'usee' -> 'use', not 'user'). The corrected question is what
+('leace' -> 'leave', not 'lead'; 'comands' -> 'commands'; 'usee' -> 'use', not 'user';
+'cary' -> 'carry', not 'car'). The corrected question is what
 retrieval, the checks and the prompt get, and the page says "Showing results for …".
 
 Fails closed: a correction is only ever a word found in a chunk the asker may read (the
@@ -38,6 +39,10 @@ class Spelling:
     text: str
     #: (as typed, as corrected), in question order
     fixes: tuple[tuple[str, str], ...] = ()
+
+
+def _undoubled(word: str) -> str:
+    return re.sub(r"(.)\1+", r"\1", word)
 
 
 def _starts_sentence(text: str, at: int) -> bool:
@@ -90,11 +95,13 @@ class SpellChecker:
             for term, _d, _i in found:
                 for form, n in self.surface(term, principals).items():
                     d = distance.Levenshtein.distance(word.lower(), form)
-                    if 0 < d <= limit:  # on a tie a dropped or doubled letter beats a changed one
-                        options.append((d, distance.Indel.distance(word.lower(), form), -n, form))
+                    if 0 < d <= limit:  # on a tie a dropped or added letter beats a changed one, and
+                        # a doubled letter typed single or twice ('cary' -> 'carry', not 'car')
+                        options.append((d, distance.Indel.distance(word.lower(), form),
+                                        _undoubled(word.lower()) != _undoubled(form), -n, form))
             if not options:
                 continue
-            fixed = min(options)[3]
+            fixed = min(options)[4]
             if word[0].isupper():  # 'Howw' -> 'How', 'HHow' -> 'How'
                 fixed = fixed[0].upper() + fixed[1:]
             out.append(question[pos:m.start()] + fixed)

@@ -546,3 +546,10 @@ def test_a_name_the_chat_brought_in_does_not_decline_the_follow_up(tmp_path):
     rig.generator._condense = lambda user: "Which server does the VPN client on a Mac connect to?"
     ans = rig.service.answer("Which server does it connect to?", user=BOB, history=history)
     assert "Mac" in ans.standalone_question and "nothing about" not in ans.text
+
+
+def test_a_doubled_letter_typed_once_is_restored_before_a_shorter_word(tmp_path):
+    rig = make_rig(tmp_path, [doc("pto", "You can carry over up to 6 days of unused PTO. Car rentals need approval. "
+                                         "A car is a car. Cars are booked in Concur.")])
+    assert rig.service.answer("how many unused PTO days can I cary over?", user=BOB).showing_for == \
+        "how many unused PTO days can I carry over?"
