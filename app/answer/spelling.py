@@ -11,6 +11,8 @@ within the allowed distance (1 edit, 2 for words of 8+ letters)
 'cary' -> 'carry', not 'car'). The corrected question is what
 retrieval, the checks and the prompt get, and the page says "Showing results for …".
 
+A real word is never corrected (the embedder's word list says which are: 'worms' stays
+'worms' in a question about a duck's food, so the subject check still sees it missing).
 Fails closed: a correction is only ever a word found in a chunk the asker may read (the
 surface form comes from such a chunk), so a correction never reveals a hidden document's
 words. Names, codes and short words are left alone: a capitalised word inside a sentence ('the TTS Gold
@@ -56,10 +58,15 @@ class SpellChecker:
     chunks the principals may read, with counts (empty when they may read none)."""
 
     def __init__(self, vocabulary: Callable[[], dict[str, int]], stems: Callable[[Sequence[str]], list[str]],
-                 surface: Callable[[str, frozenset[str]], dict[str, int]]):
+                 surface: Callable[[str, frozenset[str]], dict[str, int]],
+                 dictionary: Callable[[str], bool] | None = None):
         self.vocabulary = vocabulary
         self.stems = stems
         self.surface = surface
+        #: a word of the language (the embedder's own word list): never a typo, even when the
+        #: knowledge base lacks it ('worms' asked of a document about ducks' food is the subject
+        #: the checks must see missing, not 'norms')
+        self.dictionary = dictionary
 
     def correct(self, question: str, principals: frozenset[str]) -> Spelling:
         try:
@@ -75,6 +82,8 @@ class SpellChecker:
         # first word of a sentence may be capitalised and corrected ('Howw' -> 'How')
         matches = [m for m in _WORD.finditer(question) if len(m.group(0)) >= MIN_LETTERS
                    and (m.group(0).islower() or _starts_sentence(question, m.start()) and not m.group(0).isupper())]
+        if self.dictionary is not None:
+            matches = [m for m in matches if not self.dictionary(m.group(0).lower())]
         if not matches:
             return Spelling(question)
         vocab = self.vocabulary()

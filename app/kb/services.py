@@ -111,10 +111,20 @@ class Services:
                 term_count=lambda word, principals: index.store.term_chunk_count(word, principals),
                 chunk_total=lambda principals: index.store.readable_chunk_count(principals),
                 speller=SpellChecker(lambda: index.store.vocabulary(), porter_stems,
-                                     lambda term, principals: index.store.surface_forms(term, principals)),
+                                     lambda term, principals: index.store.surface_forms(term, principals),
+                                     dictionary=self._dictionary()),
             )
 
         return self._once("answer_service", build)
+
+    def _dictionary(self):
+        """'is this a word of the language?' from the embedder's own tokenizer (whole-word
+        entries of its vocabulary); None for an embedder without one."""
+        tok = getattr(self.embedder, "tokenizer", None)
+        if tok is None or not hasattr(tok, "get_vocab"):
+            return None
+        words = frozenset(w for w in tok.get_vocab() if w.isalpha() and len(w) >= 3)
+        return words.__contains__
 
     @property
     def index_admin(self):

@@ -553,3 +553,17 @@ def test_a_doubled_letter_typed_once_is_restored_before_a_shorter_word(tmp_path)
                                          "A car is a car. Cars are booked in Concur.")])
     assert rig.service.answer("how many unused PTO days can I cary over?", user=BOB).showing_for == \
         "how many unused PTO days can I carry over?"
+
+
+def test_a_real_word_is_never_corrected_into_another(tmp_path):
+    """'worms' is in no chunk and one edit from 'norms', which is: a word of the language is the
+    subject of the question, not a typo (the near-miss question must stay near-miss)."""
+    from kb_chatbot.app.answer.spelling import SpellChecker
+    from kb_chatbot.index.store import porter_stems
+
+    rig = make_rig(tmp_path, [doc("duck", "Leaves have 50 calories per portion. Team norms are on the wiki.")])
+    store = rig.index.store
+    speller = SpellChecker(store.vocabulary, porter_stems, store.surface_forms,
+                           dictionary={"worms", "calories", "portion"}.__contains__)
+    assert speller.correct("How many calories do worms have?", BOB.principals()).fixes == ()
+    assert speller.correct("Where are the team normss?", BOB.principals()).text == "Where are the team norms?"
