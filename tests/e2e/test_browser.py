@@ -193,6 +193,13 @@ def test_member_sees_private_source_non_member_sees_nothing(server, browser):
     popup.wait_for_load_state()
     assert popup.url == href
     popup.close()
+    # rendered, not raw: no markdown syntax or HTML tags as text, cards numbered from 1 in the
+    # order the answer cites them, and an abstention box that speaks to the reader
+    shown = last.inner_text()
+    assert "**" not in shown and "<b>" not in shown and "```" not in shown, shown
+    nums = [n.inner_text() for n in last.locator(".kb-sources .kb-num").all()]
+    assert not nums or nums[0] == "1", nums
+    assert "Double-checked" not in shown and "draft" not in shown.lower()
     # the answer itself only loosely: the 135M model may garble it or abstain (then the
     # distinct "not covered" card lists the closest sources, as checked above)
     answer_text = last.locator(".kb-answer-text, .kb-abstain").first.inner_text()
