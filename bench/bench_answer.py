@@ -8,9 +8,9 @@ over the trust dev set's corpus (the 18F handbook and the Drive files in ../shar
 once by ``kb eval`` into ``data/runtime/eval-dev``; indexed here if missing), asking questions
 of ``eval/devsets/handbook.jsonl`` spread over answerable and near-miss ones:
 
-- ``before``: the checks this round found: no spelling correction (``answer.spelling: false``)
-  and no answers-the-question check (``answer.answers_check: false``);
-- ``now``: ``kb.yaml`` now: both on (one more yes/no over the cached prompt per answer).
+- ``before``: no spelling correction and no answers-the-question check;
+- ``now``: both on (the spelling pass, and one more yes/no over the cached prompt per answer:
+  the cost of the check if ``answer.answers_check`` is switched on; ``kb.yaml`` ships it off).
 
 Both use the same threads (``auto``), embedder dtype and context budget; the answer cache is
 off in both (every question is new to it anyway).
