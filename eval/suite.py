@@ -187,7 +187,7 @@ def plot(suite: dict[str, Any], path: Path) -> Path | None:
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("share of questions (of answerable ones for right / false abstention)")
+    ax.set_ylabel("share (right, false abstention:\nof answerable questions)", fontsize=8)
     ax.legend(fontsize=8)
     ax.set_title("Answers per third-party set (clean and typo copies)")
     fig.tight_layout()
