@@ -32,8 +32,10 @@ How a UI consumes :meth:`KnowledgeAnswerService.stream`:
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import replace
@@ -105,6 +107,7 @@ class KnowledgeAnswerService:
         #: answers by (question, principals, sources' text): a repeated question costs a search
         self._cache: OrderedDict[tuple, Answer] = OrderedDict()
         self._cache_ids: dict[str, tuple] = {}  # answer id -> cache key (for forget)
+        self._cache_lock = threading.Lock()
         self.subject = SubjectCheck(term_count, chunk_total, enabled=settings.answer.subject_check)
         #: the generate-pause-check loop; the local model checks every draft
         self.writer = CheckedWriter(settings, generator, embedder, self.confidence, self.subject)
@@ -134,13 +137,16 @@ class KnowledgeAnswerService:
         answer = replace(answer, timings={k: round(v, 4) for k, v in run.timings.items()}, showing_for=run.showing_for)
         answer = self._record(answer, user)
         if run.cache_key is not None and answer.answer_id:
-            self._cache_ids[answer.answer_id] = run.cache_key
+            with self._cache_lock:
+                self._cache_ids[answer.answer_id] = run.cache_key
         yield AnswerEvent("answer", answer=answer)
 
     def forget(self, answer_id: str) -> None:
         """Drop the cached answer behind ``answer_id`` (feedback said it is wrong)."""
-        key = self._cache_ids.pop(answer_id, None)
-        if key is not None and self._cache.pop(key, None) is not None:
+        with self._cache_lock:
+            key = self._cache_ids.pop(answer_id, None)
+            dropped = key is not None and self._cache.pop(key, None) is not None
+        if dropped:
             log.info("answer_cache forgot answer_id=%s", answer_id)
 
     # --- steps -------------------------------------------------------------------------
@@ -191,19 +197,22 @@ class KnowledgeAnswerService:
         yield AnswerEvent("sources", sources=source_citations(context, standalone))
         run.timings.setdefault("sources", time.perf_counter() - run.t0)
         key = run.cache_key = self._cache_key(standalone, run.user, context)
-        cached = self._cache.get(key) if key is not None else None
+        with self._cache_lock:  # the page answers several users from threads
+            cached = self._cache.get(key) if key is not None else None
+            if cached is not None:
+                self._cache.move_to_end(key)
         if cached is not None:  # the same question over the same readable sources: at once
-            self._cache.move_to_end(key)
             log.info("answer route=%s cached=1", cached.route)
             return replace(cached, question=run.question, scores={**cached.scores, "cached": 1.0})
         answer = yield from self._write(run, standalone, hits, context)
         if key is not None and answer.route in ("answered", "corrected", "escalated", "abstained"):
-            self._cache[key] = answer
-            while len(self._cache) > cfg.answer.cache_size:
-                self._cache.popitem(last=False)
-            if len(self._cache_ids) > 8 * cfg.answer.cache_size:  # ids of evicted answers
-                live = set(self._cache)
-                self._cache_ids = {i: k for i, k in self._cache_ids.items() if k in live}
+            with self._cache_lock:
+                self._cache[key] = answer
+                while len(self._cache) > cfg.answer.cache_size:
+                    self._cache.popitem(last=False)
+                if len(self._cache_ids) > 8 * cfg.answer.cache_size:  # ids of evicted answers
+                    live = set(self._cache)
+                    self._cache_ids = {i: k for i, k in self._cache_ids.items() if k in live}
         return answer
 
     def _cache_key(self, standalone: str, user: Principal, context: Sequence[Hit]) -> tuple | None:
@@ -212,8 +221,6 @@ class KnowledgeAnswerService:
         changed document or a re-ranked context is a new key."""
         if self.settings.answer.cache_size <= 0:
             return None
-        import hashlib
-
         texts = hashlib.sha256("\x00".join(f"{h.chunk.id}\x01{h.prompt_text}" for h in context).encode()).hexdigest()
         return (" ".join(standalone.lower().split()), user.principals(), texts, getattr(self.generator, "model_id", ""))
 
