@@ -1,13 +1,18 @@
 """Subject: an answer whose cited sources never mention a word of the question that is rare in
-the knowledge base answers another question ("juice" answered from a memo about water).
+the knowledge base, or rare in English, answers another question ("juice" answered from a memo
+about water; "care-management" answered from a page about another programme).
 
-Rarity is counted over the chunks the asker may read, never all chunks: whether a hidden
-document uses a word must not change what the asker sees.
+Rarity in the knowledge base is counted over the chunks the asker may read, never all chunks:
+whether a hidden document uses a word must not change what the asker sees. It says nothing in a
+small knowledge base (every word is in few chunks), so there only rarity in English counts
+(``wordfreq``'s Zipf frequency, shipped with the package: no download).
 """
 from __future__ import annotations
 
 import logging
 import re
+import unicodedata
+from functools import lru_cache
 from typing import Callable, Sequence
 
 from kb_chatbot.core.text import FILLER_WORDS
@@ -19,15 +24,37 @@ log = logging.getLogger(__name__)
 #: chunks contains it (and at most :data:`SPECIFIC_MIN` chunks whatever the size).
 SPECIFIC_SHARE = 0.005
 SPECIFIC_MIN = 2
-#: Below this many chunks rarity says nothing (in a 50-page wiki "regarding" is in no chunk):
-#: the subject check is off.
+#: Below this many chunks rarity in the knowledge base says nothing (in a 50-page wiki
+#: "regarding" is in no chunk): only rarity in English counts.
 SUBJECT_CHECK_MIN_CHUNKS = 300
+#: A question word rarer in English than this Zipf frequency (about 3 per million words:
+#: "principality" 2.8, "prerequisites" 3.1; "invade" 3.6, "eligible" 4.1 are not) is specific
+#: to what is asked, in a knowledge base of any size. Chosen on the third-party suite's shown
+#: answers (handbook, ARAGOG, SQuAD: 3.5 flags no right answer there, 4.0 flagged "invade").
+RARE_IN_ENGLISH_ZIPF = 3.5
 _WORD = re.compile(r"[a-z][a-z0-9'-]+")
 
 
+def _fold(text: str) -> str:
+    """Accents dropped ("Jumièges" is "Jumieges": people type names without them)."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
 def _words(text: str) -> list[str]:
-    """Lower-case words, a possessive's "'s" dropped ("memo's" is "memo")."""
-    return [re.sub(r"'s?$", "", w) for w in _WORD.findall(text.lower().replace("\u2019", "'"))]
+    """Lower-case words, accents and a possessive's "'s" dropped ("memo's" is "memo")."""
+    return [re.sub(r"'s?$", "", w) for w in _WORD.findall(_fold(text.lower().replace("\u2019", "'")))]
+
+
+@lru_cache(maxsize=65536)
+def rare_in_english(word: str) -> bool:
+    """True for a word rarer in English than :data:`RARE_IN_ENGLISH_ZIPF`, for a word wordfreq
+    does not know (names, codes) and for a hyphenated compound (wordfreq scores
+    "care-management" by its common parts)."""
+    from wordfreq import zipf_frequency
+
+    if "-" in word.strip("-"):  # a compound ("care-management") names one thing: specific
+        return True
+    return zipf_frequency(word, "en") < RARE_IN_ENGLISH_ZIPF
 
 
 def _stem(word: str) -> str:
@@ -43,31 +70,47 @@ def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_ch
     An answer whose sources never mention a word that is rare in the whole knowledge base
     ("juice" in "How many bottles of juice were delivered?" answered from a memo about bottles of
     water; "headquarters" answered from the San Francisco office page) answers another question.
-    Ordinary words ("long", "often", "needed") are in many chunks and never count; names and
-    numbers are the premise check's and the fact check's. ``chunk_count(word)`` is the number
-    of chunks containing the word (:meth:`kb_chatbot.index.store.Store.term_chunk_count`).
+    A word rare in English ("principality", "telework") counts in a knowledge base of any size.
+    Ordinary words ("long", "often", "needed") are in many chunks and common in English, and
+    never count; names and numbers are also the premise check's and the fact check's. A typo
+    of a stop word ("Howw") is not a subject. ``chunk_count(word)`` is the number of chunks
+    containing the word (:meth:`kb_chatbot.index.store.Store.term_chunk_count`); it is asked
+    only in a knowledge base of :data:`SUBJECT_CHECK_MIN_CHUNKS` chunks or more.
     """
-    if not cited or total_chunks < SUBJECT_CHECK_MIN_CHUNKS:
+    if not cited:
         return []
+    by_count = total_chunks >= SUBJECT_CHECK_MIN_CHUNKS
     limit = max(SPECIFIC_MIN, int(SPECIFIC_SHARE * max(total_chunks, 0)))
     text = " ".join(f"{h.doc_title} {h.prompt_text}" for h in cited)
     have = {_stem(w) for w in _words(text)}
     out: list[str] = []
     for word in dict.fromkeys(_words(question)):
-        if word in FILLER_WORDS or len(word) < 4:
+        if word in FILLER_WORDS or len(word) < 4 or _near(word, FILLER_WORDS):
             continue
-        st = _stem(word)
-        if st in have or (len(st) >= 6 and any(t.startswith(st[:6]) for t in have)) or _near(st, have):
+        if _held(word, have):
             continue
-        if chunk_count(word) <= limit:
+        if rare_in_english(word) or (by_count and chunk_count(word) <= limit):
             out.append(word)
     return out
 
 
+def _held(word: str, have: set[str]) -> bool:
+    """The sources hold ``word``: as is, in another form, with a typo, or (a compound such as
+    "care-management" / "Wi-Fi") written apart or together."""
+    st = _stem(word)
+    if st in have or (len(st) >= 6 and any(t.startswith(st[:6]) for t in have)) or _near(st, have):
+        return True
+    parts = [p for p in word.split("-") if p]
+    if len(parts) > 1:
+        return _stem("".join(parts)) in have or all(len(p) < 3 or _held(p, have) for p in parts)
+    return False
+
+
 def _near(stem: str, have: set[str]) -> bool:
-    """A word form or a typo of a word the sources hold: one edit away for words of 5+
-    letters, two for 9+ ('prerequisite' / 'prerequisites', 'servise' / 'service')."""
-    if len(stem) < 5:
+    """A word form or a typo of a word the sources hold: one edit away for words of 4+
+    letters, two for 9+ ('prerequisite' / 'prerequisites', 'servise' / 'service', 'leav' /
+    'leave')."""
+    if len(stem) < 4:
         return False
     from rapidfuzz import distance, process
 
