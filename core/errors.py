@@ -32,3 +32,7 @@ class IndexError_(KBError):
 
 class GeneratorError(KBError):
     """The language-model backend failed or is unreachable."""
+
+
+class EmbeddingError(KBError):
+    """The embedding backend failed or is unreachable (an OpenAI-compatible embedding server)."""

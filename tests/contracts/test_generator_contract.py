@@ -14,7 +14,7 @@ QUESTION = [Message("system", "You are a helpful assistant. Answer in one short 
 CHECK = [Message("system", "You check facts. Reply with one word: yes or no."),
          Message("user", "<source>\nParis is the capital of France.\n</source>\nClaim: TRUE Paris is the capital.\n"
                          "Does the source state this claim? Answer yes or no.")]
-BACKENDS = ["fake", "openai", "llamacpp", "transformers"]
+BACKENDS = ["fake", "openai", "openai-llamacpp-server", "llamacpp", "transformers"]
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,7 @@ def _smol_llama():
 
 @pytest.fixture(params=[
     "fake", "openai",
+    pytest.param("openai-llamacpp-server", marks=pytest.mark.slow),
     pytest.param("llamacpp", marks=pytest.mark.slow),
     pytest.param("transformers", marks=pytest.mark.slow),
 ])
@@ -50,6 +51,10 @@ def gen(request, openai_server):
         from kb_chatbot.app.generators.openai_compat import OpenAIGenerator
 
         return OpenAIGenerator(openai_server.url, "big-model", timeout=5)
+    if request.param == "openai-llamacpp-server":  # a real OpenAI-compatible server, not our stub
+        from kb_chatbot.app.generators.openai_compat import OpenAIGenerator
+
+        return OpenAIGenerator(request.getfixturevalue("llamacpp_server").url, "answer", timeout=60)
     return request.getfixturevalue("_smol_llama" if request.param == "llamacpp" else "_smol_hf")
 
 

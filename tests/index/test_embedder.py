@@ -208,3 +208,33 @@ def test_dtype_auto_is_bf16_only_where_the_cpu_computes_it_natively():
     assert resolve_dtype("auto", frozenset()) == "fp32"  # unknown CPU: the safe choice
     assert resolve_dtype("bf16", avx2_only) == "bf16"  # an explicit choice is kept
     assert EmbeddingConfig().dtype == "auto"
+
+
+@pytest.mark.slow
+def test_openai_embedder_against_a_real_server(llamacpp_server):
+    from kb_chatbot.core.errors import EmbeddingError
+    from kb_chatbot.core.settings import EmbeddingConfig, OpenAIEndpoint
+    from kb_chatbot.index.embedder import OpenAIEmbedder, load_embedder
+
+    cfg = EmbeddingConfig(backend="openai", openai=OpenAIEndpoint(base_url=llamacpp_server.url, model="embed"),
+                          batch_size=3)
+    emb = load_embedder(cfg)
+    assert isinstance(emb, OpenAIEmbedder) and emb.model_id == "openai:embed" and "key" not in repr(emb)
+    texts = ["Employees get 25 vacation days.", "Robots charge in bay 4.", "Parking is on level -2.",
+             "Employees get 25 vacation days.", "Badges open the lab."]
+    v = emb.embed_documents(texts)  # two requests of 3 and 2
+    assert v.shape == (5, emb.dim) == (5, 576) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(v[0], v[3], atol=1e-5) and not np.allclose(v[0], v[1], atol=1e-3)
+    assert np.allclose(emb.embed_query(texts[1]), v[1], atol=1e-5)
+    assert emb.embed_documents([]).shape == (0, 576)
+    chat_only = OpenAIEmbedder(OpenAIEndpoint(base_url=llamacpp_server.url, model="answer"))
+    with pytest.raises(EmbeddingError, match=r"model 'answer'.*refused the request \(HTTP 500\)"):
+        chat_only.embed_documents(["x"])
+
+
+def test_openai_embedding_backend_needs_an_endpoint():
+    from kb_chatbot.core.settings import EmbeddingConfig
+
+    with pytest.raises(ValueError, match="embedding.openai.base_url"):
+        EmbeddingConfig(backend="openai")

@@ -567,3 +567,24 @@ def test_a_real_word_is_never_corrected_into_another(tmp_path):
                            dictionary={"worms", "calories", "portion"}.__contains__)
     assert speller.correct("How many calories do worms have?", BOB.principals()).fixes == ()
     assert speller.correct("Where are the team normss?", BOB.principals()).text == "Where are the team norms?"
+
+
+@pytest.mark.slow
+def test_still_low_escalates_to_a_real_openai_compatible_server(tmp_path, llamacpp_server):
+    """The escalation model behind llama-cpp-python's own server (not our stub): the question,
+    the sources and the streamed reply go through it, and the answer names its model."""
+    from kb_chatbot.app.generators.openai_compat import OpenAIGenerator
+
+    before = llamacpp_server.requests("/v1/chat/completions")
+    big = OpenAIGenerator(llamacpp_server.url, "escalate", timeout=120)
+    rig = make_rig(tmp_path, DOCS, generator=FakeGenerator(["No idea.", "Still no idea."]), escalation=big)
+    events, ans = collect(rig.service, "How many vacation days do employees get?", BOB)
+    assert STATUS_ESCALATING in [e.text for e in events if e.kind == "status"]
+    assert llamacpp_server.requests("/v1/chat/completions") > before
+    # the 135M model may or may not write a checked answer; either way it is escalated, and
+    # nothing unchecked is shown
+    assert ans.escalated and ans.route in ("escalated", "abstained")
+    if ans.route == "escalated":
+        assert ans.model_id == "escalate" and ans.citations
+    else:
+        assert ans.text.startswith(ABSTAIN_TEXT)
