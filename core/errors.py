@@ -36,3 +36,11 @@ class GeneratorError(KBError):
 
 class EmbeddingError(KBError):
     """The embedding backend failed or is unreachable (an OpenAI-compatible embedding server)."""
+
+
+class IngestBusy(KBError):
+    """Another ingest holds the ingest lock (a lock file, or a Postgres advisory lock)."""
+
+    def __init__(self, message: str, pid: int | None = None):
+        super().__init__(message)
+        self.pid = pid

@@ -169,6 +169,22 @@ class IndexConfig(_Section):
     ivf_nprobe: int = Field(default=16, ge=1)
 
 
+class StoreConfig(_Section):
+    #: "sqlite": SQLite + FAISS files under data_dir (one machine). "postgres": documents,
+    #: chunks, ACL rows, vectors (pgvector) and the generation pointer in one PostgreSQL
+    #: database that several app nodes share (docs/SCALE.md).
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    #: postgresql://user@host:5432/db (put a password in KB_STORE__URL or ~/.pgpass, not here).
+    url: str | None = Field(default=None, repr=False)
+
+    @model_validator(mode="after")
+    def _postgres_needs_url(self) -> "StoreConfig":
+        if self.backend == "postgres" and not self.url:
+            raise ValueError("store.backend 'postgres' needs store.url (postgresql://user@host:5432/db; "
+                             "a password in KB_STORE__URL or ~/.pgpass)")
+        return self
+
+
 class RetrievalConfig(_Section):
     top_k: int = Field(default=5, ge=1, le=20)
     #: Candidates taken from each of dense and BM25 before fusion.
@@ -330,6 +346,7 @@ class Settings(BaseSettings):
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     answer: AnswerConfig = Field(default_factory=AnswerConfig)

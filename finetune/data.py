@@ -286,11 +286,11 @@ class DatasetBuilder:
 
         log_ = self.answer_log
         if log_ is None:
-            if not self.settings.app_db.is_file():
+            if self.settings.store.backend == "sqlite" and not self.settings.app_db.is_file():
                 return []
-            from kb_chatbot.app.answer.log import AnswerLog
+            from kb_chatbot.app.answer.log import open_answer_log
 
-            log_ = AnswerLog(self.settings.app_db)
+            log_ = open_answer_log(self.settings)
         rows = []
         for fb in log_.feedback():
             if fb["rating"] == 1:

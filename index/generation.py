@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from kb_chatbot.core.errors import IndexError_, KBError
+from kb_chatbot.core.errors import IndexError_, IngestBusy as _IngestBusy
 from kb_chatbot.core.settings import IndexConfig, Settings
 from kb_chatbot.index.store import Store
 from kb_chatbot.index.vectors import FaissIndex
@@ -44,13 +44,12 @@ CURRENT_NAME = "CURRENT"
 LOCK_WAIT_S = 5.0
 
 
-class IngestBusyError(KBError):
-    """Another ingest holds the lock."""
+class IngestBusyError(_IngestBusy):
+    """Another ingest holds the lock file."""
 
     def __init__(self, pid: int | None, lock_path: Path):
         who = f"pid {pid}" if pid else "pid unknown"
-        super().__init__(f"another ingest is running ({who}); lock file {lock_path}. Try again when it finishes.")
-        self.pid = pid
+        super().__init__(f"another ingest is running ({who}); lock file {lock_path}. Try again when it finishes.", pid)
 
 
 # --- small file helpers -----------------------------------------------------------------
@@ -80,10 +79,17 @@ def write_atomic(path: Path, text: str) -> None:
 
 @contextmanager
 def ingest_lock(settings: Settings, timeout: float = LOCK_WAIT_S) -> Iterator[None]:
-    """Hold ``data_dir/ingest.lock`` (an OS file lock, freed by the kernel if we die).
+    """Hold ``data_dir/ingest.lock`` (an OS file lock, freed by the kernel if we die); with
+    ``store.backend: postgres`` a Postgres advisory lock instead (one ingest across machines).
 
-    Raises :class:`IngestBusyError` naming the holder's pid after ``timeout`` seconds.
+    Raises :class:`IngestBusyError` naming the holder after ``timeout`` seconds.
     """
+    if settings.store.backend == "postgres":
+        from kb_chatbot.index.pg import advisory_lock
+
+        with advisory_lock(settings.store.url, timeout):
+            yield
+        return
     from filelock import FileLock, Timeout
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -288,6 +294,10 @@ class GenerationWriter:
         self.changed = True
         return self._vectors  # type: ignore[return-value]
 
+    def new_vectors(self) -> FaissIndex:
+        """An empty vector index of this writer's dimension (to re-embed every chunk into)."""
+        return FaissIndex(self.dim, self.settings.index)
+
     def replace_vectors(self, vectors: FaissIndex) -> None:
         """Use a rebuilt vector index (e.g. after the embedder changed)."""
         if self._store is None:
@@ -354,6 +364,13 @@ class IndexSnapshot:
     manifest: dict[str, Any]
     _allowed: dict[frozenset[str], np.ndarray | None] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def dense(self, qvec: np.ndarray, principals: frozenset[str], k: int) -> list[tuple[int, float]]:
+        """(row id, cosine) of the ``k`` nearest chunks ``principals`` may read, best first."""
+        if not self.vectors.ntotal:
+            return []
+        scores, ids = self.vectors.search(qvec, k, allowed_ids=self.allowed_ids(principals))
+        return [(int(i), float(s)) for i, s in zip(ids, scores)]
 
     def allowed_ids(self, principals: frozenset[str]) -> np.ndarray | None:
         """Row ids readable by ``principals`` for the FAISS selector; None when all are."""
@@ -463,4 +480,41 @@ class IndexReader:
 def open_index(settings: Settings, *, missing_ok: bool = False) -> IndexReader:
     """Open the published index read-only. Raises IndexError_ if there is none (unless
     ``missing_ok``: then it is empty until the first ingest publishes)."""
+    if settings.store.backend == "postgres":
+        from kb_chatbot.index.pg import PgIndexReader
+
+        return PgIndexReader(settings, missing_ok=missing_ok)  # type: ignore[return-value]
     return IndexReader(settings, missing_ok=missing_ok)
+
+
+def generations_for(settings: Settings) -> Generations:
+    """The generations of the configured store: folders under data_dir, or Postgres schemas."""
+    if settings.store.backend == "postgres":
+        from kb_chatbot.index.pg import PgGenerations
+
+        return PgGenerations(settings.store.url)  # type: ignore[return-value]
+    return Generations(settings.index_dir)
+
+
+def make_writer(settings: Settings, *, model_id: str, dim: int,
+                on_stage: Callable[[str], None] | None = None) -> GenerationWriter:
+    """The next generation's writer for the configured store."""
+    if settings.store.backend == "postgres":
+        from kb_chatbot.index.pg import PgGenerationWriter
+
+        return PgGenerationWriter(settings, model_id=model_id, dim=dim, on_stage=on_stage)  # type: ignore[return-value]
+    return GenerationWriter(settings, model_id=model_id, dim=dim, on_stage=on_stage)
+
+
+def published_store(settings: Settings) -> tuple[str | None, dict[str, Any], Any]:
+    """(current generation, its manifest, its store opened read-only) or (None, {}, None)."""
+    gens = generations_for(settings)
+    current = gens.current()
+    if not current:
+        return None, {}, None
+    manifest = gens.manifest(current)
+    if settings.store.backend == "postgres":
+        from kb_chatbot.index.pg import PgStore, connect, schema_of
+
+        return current, manifest, PgStore(connect(settings.store.url), schema_of(current), readonly=True)
+    return current, manifest, Store.open_readonly(gens.path(current) / DB_NAME)

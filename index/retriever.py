@@ -57,11 +57,7 @@ class HybridRetriever:
     # --- the two searches ---------------------------------------------------------------
 
     def _dense(self, snap: IndexSnapshot, qvec: np.ndarray, principals: frozenset[str], k: int) -> list[tuple[int, float]]:
-        if not snap.vectors.ntotal:
-            return []
-        allowed = snap.allowed_ids(principals)
-        scores, ids = snap.vectors.search(qvec, k, allowed_ids=allowed)
-        return [(int(i), float(s)) for i, s in zip(ids, scores)]
+        return snap.dense(qvec, principals, k)  # the ACL filter inside the search
 
     def _bm25(self, snap: IndexSnapshot, fq: str, principals: frozenset[str], k: int) -> list[tuple[int, float]]:
         return snap.store.bm25_search(fq, principals, k) if fq else []

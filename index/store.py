@@ -135,6 +135,21 @@ def porter_stems(words: Sequence[str]) -> list[str]:
     return out
 
 
+def titles_named_in(text: str, titles: Sequence[tuple[str, str]]) -> list[str]:
+    """The doc ids of ``titles`` ((doc id, title) pairs) whose title is written in ``text``: a
+    file name with or without its extension, or a title of two or more words; whole words,
+    case aside."""
+    low = " ".join(text.lower().split())
+    found = []
+    for doc_id, title in titles:
+        name = " ".join(title.lower().split())
+        stem = name.rsplit(".", 1)[0] if re.search(r"\.[a-z0-9]{2,5}$", name) else None
+        forms = [f for f in (name, stem) if f and len(f) >= 5 and (" " in f or f != stem and "." in f)]
+        if any(re.search(r"(?<!\w)" + re.escape(f) + r"(?!\w)", low) for f in forms):
+            found.append(doc_id)
+    return found
+
+
 def _placeholders(n: int) -> str:
     return ",".join("?" * n)
 
@@ -523,14 +538,7 @@ class Store:
         if getattr(self, "_titles", None) is None:
             with self._lock:
                 self._titles = [(d, t) for d, t in self.conn.execute("SELECT doc_id, title FROM documents")]
-        low = " ".join(text.lower().split())
-        found = []
-        for doc_id, title in self._titles:
-            name = " ".join(title.lower().split())
-            stem = name.rsplit(".", 1)[0] if re.search(r"\.[a-z0-9]{2,5}$", name) else None
-            forms = [f for f in (name, stem) if f and len(f) >= 5 and (" " in f or f != stem and "." in f)]
-            if any(re.search(r"(?<!\w)" + re.escape(f) + r"(?!\w)", low) for f in forms):
-                found.append(doc_id)
+        found = titles_named_in(text, self._titles)
         if not found:
             return []
         ps = sorted(set(principals))

@@ -2,7 +2,9 @@
 
 Each run is written to ``settings.reports_dir/ingest-<UTC timestamp>.json`` and recorded in
 the ``ingest_runs`` table of ``settings.app_db`` (it survives index generations and is what
-``kb status`` reads for the last run and its failures).
+``kb status`` reads for the last run and its failures), or of the shared Postgres database
+(``kb.ingest_runs``) with ``store.backend: postgres``, so every app node shows the last run
+whichever node or machine ran it.
 """
 from __future__ import annotations
 
@@ -149,21 +151,49 @@ def _runs_db(settings: Settings) -> sqlite3.Connection:
     return conn
 
 
+_PG_RUNS_SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS kb;
+CREATE TABLE IF NOT EXISTS kb.ingest_runs (
+    id bigserial PRIMARY KEY, started_at text NOT NULL, finished_at text NOT NULL,
+    ok int NOT NULL, generation text, report_path text, report text NOT NULL
+);
+"""
+
+
+def _pg_runs(settings: Settings):
+    import psycopg
+
+    conn = psycopg.connect(settings.store.url, autocommit=True)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(7240118)")  # two nodes creating it at once
+        conn.execute(_PG_RUNS_SCHEMA)
+    return conn
+
+
 def record_run(settings: Settings, report: IngestReport) -> None:
+    row = (report.started_at.isoformat(), (report.finished_at or utc_now()).isoformat(), int(report.ok),
+           report.generation, report.report_path, json.dumps(report.to_dict(), ensure_ascii=False))
+    if settings.store.backend == "postgres":
+        with _pg_runs(settings) as pg:
+            pg.execute("INSERT INTO kb.ingest_runs(started_at, finished_at, ok, generation, report_path, report) "
+                       "VALUES (%s,%s,%s,%s,%s,%s)", row)
+        return
     conn = _runs_db(settings)
     try:
         with conn:
             conn.execute(
                 "INSERT INTO ingest_runs(started_at, finished_at, ok, generation, report_path, report) VALUES (?,?,?,?,?,?)",
-                (report.started_at.isoformat(), (report.finished_at or utc_now()).isoformat(), int(report.ok),
-                 report.generation, report.report_path, json.dumps(report.to_dict(), ensure_ascii=False)),
-            )
+                row)
     finally:
         conn.close()
 
 
 def recent_runs(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
     """The last ``limit`` ingest reports (as dicts), newest first; [] before the first run."""
+    if settings.store.backend == "postgres":
+        with _pg_runs(settings) as pg:
+            rows = pg.execute("SELECT report FROM kb.ingest_runs ORDER BY id DESC LIMIT %s", (limit,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
     if not settings.app_db.is_file():
         return []
     conn = _runs_db(settings)
@@ -182,15 +212,11 @@ def status_info(settings: Settings, reader: Principal | None = None) -> dict[str
     indexed document's, or the one the failure carries) admits ``reader``; the others are
     counted per source as hidden (``kb status`` on the server shows all of them).
     """
-    from kb_chatbot.index.generation import DB_NAME, Generations
-    from kb_chatbot.index.store import Store
+    from kb_chatbot.index.generation import published_store
 
-    gens = Generations(settings.index_dir)
-    current = gens.current()
-    manifest: dict[str, Any] = gens.manifest(current) if current else {}
+    current, manifest, store = published_store(settings)
     stats = []
     acl_of = None
-    store = Store.open_readonly(gens.path(current) / DB_NAME) if current else None
     try:
         if store is not None:
             stats = store.source_stats()

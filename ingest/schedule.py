@@ -94,7 +94,7 @@ def run_reindex_once(settings: Settings, *, lock_timeout: float = 0.0, progress:
     """One scheduled reindex of every enabled source. Returns the IngestReport, or None when
     it was skipped (another ingest holds the lock) or failed; never raises (the scheduler
     must survive a bad night)."""
-    from kb_chatbot.index.generation import IngestBusyError
+    from kb_chatbot.core.errors import IngestBusy
     from kb_chatbot.ingest.sync import sync_sources
 
     sources = [s for s in settings.sources if s.enabled]
@@ -104,7 +104,7 @@ def run_reindex_once(settings: Settings, *, lock_timeout: float = 0.0, progress:
     log.info("scheduled reindex starting sources=%s", ",".join(s.name for s in sources))
     try:
         report = sync_sources(settings, sources, progress=progress, lock_timeout=lock_timeout)
-    except IngestBusyError as e:
+    except IngestBusy as e:
         log.warning("scheduled reindex skipped reason=%s", e)
         return None
     except KBError as e:

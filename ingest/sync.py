@@ -26,9 +26,8 @@ from kb_chatbot.core.protocols import Connector, Embedder
 from kb_chatbot.core.settings import Settings, SourceConfig
 from kb_chatbot.core.types import Chunk, Document, IngestFailure
 from kb_chatbot.index.cache import EmbeddingCache
-from kb_chatbot.index.generation import GenerationWriter, Generations, ingest_lock
+from kb_chatbot.index.generation import GenerationWriter, generations_for, ingest_lock, make_writer
 from kb_chatbot.index.store import text_sha
-from kb_chatbot.index.vectors import FaissIndex
 from kb_chatbot.ingest.report import IngestReport, SourceReport, utc_now
 
 log = logging.getLogger(__name__)
@@ -289,7 +288,7 @@ def _prune(src: SourceConfig, rep: SourceReport, stored: dict[str, str], seen: s
 def _reembed_all(writer: GenerationWriter, sink: _Sink, settings: Settings, report: IngestReport) -> None:
     """The embedder changed: every stored chunk gets a vector from the new one."""
     store = writer.store
-    fresh = FaissIndex(sink.embedder.dim, settings.index)
+    fresh = writer.new_vectors()
     n = 0
     for rows in store.chunk_texts(batch=EMBED_BATCH * 4):
         ids = [r[0] for r in rows]
@@ -310,7 +309,7 @@ def sync_sources(settings: Settings, sources: Sequence[SourceConfig], *, progres
     """Sync ``sources`` into a new index generation and publish it atomically.
 
     Holds ``data_dir/ingest.lock`` for the whole run: if another ingest holds it, waits
-    ``lock_timeout`` s (default ``kb_chatbot.index.generation.LOCK_WAIT_S``), then raises IngestBusyError.
+    ``lock_timeout`` s (default ``kb_chatbot.index.generation.LOCK_WAIT_S``), then raises IngestBusy.
     When nothing changed, nothing is published. The report is saved as JSON under ``reports_dir`` and recorded in ``app_db``.
     ``progress`` is told of every document read (see :data:`ProgressFn`). ``on_stage(name)``
     is called at "embedding" (after each embedded batch was cached), "faiss_written" and
@@ -325,13 +324,13 @@ def sync_sources(settings: Settings, sources: Sequence[SourceConfig], *, progres
 
     report = IngestReport()
     with ingest_lock(settings, timeout=generation.LOCK_WAIT_S if lock_timeout is None else lock_timeout):
-        Generations(settings.index_dir).prune()
+        generations_for(settings).prune()
         embedder = embedder or load_embedder(settings.embedding)
         chunker = chunker or make_chunker(settings)
         factory = connector_factory or make_connector
         report.embedder, report.index_kind = embedder.model_id, settings.index.kind
         cache = EmbeddingCache(settings.data_dir / CACHE_FILE)
-        writer = GenerationWriter(settings, model_id=embedder.model_id, dim=embedder.dim, on_stage=on_stage)
+        writer = make_writer(settings, model_id=embedder.model_id, dim=embedder.dim, on_stage=on_stage)
         sink = _Sink(writer, cache, embedder, on_stage=on_stage or (lambda _stage: None))
         try:
             if writer.reembed_needed:
@@ -360,7 +359,7 @@ def sync_sources(settings: Settings, sources: Sequence[SourceConfig], *, progres
             raise
         finally:
             cache.close()
-        gens = Generations(settings.index_dir)
+        gens = generations_for(settings)
         report.current_generation = gens.current()
         if report.current_generation:
             m = gens.manifest(report.current_generation)

@@ -1,6 +1,8 @@
 """The answer log: every answer with its route, scores and timings, and users' feedback on them.
 
-SQLite at ``settings.app_db`` (WAL, created on first use; survives index generations). A row
+SQLite at ``settings.app_db`` (WAL, created on first use; survives index generations), or, with
+``store.backend: postgres``, tables ``kb.answers`` and ``kb.feedback`` in the shared database
+(:class:`PgAnswerLog`: every app node's answers and feedback in one place for the admin tab). A row
 holds only what its user was shown: the answer, its citations and the ids of the chunks the
 model saw, all already ACL-filtered for that user. The chat page's admin tab reads
 :meth:`AnswerLog.recent_answers` and :meth:`AnswerLog.feedback_summary`; fine-tuning reads
@@ -67,6 +69,9 @@ def _username(user: Principal | str) -> str:
 
 
 class AnswerLog:
+    #: The column that orders rows as they were inserted (ties of ``ts``).
+    _insert_order = "rowid"
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock = threading.Lock()
@@ -122,11 +127,11 @@ class AnswerLog:
                 raise KBError(f"no answer with id {answer_id!r} in the answer log {self.path}")
             if row["username"] != name:
                 raise KBError(f"answer {answer_id} belongs to another user; {name!r} cannot rate it")
-            cur = c.execute(
-                "INSERT INTO feedback (answer_id, ts, username, rating, comment, correction) VALUES (?,?,?,?,?,?)",
-                (answer_id, _now(), name, rating, (comment or None), (correction or None)),
-            )
-            return int(cur.lastrowid)
+            row = c.execute(
+                "INSERT INTO feedback (answer_id, ts, username, rating, comment, correction) VALUES (?,?,?,?,?,?) "
+                "RETURNING id", (answer_id, _now(), name, rating, (comment or None), (correction or None)),
+            ).fetchone()
+            return int(row["id"])
 
     # --- reading ---------------------------------------------------------------------
     @staticmethod
@@ -147,7 +152,8 @@ class AnswerLog:
 
     def recent_answers(self, limit: int = 50, *, username: str | None = None) -> list[dict[str, Any]]:
         """Newest first; ``username`` restricts to one user's answers."""
-        sql = "SELECT * FROM answers" + (" WHERE username = ?" if username else "") + " ORDER BY ts DESC, rowid DESC LIMIT ?"
+        sql = ("SELECT * FROM answers" + (" WHERE username = ?" if username else "")
+               + f" ORDER BY ts DESC, {self._insert_order} DESC LIMIT ?")
         args: tuple = (username, int(limit)) if username else (int(limit),)
         with self._conn() as c:
             return [self._row(r) for r in c.execute(sql, args)]
@@ -172,8 +178,9 @@ class AnswerLog:
             routes = {r["route"]: r["n"] for r in c.execute("SELECT route, COUNT(*) AS n FROM answers GROUP BY route")}
             a = c.execute("SELECT COUNT(*) AS n, AVG(confidence) AS conf FROM answers").fetchone()
             f = c.execute(
-                "SELECT COUNT(*) AS n, SUM(rating = 1) AS up, SUM(rating = -1) AS down, "
-                "SUM(correction IS NOT NULL) AS corrections FROM feedback"
+                "SELECT COUNT(*) AS n, SUM(CASE WHEN rating = 1 THEN 1 ELSE 0 END) AS up, "
+                "SUM(CASE WHEN rating = -1 THEN 1 ELSE 0 END) AS down, "
+                "SUM(CASE WHEN correction IS NOT NULL THEN 1 ELSE 0 END) AS corrections FROM feedback"
             ).fetchone()
         return {
             "answers": int(a["n"]),
@@ -184,3 +191,78 @@ class AnswerLog:
             "down": int(f["down"] or 0),
             "corrections": int(f["corrections"] or 0),
         }
+
+
+PG_SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS kb;
+CREATE TABLE IF NOT EXISTS kb.answers (
+    seq bigserial UNIQUE, id text PRIMARY KEY, ts text NOT NULL, username text NOT NULL, question text NOT NULL,
+    standalone_question text NOT NULL, answer text NOT NULL, citations text NOT NULL,
+    source_chunk_ids text NOT NULL, confidence double precision NOT NULL, route text NOT NULL,
+    corrected int NOT NULL, escalated int NOT NULL, scores text NOT NULL, timings text NOT NULL, model text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS answers_ts ON kb.answers (ts);
+CREATE INDEX IF NOT EXISTS answers_user ON kb.answers (username, ts);
+CREATE TABLE IF NOT EXISTS kb.feedback (
+    id bigserial PRIMARY KEY, answer_id text NOT NULL REFERENCES kb.answers (id) ON DELETE CASCADE,
+    ts text NOT NULL, username text NOT NULL, rating int NOT NULL CHECK (rating IN (-1, 1)),
+    comment text, correction text
+);
+CREATE INDEX IF NOT EXISTS feedback_answer ON kb.feedback (answer_id);
+"""
+
+
+class _PgConn:
+    """The few calls AnswerLog makes on a sqlite3 connection, on psycopg (``?`` -> ``%s``, dict rows)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def execute(self, sql: str, params: tuple = ()):
+        sql = sql.replace("%", "%%").replace("?", "%s")
+        if sql.lstrip().upper().startswith("INSERT INTO ANSWERS VALUES"):  # the explicit column list of kb.answers
+            sql = sql.replace("INSERT INTO answers VALUES", "INSERT INTO answers (id, ts, username, question, "
+                              "standalone_question, answer, citations, source_chunk_ids, confidence, route, corrected, "
+                              "escalated, scores, timings, model) VALUES")
+        return self.conn.execute(sql, params)
+
+
+class PgAnswerLog(AnswerLog):
+    """The answer log in Postgres (``store.backend: postgres``): one log for every app node."""
+
+    _insert_order = "seq"
+
+    def __init__(self, url: str):
+        self.url = url
+        self.path = Path("postgres:kb.answers")  # named in error messages
+        self._lock = threading.Lock()
+        self._ready = False
+        self._pg = None
+
+    @contextmanager
+    def _conn(self) -> Iterator[Any]:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        with self._lock:
+            if self._pg is None or self._pg.closed:
+                self._pg = psycopg.connect(self.url, autocommit=True, row_factory=dict_row)
+                self._pg.execute("SET search_path TO kb")
+            if not self._ready:
+                with self._pg.transaction():
+                    self._pg.execute("SELECT pg_advisory_xact_lock(7240117)")  # two nodes creating it at once
+                    self._pg.execute(PG_SCHEMA)
+                self._ready = True
+            try:
+                with self._pg.transaction():
+                    yield _PgConn(self._pg)
+            except psycopg.OperationalError:
+                self._pg.close()  # the next call reconnects
+                raise
+
+
+def open_answer_log(settings) -> AnswerLog:
+    """The answer log of the configured store."""
+    if settings.store.backend == "postgres":
+        return PgAnswerLog(settings.store.url)
+    return AnswerLog(settings.app_db)

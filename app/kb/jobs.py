@@ -61,7 +61,8 @@ class IndexAdmin:
     def start(self, user: Principal) -> str:
         """Start a re-index of every enabled source; returns a message for the page."""
         require_admin(user)
-        from kb_chatbot.index.generation import IngestBusyError, ingest_lock
+        from kb_chatbot.core.errors import IngestBusy
+        from kb_chatbot.index.generation import ingest_lock
 
         sources = [s for s in self.settings.sources if s.enabled]
         if not sources:
@@ -73,7 +74,7 @@ class IndexAdmin:
             try:
                 with ingest_lock(self.settings, timeout=0.1):
                     pass
-            except IngestBusyError as e:
+            except IngestBusy as e:
                 self._progress = {"state": "failed", "error": str(e)}
                 return str(e)
             self._progress = {"state": "running", "t0": time.monotonic(), "sources": len(sources),

@@ -83,9 +83,9 @@ class Services:
 
     @property
     def answer_log(self):
-        from kb_chatbot.app.answer.log import AnswerLog
+        from kb_chatbot.app.answer.log import open_answer_log
 
-        return self._once("answer_log", lambda: AnswerLog(self.settings.app_db))
+        return self._once("answer_log", lambda: open_answer_log(self.settings))
 
     @property
     def confidence(self):

@@ -60,13 +60,13 @@ def _resolve_source(settings: Any, source_type: str, path: Path, name: str | Non
 
 def _run_sync(settings: Any, sources: list[Any], *, as_json: bool, progress: bool, full: bool = False) -> int:
     """Sync, print the summary (or JSON), return the exit code."""
-    from kb_chatbot.index.generation import IngestBusyError
+    from kb_chatbot.core.errors import IngestBusy
     from kb_chatbot.ingest.sync import sync_sources
 
     try:
         with TqdmProgress(enabled=progress and not as_json) as bars:
             report = sync_sources(settings, sources, progress=bars, full=full)
-    except IngestBusyError as e:
+    except IngestBusy as e:
         click.secho(f"error: {e}", fg="red", err=True)
         return EXIT_BUSY
     if as_json:
@@ -232,7 +232,7 @@ def schedule(ctx: click.Context, once: bool) -> None:
 
     settings = get_settings(ctx)
     if once:
-        from kb_chatbot.index.generation import IngestBusyError
+        from kb_chatbot.core.errors import IngestBusy
         from kb_chatbot.ingest.sync import sync_sources
 
         sources = [s for s in settings.sources if s.enabled]
@@ -240,7 +240,7 @@ def schedule(ctx: click.Context, once: bool) -> None:
             raise click.UsageError("no enabled sources in the settings")
         try:
             report = sync_sources(settings, sources)
-        except IngestBusyError as e:
+        except IngestBusy as e:
             click.secho(f"skipped: {e}", fg="yellow", err=True)
             ctx.exit(EXIT_BUSY)
         _print_summary(report)

@@ -22,9 +22,9 @@ def _is_loopback(host: str) -> bool:
 
 
 def index_is_empty(settings) -> bool:
-    from kb_chatbot.index.generation import Generations
+    from kb_chatbot.index.generation import generations_for
 
-    return Generations(settings.index_dir).current() is None
+    return generations_for(settings).current() is None
 
 
 @click.command(

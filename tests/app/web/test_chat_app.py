@@ -21,9 +21,12 @@ from kb_chatbot.core.types import Answer, AnswerEvent, Principal
 
 REPO = Path(__file__).resolve().parents[3]
 SAMPLE = REPO / "data" / "sample"
-QUESTION = "What is the codename of the Falcon launch event?"
+#: Asked with the fake model, which answers from the top source: a question that source answers
+#: (the codename question was answered from the launch-date thread, which the subject check
+#: now declines: that thread never mentions a codename).
+QUESTION = "When and where is the Falcon public launch?"
 #: What a non-member of the private #proj-falcon channel must never see.
-SECRETS = ("Tailwind", "proj-falcon", "#proj-falcon")
+SECRETS = ("Tailwind", "ProMat", "proj-falcon", "#proj-falcon")
 
 
 def write_config(folder: Path, data_dir: Path, **extra: str) -> Path:
@@ -88,7 +91,7 @@ def test_member_gets_streamed_answer_with_private_slack_card(ctl, users):
     assert not any("kb-answer-text" in f for f in frames[:-1])
     final = frames[-1]
     assert "kb-streaming" not in final and 'class="kb-card"' in final
-    assert "#proj-falcon" in final and "kb-type-slack" in final
+    assert "#proj-falcon" in final and "kb-type-slack" in final and "ProMat" in final
     assert 'href="https://acme.slack.com/archives/' in final and 'target="_blank"' in final
     assert 'class="kb-cite" href="#kb-src-' in final
     assert session.messages[0] == {"role": "user", "content": QUESTION}
@@ -204,7 +207,7 @@ def test_admin_sees_status_questions_and_feedback_but_no_answers(ctl, users):
     assert QUESTION in recent and "alice" in recent
     assert "Answers <b>" in feedback
     # admin is not in #proj-falcon: the answer text never reaches the admin tab
-    assert "Tailwind" not in recent + status + feedback
+    assert "ProMat" not in recent + status + feedback and "March 9" not in recent + status + feedback
 
 
 def test_reindex_runs_in_background_once_at_a_time(kb, users):

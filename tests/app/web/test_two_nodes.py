@@ -1,0 +1,162 @@
+"""Two real `kb serve` processes on one PostgreSQL + pgvector (``store.backend: postgres``),
+each with its own data folder, behind a reverse proxy that signs users in (header mode): both
+answer from the same index; a re-index run from the second node's settings is seen by the first
+at its next question; `kill -9` of one node leaves the other answering and the shared answer
+log whole. The browser's own protocol is used (``run/predict``, ``queue/join`` + SSE)."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.contracts.test_store_contract import _pg_url, pg_server  # noqa: F401  (the session fixture)
+
+REPO = Path(__file__).resolve().parents[3]
+PROXY_SECRET = "two-nodes-" + secrets.token_hex(4)
+
+
+def _config(folder: Path, data_dir: Path, wiki: Path, url: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = folder / "kb.yaml"
+    cfg.write_text(f"""
+data_dir: {data_dir}
+store: {{backend: postgres, url: '{url}'}}
+index: {{kind: hnsw}}
+sources: [{{name: wiki, type: wiki, path: {wiki}, base_url: "https://wiki.acme.example/"}}]
+embedding: {{model: hash}}
+generator: {{backend: fake}}
+retrieval: {{context_filter: false}}
+server:
+  auth: {{mode: header, proxy_secret: {PROXY_SECRET}, admins: [admin@acme.example]}}
+""", encoding="utf-8")
+    return cfg
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kb(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KB_")}
+    return subprocess.run([sys.executable, "-m", "kb_chatbot.app.kb.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+class Node:
+    def __init__(self, cfg: Path, log: Path):
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KB_")}
+        self.log = open(log, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "kb_chatbot.app.kb.cli", "-c", str(cfg), "serve",
+                                      "--port", str(self.port), "--no-ingest"], env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(self.base + "/", headers=self.headers("alice@acme.example"), timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"node on {self.port} never answered:\n{log.read_text()[-3000:]}")
+
+    @staticmethod
+    def headers(user: str) -> dict[str, str]:
+        return {"X-Forwarded-User": user, "X-Forwarded-Email": user, "X-Proxy-Secret": PROXY_SECRET}
+
+    def ask(self, question: str, user: str, submit: int, answer: int) -> str:
+        session = secrets.token_hex(6)
+        with httpx.Client(base_url=self.base, timeout=120, headers=self.headers(user)) as c:
+            r = c.post("/gradio_api/run/predict", json={"data": [question, None], "fn_index": submit,
+                                                         "session_hash": session, "event_data": None})
+            assert r.status_code == 200, r.text
+            r = c.post("/gradio_api/queue/join", json={"data": [None], "fn_index": answer,
+                                                        "session_hash": session, "event_data": None})
+            assert r.status_code == 200, r.text
+            with c.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("data:") and json.loads(line[5:]).get("msg") == "process_completed":
+                        msg = json.loads(line[5:])
+                        assert msg.get("success"), msg
+                        return json.dumps(msg["output"]["data"][0][-1]["content"])
+        raise AssertionError("no answer")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+def _fn_indexes(cfg: Path) -> tuple[int, int]:
+    """The page's event handler numbers, from the same page built here (the nodes build it alike)."""
+    from kb_chatbot.app.kb.services import build_services
+    from kb_chatbot.app.web.app import WarmUp, build_app
+    from kb_chatbot.core.settings import load_settings
+
+    settings = load_settings(cfg)
+    services = build_services(settings)
+    demo = build_app(services, settings, warmup=WarmUp(services))
+    names = {getattr(fn.fn, "__name__", ""): i for i, fn in demo.fns.items()}
+    return names["on_submit"], names["on_answer"]
+
+
+@pytest.mark.slow
+def test_two_nodes_one_postgres(tmp_path, pg_server):  # noqa: F811
+    from kb_chatbot.app.answer.log import PgAnswerLog
+
+    url = _pg_url(pg_server)
+    wiki = tmp_path / "wiki"
+    wiki.mkdir()
+    (wiki / "pto.md").write_text("---\ntitle: Vacation policy\n---\n# Vacation\n\nEmployees get 25 vacation days "
+                                 "per year.\n")
+    (wiki / "vpn.md").write_text("---\ntitle: VPN\n---\n# VPN\n\nConnect to the VPN with GlobalProtect.\n")
+    cfg_a = _config(tmp_path / "a", tmp_path / "a" / "data", wiki, url)
+    cfg_b = _config(tmp_path / "b", tmp_path / "b" / "data", wiki, url)
+    first = _kb("-c", str(cfg_a), "reindex")
+    assert first.returncode == 0, first.stderr
+    submit, answer = _fn_indexes(cfg_a)
+    a, b = Node(cfg_a, tmp_path / "a.log"), Node(cfg_b, tmp_path / "b.log")
+    try:
+        for node in (a, b):  # the same index, and a user signed in by the proxy, on either node
+            shown = node.ask("How many vacation days per year?", "alice@acme.example", submit, answer)
+            assert "25 vacation days" in shown and "Vacation policy" in shown, shown
+        # a re-index run with the other node's settings (its own data folder) is seen by the
+        # first node at its next question: the generation pointer is in Postgres
+        (wiki / "parking.md").write_text("---\ntitle: Parking\n---\n# Parking\n\nVisitors park on level minus two.\n")
+        again = _kb("-c", str(cfg_b), "reindex")
+        assert again.returncode == 0, again.stderr
+        shown = a.ask("Where do visitors park?", "bob@acme.example", submit, answer)
+        assert "level minus two" in shown and "Parking" in shown, shown
+        a.kill()  # node A dies; node B answers on, and the answer log in Postgres holds every answer
+        shown = b.ask("Where do visitors park?", "carol@acme.example", submit, answer)
+        assert "level minus two" in shown, shown
+        users = [r["username"] for r in PgAnswerLog(url).recent_answers(10)]
+        assert sorted(users) == ["alice@acme.example", "alice@acme.example", "bob@acme.example",
+                                 "carol@acme.example"], users
+        # nothing of it lives in a node's folder: the last ingest run, too, is in Postgres
+        assert not (tmp_path / "a" / "data" / "app.sqlite3").exists()
+        from kb_chatbot.core.settings import load_settings
+        from kb_chatbot.ingest.report import recent_runs
+
+        runs = recent_runs(load_settings(cfg_a))  # node A's settings see the run made with B's
+        assert len(runs) == 2 and runs[0]["generation"] and runs[0]["totals"]["added"] == 1, runs[0]
+    finally:
+        a.kill()
+        b.kill()
+        shutil.rmtree(tmp_path / "a" / "data", ignore_errors=True)
