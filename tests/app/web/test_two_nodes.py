@@ -1,6 +1,6 @@
 """Two real `kb serve` processes on one PostgreSQL + pgvector (``store.backend: postgres``),
 each with its own data folder, behind a reverse proxy that signs users in (header mode): both
-answer from the same index; a re-index run from the second node's settings is seen by the first
+answer from the same index; a re-index started from the second node's admin tab is seen by the first
 at its next question; `kill -9` of one node leaves the other answering and the shared answer
 log whole. The browser's own protocol is used (``run/predict``, ``queue/join`` + SSE)."""
 from __future__ import annotations
@@ -113,7 +113,7 @@ def _fn_indexes(cfg: Path) -> tuple[int, int]:
     services = build_services(settings)
     demo = build_app(services, settings, warmup=WarmUp(services))
     names = {getattr(fn.fn, "__name__", ""): i for i, fn in demo.fns.items()}
-    return names["on_submit"], names["on_answer"]
+    return names["on_submit"], names["on_answer"], names["on_reindex"]
 
 
 @pytest.mark.slow
@@ -130,17 +130,26 @@ def test_two_nodes_one_postgres(tmp_path, pg_server):  # noqa: F811
     cfg_b = _config(tmp_path / "b", tmp_path / "b" / "data", wiki, url)
     first = _kb("-c", str(cfg_a), "reindex")
     assert first.returncode == 0, first.stderr
-    submit, answer = _fn_indexes(cfg_a)
+    submit, answer, reindex = _fn_indexes(cfg_a)
     a, b = Node(cfg_a, tmp_path / "a.log"), Node(cfg_b, tmp_path / "b.log")
     try:
         for node in (a, b):  # the same index, and a user signed in by the proxy, on either node
             shown = node.ask("How many vacation days per year?", "alice@acme.example", submit, answer)
             assert "25 vacation days" in shown and "Vacation policy" in shown, shown
-        # a re-index run with the other node's settings (its own data folder) is seen by the
-        # first node at its next question: the generation pointer is in Postgres
+        # a re-index started from node B's admin tab is seen by node A at its next question:
+        # the generation pointer is in Postgres
+        from kb_chatbot.index.pg import PgGenerations
+
+        gens = PgGenerations(url)
+        before = gens.current()
         (wiki / "parking.md").write_text("---\ntitle: Parking\n---\n# Parking\n\nVisitors park on level minus two.\n")
-        again = _kb("-c", str(cfg_b), "reindex")
-        assert again.returncode == 0, again.stderr
+        r = httpx.post(b.base + "/gradio_api/run/predict", headers=Node.headers("admin@acme.example"), timeout=60,
+                       json={"data": [], "fn_index": reindex, "session_hash": secrets.token_hex(6), "event_data": None})
+        assert r.status_code == 200 and "Re-indexing" in json.dumps(r.json()["data"][0]), r.text
+        deadline = time.monotonic() + 120
+        while gens.current() == before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert gens.current() != before, (tmp_path / "b.log").read_text()[-3000:]
         shown = a.ask("Where do visitors park?", "bob@acme.example", submit, answer)
         assert "level minus two" in shown and "Parking" in shown, shown
         a.kill()  # node A dies; node B answers on, and the answer log in Postgres holds every answer
