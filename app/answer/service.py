@@ -108,7 +108,8 @@ class KnowledgeAnswerService:
         self._cache: OrderedDict[tuple, Answer] = OrderedDict()
         self._cache_ids: dict[str, tuple] = {}  # answer id -> cache key (for forget)
         self._cache_lock = threading.Lock()
-        self.subject = SubjectCheck(term_count, chunk_total, enabled=settings.answer.subject_check)
+        self.subject = SubjectCheck(term_count, chunk_total, enabled=settings.answer.subject_check,
+                                    stem=speller.stems if speller is not None else None)
         #: the generate-pause-check loop; the local model checks every draft
         self.writer = CheckedWriter(settings, generator, embedder, self.confidence, self.subject)
         if acl_lookup is None:

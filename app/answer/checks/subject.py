@@ -64,7 +64,8 @@ def _stem(word: str) -> str:
     return word
 
 
-def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_chunks: int) -> list[str]:
+def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_chunks: int,
+                      stem: Callable[[Sequence[str]], list[str]] | None = None) -> list[str]:
     """Specific words of ``question`` that none of the ``cited`` sources contains.
 
     An answer whose sources never mention a word that is rare in the whole knowledge base
@@ -75,19 +76,23 @@ def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_ch
     never count; names and numbers are also the premise check's and the fact check's. A typo
     of a stop word ("Howw") is not a subject. ``chunk_count(word)`` is the number of chunks
     containing the word (:meth:`kb_chatbot.index.store.Store.term_chunk_count`); it is asked
-    only in a knowledge base of :data:`SUBJECT_CHECK_MIN_CHUNKS` chunks or more.
+    only in a knowledge base of :data:`SUBJECT_CHECK_MIN_CHUNKS` chunks or more. ``stem`` is the
+    index's own stemmer (Porter, :func:`kb_chatbot.index.store.porter_stems`): a word whose stem
+    a source holds is held ('leav' and 'leave' are both 'leav').
     """
     if not cited:
         return []
     by_count = total_chunks >= SUBJECT_CHECK_MIN_CHUNKS
     limit = max(SPECIFIC_MIN, int(SPECIFIC_SHARE * max(total_chunks, 0)))
     text = " ".join(f"{h.doc_title} {h.prompt_text}" for h in cited)
-    have = {_stem(w) for w in _words(text)}
+    words = list(dict.fromkeys(_words(text)))
+    have = {_stem(w) for w in words}
+    stems = set(stem(words)) if stem is not None and words else set()
     out: list[str] = []
     for word in dict.fromkeys(_words(question)):
-        if word in FILLER_WORDS or len(word) < 4 or _near(word, FILLER_WORDS):
+        if word in FILLER_WORDS or len(word) < 4 or _typo_of_filler(word):
             continue
-        if _held(word, have):
+        if _held(word, have) or (stem is not None and stem([word])[0] in stems):
             continue
         if rare_in_english(word) or (by_count and chunk_count(word) <= limit):
             out.append(word)
@@ -106,11 +111,21 @@ def _held(word: str, have: set[str]) -> bool:
     return False
 
 
+def _typo_of_filler(word: str) -> bool:
+    """'howw', 'whatt', 'wher': a stop word with one letter off is no subject."""
+    if len(word) > 6:
+        return False
+    from rapidfuzz import distance
+
+    return any(abs(len(f) - len(word)) <= 1 and len(f) >= 3 and distance.Levenshtein.distance(word, f) <= 1
+               for f in FILLER_WORDS)
+
+
 def _near(stem: str, have: set[str]) -> bool:
-    """A word form or a typo of a word the sources hold: one edit away for words of 4+
-    letters, two for 9+ ('prerequisite' / 'prerequisites', 'servise' / 'service', 'leav' /
-    'leave')."""
-    if len(stem) < 4:
+    """A word form or a typo of a word the sources hold: one edit away for words of 5+
+    letters, two for 9+ ('prerequisite' / 'prerequisites', 'servise' / 'service'). Never for
+    shorter words: 'worm' is one edit from 'work', 'form' and 'norm'."""
+    if len(stem) < 5:
         return False
     from rapidfuzz import distance, process
 
@@ -134,9 +149,11 @@ class SubjectCheck:
     name = "subject"
 
     def __init__(self, term_count: Callable[[str, frozenset[str]], int] | None,
-                 chunk_total: Callable[[frozenset[str]], int] | None, *, enabled: bool = True):
+                 chunk_total: Callable[[frozenset[str]], int] | None, *, enabled: bool = True,
+                 stem: Callable[[Sequence[str]], list[str]] | None = None):
         self.term_count = term_count
         self.chunk_total = chunk_total
+        self.stem = stem
         self.enabled = enabled and term_count is not None and chunk_total is not None
 
     def off_subject(self, question: str, hits: Sequence[Hit], cited_numbers, user: Principal) -> list[str]:
@@ -146,7 +163,8 @@ class SubjectCheck:
         cited = [hits[n - 1] for n in sorted(cited_numbers) if 0 < n <= len(hits)]
         mine = user.principals()
         try:
-            return off_subject_terms(question, cited, lambda w: self.term_count(w, mine), self.chunk_total(mine))
+            return off_subject_terms(question, cited, lambda w: self.term_count(w, mine), self.chunk_total(mine),
+                                     self.stem)
         except Exception as e:  # the check is a gate, never a crash: an error keeps the answer
             log.warning("subject check failed: %r", e)
             return []

@@ -97,6 +97,13 @@ def test_a_small_knowledge_base_checks_only_words_rare_in_english():
     care = [hit("The plan covers asthma inhalers and nebulizers at no cost.", title="Asthma")]
     assert off_subject_terms("What does the care-management programme offer?", care, never, 39) == [
         "care-management"]
-    # typos of the sources' words and of stop words are not subjects
+    # typos of stop words are not subjects; a word whose Porter stem a source holds is held
+    from kb_chatbot.index.store import porter_stems
+
     leave = [hit("FMLA gives up to 12 weeks of unpaid leave in a 12-month period.", title="FMLA")]
-    assert off_subject_terms("Howw much unpaid leav does FMLA give?", leave, never, 39) == []
+    assert off_subject_terms("Howw much unpaid leav does FMLA give?", leave, never, 39, porter_stems) == []
+    # a short word one letter from a source's word is not that word (the handbook's near-miss
+    # "How many calories per portion do worms have for the duck?" was answered about leaves)
+    duck = [hit("Leaves have 50 calories per portion; work with the vet on the duck's diet.", title="Duck food")]
+    assert off_subject_terms("How many calories per portion do worms have for the duck?", duck, lambda w: 0,
+                             1000, porter_stems) == ["worms"]
