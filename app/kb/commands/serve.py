@@ -84,6 +84,14 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_ingest: boo
     click.echo(f"Chat page: {url}  (Ctrl+C to stop)", err=True)
     import uvicorn
 
+    from kb_chatbot.app.kb.warm import LocalAnswerServer
+
+    # `kb ask` on this machine, as this account, is answered by this warm process (app/kb/warm.py)
+    local = LocalAnswerServer(settings, services, demo.kb_controller.line).start()
     app = asgi_app(demo, settings.model_copy(update={"server": settings.server.model_copy(
         update={"host": host, "port": port})}), directory)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        if local is not None:
+            local.close()
