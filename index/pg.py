@@ -105,6 +105,11 @@ CREATE TABLE {s}.source_state (source text PRIMARY KEY, state text NOT NULL);
 """
 
 
+def _as_array(v: Any) -> np.ndarray:
+    """A pgvector value as float32 (the text loader gives numpy, the binary one a ``Vector``)."""
+    return np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32)
+
+
 def schema_of(gen: str) -> str:
     if not _GEN_RE.match(gen):
         raise IndexError_(f"not a generation id: {gen!r}")
@@ -675,7 +680,7 @@ class PgVectors:
         if not rows:
             return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32)
         return (np.asarray([r[0] for r in rows], dtype=np.int64),
-                np.stack([np.asarray(r[1], dtype=np.float32) for r in rows]))
+                np.stack([_as_array(r[1]) for r in rows]))
 
     def save(self, path: Any) -> None:
         """Nothing to write: the vectors are in Postgres."""
@@ -717,6 +722,60 @@ class PgVectors:
         if getattr(self, "_ntotal", None) is None or not self.store.readonly:
             self._ntotal = self.ntotal
         return self._ntotal
+
+
+# --- the embedding queue: chunk rows without a vector -----------------------------------------
+
+#: Chunk rows one worker locks and embeds at a time.
+EMBED_BATCH = 64
+
+
+def embed_pending(conn, schema: str, embedder, *, batch: int = EMBED_BATCH, on_batch=None) -> int:
+    """Embed the rows of ``schema.chunks`` that have no vector, ``batch`` at a time, each batch
+    locked with ``FOR UPDATE SKIP LOCKED`` so that any number of processes and machines can run
+    this at once without doing a row twice. A worker that dies rolls its batch back; the rows
+    are free again for the others. Returns how many rows this call embedded."""
+    done = 0
+    while True:
+        with conn.transaction():
+            rows = conn.execute(f"""SELECT id, text FROM {schema}.chunks WHERE embedding IS NULL ORDER BY id
+                                    LIMIT %s FOR UPDATE SKIP LOCKED""", (batch,)).fetchall()
+            if not rows:
+                return done
+            vecs = np.asarray(embedder.embed_documents([r[1] for r in rows]), dtype=np.float32)
+            with conn.cursor() as cur:
+                cur.executemany(f"UPDATE {schema}.chunks SET embedding=%s WHERE id=%s",
+                                [(v, r[0]) for r, v in zip(rows, vecs)])
+        done += len(rows)
+        if on_batch is not None:
+            on_batch(len(rows))
+
+
+def pending_count(conn, schema: str) -> int:
+    return int(conn.execute(f"SELECT count(*) FROM {schema}.chunks WHERE embedding IS NULL").fetchone()[0])
+
+
+def building_schemas(url: str) -> list[str]:
+    """The schemas of generations being built now (not published, not the empty one)."""
+    gens = PgGenerations(url)
+    try:
+        published = {schema_of(g) for (g,) in gens.conn.execute(f"SELECT generation FROM {CONTROL}.generations")}
+        return [schema_of(g) for g in gens.listing() if schema_of(g) not in published]
+    finally:
+        gens.close()
+
+
+def _worker_main(url: str, schema: str, embedding: dict, batch: int) -> None:
+    """A local embedding worker process (spawned): its own connection and embedder."""
+    from kb_chatbot.core.settings import EmbeddingConfig
+    from kb_chatbot.index.embedder import load_embedder
+
+    conn = connect(url)
+    try:
+        n = embed_pending(conn, schema, load_embedder(EmbeddingConfig(**embedding)), batch=batch)
+        log.info("embed worker done schema=%s embedded=%d", schema, n)
+    finally:
+        conn.close()
 
 
 # --- writing and reading generations ----------------------------------------------------------
@@ -785,6 +844,48 @@ class PgGenerationWriter:
             self._begin()
         self.changed = True
         return self._vectors  # type: ignore[return-value]
+
+    def embed_pending(self, embedder, *, workers: int = 0, progress=None) -> int:
+        """Embed every chunk row left without a vector, with ``workers`` local processes besides
+        this one (and any `kb embed-worker` on other machines); returns the rows this process
+        embedded. ``progress(done, total)`` is told after each batch."""
+        import multiprocessing
+
+        store = self.store
+        total = pending_count(self.conn, store.schema)
+        if not total:
+            return 0
+        procs = []
+        ctx = multiprocessing.get_context("spawn")  # no torch or connection state is forked
+        for _ in range(workers):
+            p = ctx.Process(target=_worker_main, daemon=False,
+                            args=(self.settings.store.url, store.schema,
+                                  self.settings.embedding.model_dump(mode="json"), EMBED_BATCH))
+            p.start()
+            procs.append(p)
+        mine = 0
+
+        def tick(n: int) -> None:
+            if progress is not None:
+                progress(total - pending_count(self.conn, store.schema), total)
+
+        try:
+            while True:
+                mine += embed_pending(self.conn, store.schema, embedder, on_batch=tick)
+                if all(not p.is_alive() for p in procs) or not pending_count(self.conn, store.schema):
+                    for p in procs:
+                        p.join()
+                    if not pending_count(self.conn, store.schema):  # a dead worker's batch is free again
+                        break
+                else:
+                    time.sleep(0.2)  # the rest is locked by workers still embedding
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+                p.join()
+        log.info("embedded rows=%d here=%d workers=%d", total, mine, workers)
+        return mine
 
     def new_vectors(self) -> PgVectors:
         """Empty vectors for every chunk (the embedder changed): the column is retyped."""

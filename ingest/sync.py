@@ -59,6 +59,10 @@ class _Sink:
     pending_chunks: int = 0
     removed: list[int] = field(default_factory=list)
     embedded: int = 0
+    #: Leave chunks the embedding cache does not hold without a vector, for the store's
+    #: embedding workers (``embedding.workers`` with Postgres) to embed before publishing.
+    defer: bool = False
+    deferred: int = 0
     on_stage: Callable[[str], None] = lambda _stage: None
 
     def put(self, item: _Pending) -> None:
@@ -80,8 +84,15 @@ class _Sink:
                 self.removed.extend(removed)
                 added.extend(new_rows)
                 texts.update((text_sha(c.text), c.text) for c in it.chunks)
-        vecs = self.vectors_for([sha for _, sha in added], texts)
-        self.writer.vectors.add([i for i, _ in added], vecs)
+        if self.defer:
+            found = self.cache.get_many(self.embedder.model_id, [sha for _, sha in added], self.embedder.dim)
+            have = [(i, sha) for i, sha in added if sha in found]
+            self.deferred += len(added) - len(have)
+            if have:
+                self.writer.vectors.add([i for i, _ in have], np.stack([found[sha] for _, sha in have]))
+        else:
+            vecs = self.vectors_for([sha for _, sha in added], texts)
+            self.writer.vectors.add([i for i, _ in added], vecs)
         for it in items:
             if it.is_new:
                 it.report.added += 1
@@ -285,6 +296,29 @@ def _prune(src: SourceConfig, rep: SourceReport, stored: dict[str, str], seen: s
     rep.deleted += len(vanished)
 
 
+def _embed_deferred(writer, sink: _Sink, settings: Settings, progress: ProgressFn | None) -> None:
+    """The chunks left without a vector, embedded by the store's workers and this process,
+    then put in the embedding cache (a killed run's successor embeds nothing twice)."""
+    def told(done: int, total: int) -> None:
+        if progress is not None:  # shown as one more bar: "embedding 640/1200"
+            progress("embedding", done, total)
+        log.debug("embedding chunks done=%d total=%d", done, total)
+
+    writer.embed_pending(sink.embedder, workers=settings.embedding.workers, progress=told)
+    sink.on_stage("embedding")
+    sink.embedded += sink.deferred
+    model, known = sink.embedder.model_id, set()
+    for rows in writer.store.chunk_texts(batch=EMBED_BATCH * 4):
+        shas = [sha for _i, _t, sha in rows if sha not in known]
+        cached = sink.cache.get_many(model, shas, sink.embedder.dim)
+        todo = [(i, sha) for i, _t, sha in rows if sha not in cached and sha not in known]
+        if todo:
+            ids, vecs = writer.vectors.vectors([i for i, _ in todo])
+            by_id = dict(zip(ids.tolist(), vecs))
+            sink.cache.put_many(model, [(sha, by_id[i]) for i, sha in todo if i in by_id])
+        known.update(shas)
+
+
 def _reembed_all(writer: GenerationWriter, sink: _Sink, settings: Settings, report: IngestReport) -> None:
     """The embedder changed: every stored chunk gets a vector from the new one."""
     store = writer.store
@@ -331,7 +365,8 @@ def sync_sources(settings: Settings, sources: Sequence[SourceConfig], *, progres
         report.embedder, report.index_kind = embedder.model_id, settings.index.kind
         cache = EmbeddingCache(settings.data_dir / CACHE_FILE)
         writer = make_writer(settings, model_id=embedder.model_id, dim=embedder.dim, on_stage=on_stage)
-        sink = _Sink(writer, cache, embedder, on_stage=on_stage or (lambda _stage: None))
+        sink = _Sink(writer, cache, embedder, on_stage=on_stage or (lambda _stage: None),
+                     defer=bool(settings.embedding.workers) and settings.store.backend == "postgres")
         try:
             if writer.reembed_needed:
                 _reembed_all(writer, sink, settings, report)
@@ -346,6 +381,8 @@ def sync_sources(settings: Settings, sources: Sequence[SourceConfig], *, progres
             if writer.recovered_from:
                 report.notes.append(f"generation {writer.recovered_from} was unreadable: the index was rebuilt "
                                     "from this run's sources only; run `kb reindex` for all sources")
+            if sink.deferred:
+                _embed_deferred(writer, sink, settings, progress)
             report.chunks_embedded = sink.embedded
             if writer.changed:
                 keep = writer.store.text_shas()

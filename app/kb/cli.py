@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "reindex": "kb_chatbot.app.kb.commands.ingest:reindex",
     "status": "kb_chatbot.app.kb.commands.ingest:status",
     "schedule": "kb_chatbot.app.kb.commands.ingest:schedule",
+    "embed-worker": "kb_chatbot.app.kb.commands.ingest:embed_worker",
     "ask": "kb_chatbot.app.kb.commands.ask:ask",
     "serve": "kb_chatbot.app.kb.commands.serve:serve",
     "users": "kb_chatbot.app.kb.commands.users:users",

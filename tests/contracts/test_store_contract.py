@@ -5,6 +5,7 @@ chunk's vector across runs, publish, prune, the ingest lock and ``kill -9`` of a
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kb_chatbot.core.settings import Settings, SourceConfig
@@ -281,3 +283,78 @@ def test_the_answer_log_and_feedback_on_each_store(make):
     assert (summary["up"], summary["down"], summary["corrections"], summary["feedback"]) == (1, 1, 1, 2)
     # a second node (its own connection) sees the same log
     assert open_answer_log(s).feedback_summary() == summary
+
+
+def test_embedding_workers_share_the_new_chunks_and_the_result_is_the_same(make, backend, tmp_path, caplog):
+    """embedding.workers: 2 local worker processes and the ingest pull batches (SKIP LOCKED);
+    a `kb embed-worker` started meanwhile may join. Every chunk gets the vector the ingest alone
+    would have given it, and the next run embeds nothing (the vectors were cached)."""
+    if backend != "postgres":
+        pytest.skip("the embedding queue is a Postgres store feature")
+    import logging
+    import time as _time
+
+    class SlowHash(HashEmbedder):  # the ingest's own embedder: slow enough for the workers to join
+        def embed_documents(self, texts):
+            _time.sleep(0.4)
+            return super().embed_documents(texts)
+
+    docs = [_doc(i, f"Procedure {i}: torque the bolt to {i % 40} Nm, then log it in form F-{i}.") for i in range(700)]
+    s = make(embedding={"model": "hash", "workers": 2})
+    src = SourceConfig(name="m", type="wiki", path=s.data_dir)
+    with caplog.at_level(logging.INFO, logger="kb_chatbot.index.pg"):
+        report = sync_sources(s, [src], embedder=SlowHash(), connector_factory=lambda _s: MemoryConnector(docs))
+    assert report.ok and report.chunks_embedded == 700
+    here = int(re.search(r"embedded rows=700 here=(\d+) workers=2", caplog.text).group(1))
+    assert here < 700, "the worker processes embedded nothing"
+    idx = open_index(s)
+    ids, vecs = idx.vectors.vectors()
+    assert len(ids) == idx.manifest["chunks"] == 700
+    rows = idx.store.chunk_rows(ids.tolist(), ["public"])
+    expected = HashEmbedder().embed_documents([rows[int(i)].chunk.text for i in ids])
+    assert np.allclose(vecs, expected, atol=1e-6)
+    r = HybridRetriever(idx, HashEmbedder(), s.retrieval)
+    assert r.retrieve("form F-123 torque", user=BOB, top_k=1, mode="dense")[0].chunk.doc_id == "m:123"
+    again = _sync(s, docs + [_doc("new", "A new page about the loading dock.")])
+    assert again.chunks_embedded == 1  # the 700 came from the cache the workers' run filled
+
+
+def test_a_worker_on_another_machine_helps_with_the_ingest_in_progress(make, backend):
+    if backend != "postgres":
+        pytest.skip("the embedding queue is a Postgres store feature")
+    from kb_chatbot.index.pg import PgGenerationWriter, building_schemas, embed_pending, connect, pending_count
+
+    s = make()
+    w = PgGenerationWriter(s, model_id=HashEmbedder().model_id, dim=HashEmbedder().dim)
+    with w.store.transaction():
+        for i in range(150):
+            w.store.upsert_document(_doc(i, f"Checklist item {i} for the night shift."), [
+                __import__("kb_chatbot.core.types", fromlist=["Chunk"]).Chunk(
+                    id=f"c{i}", doc_id=f"m:{i}", ordinal=0, text=f"Checklist item {i} for the night shift.",
+                    start=0, end=10)])
+    assert building_schemas(s.store.url) == [w.store.schema]
+    other = connect(s.store.url)  # "kb embed-worker" elsewhere: its own session, same queue
+    assert embed_pending(other, w.store.schema, HashEmbedder(), batch=32) == 150
+    assert pending_count(w.conn, w.store.schema) == 0
+    assert w.embed_pending(HashEmbedder()) == 0  # nothing left for the ingest itself
+    w.publish()
+    assert building_schemas(s.store.url) == []
+    other.close()
+
+
+def test_kb_embed_worker_command(make, backend, tmp_path):
+    from click.testing import CliRunner
+
+    from kb_chatbot.app.kb.cli import main
+
+    s = make()
+    cfg = tmp_path / "kb.yaml"
+    store = f"store: {{backend: postgres, url: '{s.store.url}'}}\n" if backend == "postgres" else ""
+    cfg.write_text(f"data_dir: {s.data_dir}\nembedding: {{model: hash}}\n{store}", encoding="utf-8")
+    r = CliRunner().invoke(main, ["-c", str(cfg), "embed-worker"])
+    if backend == "sqlite":
+        assert r.exit_code == 2 and "needs store.backend: postgres" in r.output
+        with pytest.raises(ValueError, match="embedding.workers needs store.backend: postgres"):
+            make(embedding={"model": "hash", "workers": 2})
+    else:
+        assert r.exit_code == 0 and "done: 0 chunks embedded" in r.output  # no ingest in progress

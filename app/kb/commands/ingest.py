@@ -248,3 +248,41 @@ def schedule(ctx: click.Context, once: bool) -> None:
     trigger = build_trigger(settings.schedule)  # ConfigError (exit 2) before anything starts
     click.echo(f"scheduling reindex: {trigger}; Ctrl-C to stop", err=True)
     run_scheduler(settings, trigger=trigger, job=lambda: run_reindex_once(settings))
+
+
+@click.command("embed-worker", epilog="""\b
+Examples:
+  kb embed-worker            # help the ingest running now, then exit
+  kb embed-worker --follow   # on a GPU machine: help every ingest, until stopped
+""")
+@click.option("--follow", is_flag=True, help="Keep waiting for the next ingest instead of exiting.")
+@click.option("--poll", type=float, default=2.0, show_default=True, help="Seconds between looks for work.")
+@click.pass_context
+def embed_worker(ctx: click.Context, follow: bool, poll: float) -> None:
+    """Embed chunks of the ingest in progress (store.backend: postgres): pulls batches of chunks
+    without a vector from the store, as many workers on as many machines as you start."""
+    import time
+
+    from kb_chatbot.core.errors import ConfigError
+    from kb_chatbot.index.embedder import load_embedder
+    from kb_chatbot.index.pg import building_schemas, connect, embed_pending
+
+    settings = get_settings(ctx)
+    if settings.store.backend != "postgres":
+        raise ConfigError("kb embed-worker needs store.backend: postgres (with SQLite the ingest embeds alone)")
+    embedder = load_embedder(settings.embedding)
+    conn = connect(settings.store.url)
+    total = 0
+    try:
+        while True:
+            for schema in building_schemas(settings.store.url):
+                n = embed_pending(conn, schema, embedder)
+                if n:
+                    total += n
+                    click.echo(f"embedded {n} chunks of {schema} ({total} in all)", err=True)
+            if not follow:
+                break
+            time.sleep(poll)
+    finally:
+        conn.close()
+    click.echo(f"done: {total} chunks embedded", err=True)
