@@ -152,11 +152,17 @@ def test_two_nodes_one_postgres(tmp_path, pg_server):  # noqa: F811
         assert gens.current() != before, (tmp_path / "b.log").read_text()[-3000:]
         shown = a.ask("Where do visitors park?", "bob@acme.example", submit, answer)
         assert "level minus two" in shown and "Parking" in shown, shown
+        # the shell commands on the same store: `kb ask` (node A's socket answers it: same
+        # machine, same account) and a scheduled run with nothing to do
+        asked = _kb("-c", str(cfg_a), "ask", "Where do visitors park?", "--json")
+        assert asked.returncode == 0 and "level minus two" in json.loads(asked.stdout)["answer"], asked.stderr
+        once = _kb("-c", str(cfg_b), "schedule", "--once")
+        assert once.returncode == 0, once.stderr
         a.kill()  # node A dies; node B answers on, and the answer log in Postgres holds every answer
         shown = b.ask("Where do visitors park?", "carol@acme.example", submit, answer)
         assert "level minus two" in shown, shown
         users = [r["username"] for r in PgAnswerLog(url).recent_answers(10)]
-        assert sorted(users) == ["alice@acme.example", "alice@acme.example", "bob@acme.example",
+        assert sorted(users) == ["alice@acme.example", "alice@acme.example", "anonymous", "bob@acme.example",
                                  "carol@acme.example"], users
         # nothing of it lives in a node's folder: the last ingest run, too, is in Postgres
         assert not (tmp_path / "a" / "data" / "app.sqlite3").exists()
@@ -164,7 +170,8 @@ def test_two_nodes_one_postgres(tmp_path, pg_server):  # noqa: F811
         from kb_chatbot.ingest.report import recent_runs
 
         runs = recent_runs(load_settings(cfg_a))  # node A's settings see the run made with B's
-        assert len(runs) == 2 and runs[0]["generation"] and runs[0]["totals"]["added"] == 1, runs[0]
+        assert len(runs) == 3 and runs[1]["generation"] and runs[1]["totals"]["added"] == 1, runs[1]
+        assert runs[0]["generation"] is None  # the scheduled run: nothing changed, nothing published
     finally:
         a.kill()
         b.kill()
