@@ -112,8 +112,9 @@ def _held(word: str, have: set[str]) -> bool:
 
 
 def _typo_of_filler(word: str) -> bool:
-    """'howw', 'whatt', 'wher': a stop word with one letter off is no subject."""
-    if len(word) > 6:
+    """'howw', 'whatt', 'wher': a stop word with one letter off is no subject. Only a word that
+    is no common word itself: 'home' is one letter from 'some'."""
+    if len(word) > 6 or not rare_in_english(word):
         return False
     from rapidfuzz import distance
 

@@ -102,6 +102,10 @@ def test_a_small_knowledge_base_checks_only_words_rare_in_english():
 
     leave = [hit("FMLA gives up to 12 weeks of unpaid leave in a 12-month period.", title="FMLA")]
     assert off_subject_terms("Howw much unpaid leav does FMLA give?", leave, never, 39, porter_stems) == []
+    # ... but a word of the language one letter from a stop word is a word ('home' / 'some')
+    rare = {"home": 1}
+    assert off_subject_terms("Is unpaid leave paid at home?", leave, lambda w: rare.get(w, 500), 1000,
+                             porter_stems) == ["home"]
     # a short word one letter from a source's word is not that word (the handbook's near-miss
     # "How many calories per portion do worms have for the duck?" was answered about leaves)
     duck = [hit("Leaves have 50 calories per portion; work with the vet on the duck's diet.", title="Duck food")]
