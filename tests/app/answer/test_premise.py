@@ -111,3 +111,16 @@ def test_a_small_knowledge_base_checks_only_words_rare_in_english():
     duck = [hit("Leaves have 50 calories per portion; work with the vet on the duck's diet.", title="Duck food")]
     assert off_subject_terms("How many calories per portion do worms have for the duck?", duck, lambda w: 0,
                              1000, porter_stems) == ["worms"]
+
+
+def test_in_a_large_knowledge_base_rare_english_counts_only_while_rare_there_too():
+    """ARAGOG (656 chunks): "inference", "state-of-the-art" are rare in English and everyday
+    words of the papers; "monolingual" (6 chunks) and the absent paper's "GLM-130B" (4) are not."""
+    counts = {"inference": 58, "state-of-the-art": 54, "monolingual": 6, "glm-130b": 4}
+    paper = [hit("HellaSwag shows that state of the art models fail at commonsense NLI.", title="HellaSwag")]
+    assert off_subject_terms("What challenge does HellaSwag pose in commonsense inference?", paper,
+                             lambda w: counts.get(w, 500), 656) == []
+    assert off_subject_terms("How does GLM-130B compare to monolingual models?", paper,
+                             lambda w: counts.get(w, 500), 656) == ["glm-130b", "monolingual"]
+    pretrained = [hit("LLaMA is pre-trained on publicly available data only.", title="LLaMA")]
+    assert off_subject_terms("What pre-training data does LLaMA use?", pretrained, lambda w: 0, 656) == []
