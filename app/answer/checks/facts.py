@@ -5,7 +5,8 @@ normalisation, in a source the sentence cites.
 A fact restated from the question only needs some source. An uncited sentence may use any
 source: the one that holds its facts becomes its citation, and so does it for a sentence whose
 marker names a source without them (a wrong marker is not a wrong fact: the small model often
-cites [2] for what [1] says)."""
+cites [2] for what [1] says). A sentence whose cited source holds some of its facts and one
+other source the rest cites both (it joins two passages, as answers from several pages do)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -37,6 +38,12 @@ class FactsGate:
             other = holder(s.claim, facts, prepared, hits, exclude=numbers)
             if other is not None:
                 return replace(c, sources=(other,), recited=True)
+            # the rest of its facts in one more source: the sentence joins two sources and cites
+            # both ("install the AcmeTunnel app, as the New Joiner Onboarding page says [1]":
+            # the app's name is on the VPN page, [2])
+            rest = holder(s.claim, missing, prepared, hits, exclude=numbers)
+            if rest is not None:
+                return replace(c, sources=(*numbers, rest), recited=True)
             return failed(c, self.name, "not in the cited source: " + ", ".join(f.text for f in missing),
                           missing=missing)
         # uncited: the source that holds all its facts and shares the most words becomes its citation

@@ -44,6 +44,23 @@ def test_facts_gate_recites_a_wrong_marker_and_fails_an_invented_amount():
     assert not bad.passed and bad.gate == "facts" and [f.text for f in bad.missing] == ["$2,500"]
 
 
+def test_facts_gate_cites_a_second_source_that_holds_the_rest_of_the_facts():
+    """The sample company's "how do i conect to the vpn from hom?": the app's name from the VPN
+    page, the page's name from the onboarding page, the sentence citing only the latter."""
+    hits = [Hit(Chunk(id="o", doc_id="o", ordinal=0, text="2. Install the VPN client described on the VPN page.",
+                      start=0, end=52), "New Joiner Onboarding", "https://wiki/onboarding", "t", "wiki", score=1.0),
+            Hit(Chunk(id="v", doc_id="v", ordinal=0, text="Acme packages WireGuard as the AcmeTunnel app.",
+                      start=0, end=46), "VPN and Remote Access", "https://wiki/vpn", "t", "wiki", score=0.9),
+            Hit(Chunk(id="p", doc_id="p", ordinal=0, text="Parking costs $5 a day.", start=0, end=23),
+                "Parking", "https://wiki/parking", "t", "wiki", score=0.5)]
+    s = extract_citations("Install the AcmeTunnel app, as the New Joiner Onboarding page says [1].", hits).sentences[0]
+    joined = FactsGate().check(SentenceCheck(s, s.cited), CheckContext("How do I connect to the VPN?", hits))
+    assert joined.passed and joined.recited and joined.sources == (1, 2)
+    s = extract_citations("Install the AcmeTunnel app for $7 a day, says New Joiner Onboarding [1].", hits).sentences[0]
+    bad = FactsGate().check(SentenceCheck(s, s.cited), CheckContext("How do I connect to the VPN?", hits))
+    assert not bad.passed  # "$7" is in no source: joining sources never excuses a missing fact
+
+
 def test_support_gate_asks_the_model_and_fails_below_the_cut():
     gen = FakeGenerator(yes=[0.2])
     c = SupportGate(gen).check(sentence("The deductible is $1,500 per person [1]."), ctx("What is the deductible?"))
