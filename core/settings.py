@@ -251,8 +251,8 @@ class AnswerConfig(_Section):
     #: no readable source ("The knowledge base has nothing about 'Gold plan'").
     premise_check: bool = True
     #: Abstain when the sources an answer cites never mention a word of the question that is
-    #: rare in English, or rare in the knowledge base from 300 chunks on (asked about "juice",
-    #: answered from a memo about water).
+    #: rare in the knowledge base (from 300 chunks on) or rare in English (asked about "juice",
+    #: answered from a memo about water; asked about a paper the knowledge base lacks).
     subject_check: bool = True
     #: Correct typos of the question against the knowledge base's own words ('conect' ->
     #: 'connect'); the page says "Showing results for …". Only words the asker may read.

@@ -5,7 +5,9 @@ about water; "care-management" answered from a page about another programme).
 Rarity in the knowledge base is counted over the chunks the asker may read, never all chunks:
 whether a hidden document uses a word must not change what the asker sees. It says nothing in a
 small knowledge base (every word is in few chunks), so there only rarity in English counts
-(``wordfreq``'s Zipf frequency, shipped with the package: no download).
+(``wordfreq``'s Zipf frequency, shipped with the package: no download); in a large one a word
+rare in English counts while it is in at most 2 % of the chunks too (a paper collection's
+"inference" is an everyday word there).
 """
 from __future__ import annotations
 
