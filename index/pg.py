@@ -196,15 +196,25 @@ class PgGenerations:
             ensure_control(self._conn)
         return self._conn
 
-    def current(self) -> str | None:
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        """One row; a connection the server dropped (a restart, a failover) is opened again once."""
+        import psycopg
+
         with self._lock:
-            row = self.conn.execute(f"SELECT generation FROM {CONTROL}.current").fetchone()
+            try:
+                return self.conn.execute(sql, params).fetchone()
+            except psycopg.OperationalError:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                return self.conn.execute(sql, params).fetchone()
+
+    def current(self) -> str | None:
+        row = self._one(f"SELECT generation FROM {CONTROL}.current")
         return row[0] if row else None
 
     def manifest(self, gen: str) -> dict[str, Any]:
-        with self._lock:
-            row = self.conn.execute(f"SELECT manifest FROM {CONTROL}.generations WHERE generation=%s",
-                                    (gen,)).fetchone()
+        row = self._one(f"SELECT manifest FROM {CONTROL}.generations WHERE generation=%s", (gen,))
         if row is None:
             raise IndexError_(f"generation {gen} has no manifest in Postgres; run `kb reindex`")
         return dict(row[0])
@@ -278,8 +288,9 @@ class PgGenerations:
 class PgStore:
     """One generation's tables: the methods of :class:`kb_chatbot.index.store.Store`."""
 
-    def __init__(self, conn, schema: str, *, readonly: bool, dim: int | None = None):
+    def __init__(self, conn, schema: str, *, readonly: bool, dim: int | None = None, url: str | None = None):
         self.conn = conn
+        self.url = url  # a reader opens its connection again when the server dropped it
         self.schema = schema
         self.readonly = readonly
         self.dim = dim
@@ -291,9 +302,28 @@ class PgStore:
     def _t(self, table: str) -> str:
         return f"{self.schema}.{table}"
 
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def _rows(self, sql: str, params: Sequence[Any] = (), *, local: Sequence[str] = ()) -> list[tuple]:
+        """The rows of ``sql``; ``local``: SET LOCAL statements for this query only."""
+        import psycopg
+
+        def run() -> list[tuple]:
+            if not local:
+                return self.conn.execute(sql, params).fetchall()
+            with self.conn.transaction():
+                for stmt in local:
+                    self.conn.execute(stmt)
+                return self.conn.execute(sql, params).fetchall()
+
         with self._lock:
-            return self.conn.execute(sql, params).fetchall()
+            try:
+                return run()
+            except psycopg.OperationalError:
+                if not (self.readonly and self.url):
+                    raise  # a writer's transaction is gone with its connection: the ingest fails
+                log.warning("postgres connection lost: reconnecting schema=%s", self.schema)
+                self.conn.close()
+                self.conn = connect(self.url)
+                return run()
 
     def close(self) -> None:
         try:
@@ -699,13 +729,12 @@ class PgVectors:
         exact = self.cfg.kind == "flat" or readable < EXACT_SHARE * max(1, self.ntotal_cached())
         rows: list[tuple] = []
         if not exact:
-            with store._lock, store.conn.transaction():
-                store.conn.execute(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH_MIN, 4 * k)}")
-                store.conn.execute(f"SET LOCAL ivfflat.probes = {int(self.cfg.ivf_nprobe)}")
-                rows = store.conn.execute(
-                    f"""SELECT c.id, 1 - (c.embedding <=> %s) FROM {t} c
-                        WHERE c.embedding IS NOT NULL AND {store._acl()}
-                        ORDER BY c.embedding <=> %s LIMIT %s""", (q, ps, q, k)).fetchall()
+            rows = store._rows(
+                f"""SELECT c.id, 1 - (c.embedding <=> %s) FROM {t} c
+                    WHERE c.embedding IS NOT NULL AND {store._acl()}
+                    ORDER BY c.embedding <=> %s LIMIT %s""", (q, ps, q, k),
+                local=(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH_MIN, 4 * k)}",
+                       f"SET LOCAL ivfflat.probes = {int(self.cfg.ivf_nprobe)}"))
             # pgvector < 0.8 filters after the index scan: fewer than k rows can come back
             exact = len(rows) < min(k, readable)
             if exact:
@@ -1001,7 +1030,8 @@ class PgIndexReader:
                 snap = PgSnapshot(None, store, PgVectors(store, self.settings.index, self.empty_dim), {})
             else:
                 manifest = self.gens.manifest(gen)
-                store = PgStore(connect(self.url), schema_of(gen), readonly=True, dim=int(manifest.get("dim", 0)))
+                store = PgStore(connect(self.url), schema_of(gen), readonly=True, dim=int(manifest.get("dim", 0)),
+                                url=self.url)
                 snap = PgSnapshot(gen, store, PgVectors(store, self.settings.index, int(manifest["dim"])), manifest)
                 log.info("index generation opened gen=%s chunks=%s", gen, manifest.get("chunks"))
             self._snap = snap

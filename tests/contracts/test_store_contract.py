@@ -358,3 +358,23 @@ def test_kb_embed_worker_command(make, backend, tmp_path):
             make(embedding={"model": "hash", "workers": 2})
     else:
         assert r.exit_code == 0 and "done: 0 chunks embedded" in r.output  # no ingest in progress
+
+
+def test_a_reader_survives_the_database_dropping_its_connections(make, backend):
+    """A Postgres restart or failover closes every session: the next question reconnects."""
+    if backend != "postgres":
+        pytest.skip("SQLite files have no server connection to lose")
+    import kb_chatbot.index.pg as pg
+
+    s = make()
+    _sync(s, BASE)
+    idx = open_index(s)
+    r = HybridRetriever(idx, HashEmbedder(), s.retrieval)
+    assert r.retrieve("vacation days per year", user=BOB, top_k=1)[0].chunk.doc_id == "m:pto"
+    admin = pg.connect(s.store.url)
+    killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+    admin.close()
+    assert killed >= 2  # the reader's pointer session and its store's
+    for mode in ("dense", "bm25", "hybrid"):
+        assert r.retrieve("vacation days per year", user=BOB, top_k=1, mode=mode)[0].chunk.doc_id == "m:pto"
