@@ -120,15 +120,16 @@ def failed(c: SentenceCheck, gate: str, reason: str, **changes) -> SentenceCheck
     return replace(c, reason=reason, gate=gate, **changes)
 
 
-def with_marker(text: str, n: int) -> str:
-    """``text`` with ``[n]`` before its final punctuation."""
+def with_marker(text: str, *numbers: int) -> str:
+    """``text`` with ``[n]`` (``[1][2]`` for several) before its final punctuation."""
+    marks = "".join(f"[{n}]" for n in numbers)
     m = re.search(r"([.!?]+[\"')\]]*)\s*$", text)
     if m:
-        return f"{text[:m.start()].rstrip()} [{n}]{m.group(1)}"
-    return f"{text.rstrip()} [{n}]"
+        return f"{text[:m.start()].rstrip()} {marks}{m.group(1)}"
+    return f"{text.rstrip()} {marks}"
 
 
 def joined(passed: Sequence[SentenceCheck]) -> str:
     """The answer made of the sentences that passed, each with the marker of its source."""
     return " ".join(c.sentence.text if c.sentence.cited and not c.recited
-                    else with_marker(c.sentence.claim, c.sources[0]) for c in passed)
+                    else with_marker(c.sentence.claim, *c.sources) for c in passed)

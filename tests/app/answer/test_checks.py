@@ -56,6 +56,10 @@ def test_facts_gate_cites_a_second_source_that_holds_the_rest_of_the_facts():
     s = extract_citations("Install the AcmeTunnel app, as the New Joiner Onboarding page says [1].", hits).sentences[0]
     joined = FactsGate().check(SentenceCheck(s, s.cited), CheckContext("How do I connect to the VPN?", hits))
     assert joined.passed and joined.recited and joined.sources == (1, 2)
+    from kb_chatbot.app.answer.checks.base import joined as joined_text
+
+    # both sources are cited in the answer, so the reader finds each fact behind a marker
+    assert joined_text([joined]) == "Install the AcmeTunnel app, as the New Joiner Onboarding page says [1][2]."
     s = extract_citations("Install the AcmeTunnel app for $7 a day, says New Joiner Onboarding [1].", hits).sentences[0]
     bad = FactsGate().check(SentenceCheck(s, s.cited), CheckContext("How do I connect to the VPN?", hits))
     assert not bad.passed  # "$7" is in no source: joining sources never excuses a missing fact
