@@ -104,6 +104,8 @@ def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_ch
             continue
         if _held(word, have) or (stem is not None and stem([word])[0] in stems):
             continue
+        if rare_in_english(word) and _typo_of(word, words):  # 'rued' for 'ruled', 'bunded' for 'bounded'
+            continue
         if by_count:
             n = chunk_count(word)
             if n <= limit or (rare_in_english(word) and n <= RARE_IN_ENGLISH_MAX_SHARE * total_chunks):
@@ -123,6 +125,16 @@ def _held(word: str, have: set[str]) -> bool:
     if len(parts) > 1:
         return _stem("".join(parts)) in have or all(len(p) < 3 or _held(p, have) for p in parts)
     return False
+
+
+def _typo_of(word: str, words: Sequence[str]) -> bool:
+    """``word``, no word of the language, is one edit from a word the sources hold, as written
+    ('rued' / 'ruled'). Words of the language never are: 'worms' is not 'words'."""
+    if len(word) < 4:
+        return False
+    from rapidfuzz import distance, process
+
+    return process.extractOne(word, words, scorer=distance.Levenshtein.distance, score_cutoff=1) is not None
 
 
 def _typo_of_filler(word: str) -> bool:

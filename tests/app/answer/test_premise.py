@@ -102,6 +102,9 @@ def test_a_small_knowledge_base_checks_only_words_rare_in_english():
 
     leave = [hit("FMLA gives up to 12 weeks of unpaid leave in a 12-month period.", title="FMLA")]
     assert off_subject_terms("Howw much unpaid leav does FMLA give?", leave, never, 39, porter_stems) == []
+    # a typo the spelling step left (no word of the language) of a word the sources hold
+    duchy = [hit("Rollo ruled the duchy, bounded by the river Seine.", title="Normandy")]
+    assert off_subject_terms("Who rued the duchy? What river bunded it?", duchy, never, 39, porter_stems) == []
     # ... but a word of the language one letter from a stop word is a word ('home' / 'some')
     rare = {"home": 1}
     assert off_subject_terms("Is unpaid leave paid at home?", leave, lambda w: rare.get(w, 500), 1000,
