@@ -78,7 +78,8 @@ def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_ch
     An answer whose sources never mention a word that is rare in the whole knowledge base
     ("juice" in "How many bottles of juice were delivered?" answered from a memo about bottles of
     water; "headquarters" answered from the San Francisco office page) answers another question.
-    A word rare in English ("principality", "telework") counts in a knowledge base of any size.
+    A word rare in English ("principality", "telework") counts in a small knowledge base, and in a
+    large one while it is in at most :data:`RARE_IN_ENGLISH_MAX_SHARE` of the chunks.
     Ordinary words ("long", "often", "needed") are in many chunks and common in English, and
     never count; names and numbers are also the premise check's and the fact check's. A typo
     of a stop word ("Howw") is not a subject. ``chunk_count(word)`` is the number of chunks
