@@ -395,7 +395,17 @@ def asgi_app(demo: gr.Blocks, settings: Settings, directory: UserDirectory | Non
                               server_port=settings.server.port, **opts)
     gradio_app = next(r.app for r in parent.routes if isinstance(r, Mount))
     auth = settings.server.auth
-    guarded = SessionGuard(app, gradio_app.tokens, session_hours=auth.session_hours, idle_minutes=auth.idle_minutes)
+    shared = None
+    if settings.store.backend == "postgres" and auth.mode == "users_file":
+        # logins shared by every node: the token table and the cookie's name in Postgres
+        from kb_chatbot.app.web.shared_sessions import PgSessions, shared_cookie_id
+
+        shared = PgSessions(settings.store.url)
+        shared.prune(auth.session_hours * 3600.0)
+        gradio_app.tokens = shared
+        gradio_app.cookie_id = shared_cookie_id(settings.store.url)
+    guarded = SessionGuard(app, gradio_app.tokens, session_hours=auth.session_hours, idle_minutes=auth.idle_minutes,
+                           shared=shared)
     return SameOriginMiddleware(guarded, settings.server.allowed_origins)
 
 

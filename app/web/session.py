@@ -57,10 +57,17 @@ class AddressBackoff(Backoff):
 class SessionGuard:
     """ASGI middleware; ``tokens`` is Gradio's token table (``app.tokens``)."""
 
+    #: With shared sessions, a token's "last used" is written at most this often (seconds).
+    TOUCH_EVERY_S = 30.0
+
     def __init__(self, app: Any, tokens: dict[str, str], *, session_hours: float, idle_minutes: float,
-                 clock: Callable[[], float] = time.time, backoff: AddressBackoff | None = None):
+                 clock: Callable[[], float] = time.time, backoff: AddressBackoff | None = None,
+                 shared: Any = None):
         self.app = app
         self.tokens = tokens
+        #: PgSessions (app/web/shared_sessions.py) when every node shares the sessions: it is
+        #: ``tokens`` too, and holds when each token was issued and last used
+        self.shared = shared
         self.max_age = session_hours * 3600.0
         self.idle = idle_minutes * 60.0
         self.clock = clock
@@ -70,6 +77,16 @@ class SessionGuard:
 
     # --- sessions ---------------------------------------------------------------------------
     def _expired(self, token: str, now: float) -> bool:
+        if self.shared is not None:
+            seen = self.shared.times(token)
+            if seen is None:
+                return False  # no such session anywhere: Gradio asks for the login
+            issued, used = seen
+            if now - issued > self.max_age or (self.idle > 0 and now - used > self.idle):
+                return True
+            if now - used > self.TOUCH_EVERY_S:
+                self.shared.used(token, now)
+            return False
         with self._lock:
             seen = self._seen.get(token)
             if seen is None:
@@ -81,6 +98,10 @@ class SessionGuard:
             return False
 
     def _end(self, token: str) -> None:
+        if self.shared is not None:
+            self.shared.forget(token)
+            log.info("session_expired shared=1")
+            return
         with self._lock:
             self._seen.pop(token, None)
         user = self.tokens.pop(token, None)
@@ -97,7 +118,9 @@ class SessionGuard:
                 name, _, rest = text.partition("=")
                 if name.strip().startswith(TOKEN_COOKIE_PREFIX):
                     token = rest.split(";", 1)[0].strip()
-                    if token:
+                    if token and self.shared is not None:
+                        self.shared.issued(token, now)
+                    elif token:
                         with self._lock:
                             self._seen[token] = (now, now)
                     if "max-age" not in text.lower():

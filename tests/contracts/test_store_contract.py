@@ -378,3 +378,24 @@ def test_a_reader_survives_the_database_dropping_its_connections(make, backend):
     assert killed >= 2  # the reader's pointer session and its store's
     for mode in ("dense", "bm25", "hybrid"):
         assert r.retrieve("vacation days per year", user=BOB, top_k=1, mode=mode)[0].chunk.doc_id == "m:pto"
+
+
+def test_shared_login_sessions_expire_on_every_node(make, backend):
+    if backend != "postgres":
+        pytest.skip("with SQLite the sessions live in the node (one node)")
+    from kb_chatbot.app.web.session import SessionGuard
+    from kb_chatbot.app.web.shared_sessions import PgSessions, shared_cookie_id
+
+    s = make()
+    now = [1000.0]
+    a, b = PgSessions(s.store.url, clock=lambda: now[0]), PgSessions(s.store.url, clock=lambda: now[0])
+    a["tok-1"] = "alice"
+    assert b["tok-1"] == "alice" and "tok-1" in b and b.get("nope") is None and b.get(None) is None
+    assert list(b) and all(k.startswith("sha256:") for k in b)  # only hashes are stored
+    assert "tok-1" not in str(b._q("SELECT * FROM kb.sessions"))
+    guard = SessionGuard(lambda *a: None, b, session_hours=1, idle_minutes=10, clock=lambda: now[0], shared=b)
+    assert not guard._expired("tok-1", now[0] + 60)
+    assert guard._expired("tok-1", now[0] + 3601)  # older than session_hours on any node
+    guard._end("tok-1")
+    assert "tok-1" not in a
+    assert shared_cookie_id(s.store.url) == shared_cookie_id(s.store.url)

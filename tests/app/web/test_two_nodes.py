@@ -176,3 +176,41 @@ def test_two_nodes_one_postgres(tmp_path, pg_server):  # noqa: F811
         a.kill()
         b.kill()
         shutil.rmtree(tmp_path / "a" / "data", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_login_on_one_node_works_on_the_other_and_signing_out_ends_it_on_both(tmp_path, pg_server):  # noqa: F811
+    """users_file mode: the login token and the cookie's name are in Postgres, not in a node."""
+    from tests.app.web.test_chat_app import SAMPLE
+
+    url = _pg_url(pg_server)
+    wiki = tmp_path / "wiki"
+    wiki.mkdir()
+    (wiki / "pto.md").write_text("---\ntitle: Vacation policy\n---\n# Vacation\n\nEmployees get 25 vacation days.\n")
+    cfgs = []
+    for name in ("a", "b"):
+        cfg = _config(tmp_path / name, tmp_path / name / "data", wiki, url)
+        text = cfg.read_text().replace(f"auth: {{mode: header, proxy_secret: {PROXY_SECRET}, admins: [admin@acme.example]}}",
+                                       f"auth: {{mode: users_file, users_file: {SAMPLE / 'users.yaml'}}}")
+        cfg.write_text(text)
+        cfgs.append(cfg)
+    assert _kb("-c", str(cfgs[0]), "reindex").returncode == 0
+    a, b = Node(cfgs[0], tmp_path / "a.log"), Node(cfgs[1], tmp_path / "b.log")
+    try:
+        with httpx.Client(base_url=a.base, timeout=60) as ca:
+            r = ca.post("/login", data={"username": "alice", "password": "acme-demo"})
+            assert r.status_code == 200, r.text
+            cookies = dict(ca.cookies)
+        assert any(k.startswith("access-token") for k in cookies)
+        with httpx.Client(base_url=b.base, timeout=60, cookies=cookies) as cb:
+            me = cb.get("/config")
+            assert me.status_code == 200, me.text  # node B knows node A's login
+        with httpx.Client(base_url=b.base, timeout=60) as anon:
+            assert anon.get("/config").status_code == 401  # and not without it
+        with httpx.Client(base_url=a.base, timeout=60, cookies=cookies) as ca:
+            ca.get("/logout")
+        with httpx.Client(base_url=b.base, timeout=60, cookies=cookies) as cb:
+            assert cb.get("/config").status_code == 401  # signed out on A: gone on B too
+    finally:
+        a.kill()
+        b.kill()
