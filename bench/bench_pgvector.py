@@ -152,7 +152,7 @@ def main() -> None:
         try:
             srv.psql("CREATE DATABASE bench;")
             url = srv.get_uri().replace("/postgres?", "/bench?")
-            srv.psql("ALTER DATABASE bench SET maintenance_work_mem = '1GB';")
+            srv.psql(f"ALTER DATABASE bench SET maintenance_work_mem = '{'4GB' if args.n > 200_000 else '1GB'}';")
             settings = Settings(data_dir=Path(tmp) / "p", index={"kind": "hnsw"},
                                 store={"backend": "postgres", "url": url})
             with timer() as load:

@@ -139,9 +139,15 @@ def _typo_of(word: str, words: Sequence[str]) -> bool:
 
 
 def _typo_of_filler(word: str) -> bool:
-    """'howw', 'whatt', 'wher': a stop word with one letter off is no subject. Only a word that
-    is no common word itself: 'home' is one letter from 'some'."""
-    if len(word) > 6 or not rare_in_english(word):
+    """'howw', 'thee', 'whatt', 'wher': a stop word with one letter off is no subject. A letter
+    doubled always is a typo ('thee' is a word, but not in a question "for thee duck"); another
+    edit only when the result is no common word itself ('home' is one letter from 'some',
+    'wheat' one from 'what')."""
+    if len(word) > 6:
+        return False
+    if any(word[i] == word[i + 1] and word[:i] + word[i + 1:] in FILLER_WORDS for i in range(len(word) - 1)):
+        return True
+    if not rare_in_english(word):
         return False
     from rapidfuzz import distance
 

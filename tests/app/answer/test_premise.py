@@ -105,6 +105,11 @@ def test_a_small_knowledge_base_checks_only_words_rare_in_english():
     # a typo the spelling step left (no word of the language) of a word the sources hold
     duchy = [hit("Rollo ruled the duchy, bounded by the river Seine.", title="Normandy")]
     assert off_subject_terms("Who rued the duchy? What river bunded it?", duchy, never, 39, porter_stems) == []
+    # a stop word with a letter doubled is a typo even when it spells a word ("for thee duck?")
+    duck = [hit("Berries have 150 calories per portion for the duck.", title="Duck food")]
+    assert off_subject_terms("How many calories per portion do berries have for thee duck?", duck,
+                             lambda w: 0, 1000, porter_stems) == []
+    assert off_subject_terms("How much wheat for the duck?", duck, lambda w: 0, 1000, porter_stems) == ["wheat"]
     # ... but a word of the language one letter from a stop word is a word ('home' / 'some')
     rare = {"home": 1}
     assert off_subject_terms("Is unpaid leave paid at home?", leave, lambda w: rare.get(w, 500), 1000,
