@@ -31,6 +31,7 @@ import numpy as np
 
 from kb_chatbot.core.errors import IndexError_, IngestBusy as _IngestBusy
 from kb_chatbot.core.settings import IndexConfig, Settings
+from kb_chatbot.index.snapshot import SnapshotShortcuts
 from kb_chatbot.index.store import Store
 from kb_chatbot.index.vectors import FaissIndex
 
@@ -399,7 +400,7 @@ def _empty_snapshot(cfg: IndexConfig, dim: int) -> IndexSnapshot:
     return IndexSnapshot(None, Store.empty(), FaissIndex(dim, cfg), {})
 
 
-class IndexReader:
+class IndexReader(SnapshotShortcuts):
     """What ``open_index`` returns: the published generation, reopened when CURRENT changes.
 
     ``snapshot()`` does a cheap stat of CURRENT and returns the generation to use for one
@@ -454,27 +455,6 @@ class IndexReader:
                     raise
                 gen = newer
         raise AssertionError("unreachable")
-
-    def refresh(self) -> bool:
-        """Reopen if CURRENT changed; True if it did."""
-        before = self._snap
-        return self.snapshot() is not before
-
-    @property
-    def generation(self) -> str | None:
-        return self.snapshot().generation
-
-    @property
-    def store(self) -> Store:
-        return self.snapshot().store
-
-    @property
-    def vectors(self) -> FaissIndex:
-        return self.snapshot().vectors
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        return self.snapshot().manifest
 
 
 def open_index(settings: Settings, *, missing_ok: bool = False) -> IndexReader:

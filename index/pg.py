@@ -42,7 +42,9 @@ import numpy as np
 from kb_chatbot.core.errors import IndexError_, IngestBusy
 from kb_chatbot.core.settings import IndexConfig, Settings
 from kb_chatbot.core.types import Chunk, Document
-from kb_chatbot.index.store import ChunkRow, SourceStats, _chunk_tuple, _iso, _row_to_chunk_row, porter_stems, text_sha
+from kb_chatbot.index.snapshot import SnapshotShortcuts
+from kb_chatbot.index.store import (_HIT_COLUMNS, ChunkRow, SourceStats, _chunk_tuple, _iso, _row_to_chunk_row,
+                                    porter_stems, text_sha)
 
 log = logging.getLogger(__name__)
 
@@ -535,8 +537,7 @@ class PgStore:
         if not ids or not ps:
             return {}
         rows = self._rows(
-            f"""SELECT c.id, c.chunk_id, c.doc_id, c.ordinal, c.text, c.start, c."end", c.heading_path,
-                c.page, c.slide, c.sheet, c.slack_ts, d.title, d.uri, d.source, d.source_type
+            f"""SELECT {_HIT_COLUMNS}
                 FROM {self._t('chunks')} c JOIN {self._t('documents')} d ON d.doc_id = c.doc_id
                 WHERE c.id = ANY(%s) AND {self._acl()}""", (ids, ps))
         return {int(r[0]): _row_to_chunk_row(r) for r in rows}
@@ -1000,7 +1001,7 @@ class PgSnapshot:
         return self.store.readable_chunk_ids(principals)
 
 
-class PgIndexReader:
+class PgIndexReader(SnapshotShortcuts):
     """The published generation, followed at every question (one indexed SELECT of the
     pointer): a re-index published from any node is seen by all at their next question."""
 
@@ -1038,23 +1039,3 @@ class PgIndexReader:
         # readers mid-query on the old snapshot keep their reference; its connection closes
         # when the last one lets go (psycopg closes a collected connection)
         return snap
-
-    def refresh(self) -> bool:
-        before = self._snap
-        return self.snapshot() is not before
-
-    @property
-    def generation(self) -> str | None:
-        return self.snapshot().generation
-
-    @property
-    def store(self) -> PgStore:
-        return self.snapshot().store
-
-    @property
-    def vectors(self) -> PgVectors:
-        return self.snapshot().vectors
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        return self.snapshot().manifest
