@@ -81,7 +81,8 @@ def headers(user: str) -> dict[str, str]:
     return {"X-Forwarded-User": f"{user}@acme.example", "X-Proxy-Secret": SECRET}
 
 
-def ask(base: str, user: str, question: str, submit: int, answer: int) -> float:
+def ask(base: str, user: str, question: str, submit: int, answer: int, ranks: list[int] | None = None) -> float:
+    """Seconds from sending ``question`` to its last event; queue places Gradio sent go to ``ranks``."""
     import httpx
 
     session = secrets.token_hex(6)
@@ -97,6 +98,8 @@ def ask(base: str, user: str, question: str, submit: int, answer: int) -> float:
             for line in stream.iter_lines():
                 if line.startswith("data:"):
                     msg = json.loads(line[5:])
+                    if ranks is not None and msg.get("msg") == "estimation" and msg.get("rank") is not None:
+                        ranks.append(int(msg["rank"]))
                     if msg.get("msg") == "process_completed":
                         if not msg.get("success"):
                             raise RuntimeError(str(msg)[:300])

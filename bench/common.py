@@ -49,9 +49,29 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_kind() -> str:
+    """Which of the CPU kinds a speed figure comes from: AMX, AVX-512 (VNNI/BF16) or AVX2 only."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
+    if "amx_tile" in flags:
+        simd = "AMX + AVX-512"
+    elif "avx512f" in flags:
+        simd = "AVX-512" + "".join(f" {f}" for f in ("avx512_vnni", "avx512_bf16") if f in flags)
+    elif "avx2" in flags:
+        simd = "AVX2 only"
+    else:
+        simd = "no AVX2"
+    return f"{model}, {simd}"
+
+
 def machine() -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (None, None, None)
     return {
+        "cpu": cpu_kind(),
         "cpu_count": os.cpu_count(),
         "threads": int(os.environ.get("OMP_NUM_THREADS", "1")),
         "python": platform.python_version(),
