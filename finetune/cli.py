@@ -73,11 +73,15 @@ def _bar(label: str):
               help="Also use restricted documents (each example built as one reader of its document). "
                    "The adapter then holds restricted facts: serve it only to people who may read them all.")
 @click.option("--no-feedback", is_flag=True, help="Leave out thumbs-up/corrected answers from the answer log.")
+@click.option("--verify", type=click.Choice(["facts", "slm", "off"]), default="facts", show_default=True,
+              help="Keep an answer only if the answer service's verifier passes it: its text gates (facts), "
+                   "and the model's support check (slm, one model call per sentence).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
 def build_data(ctx: click.Context, out_dir: Path | None, max_docs: int | None, questions: str, teacher_url: str | None,
                teacher_model: str | None, teacher_api_key: str | None, per_chunk: int, unanswerable_ratio: float,
-               heldout_share: float, top_k: int | None, include_restricted: bool, no_feedback: bool, seed: int) -> None:
+               heldout_share: float, top_k: int | None, include_restricted: bool, no_feedback: bool, verify: str,
+               seed: int) -> None:
     """Training examples in the answering prompt format, split by document into train / held-out.
 
     \b
@@ -97,13 +101,15 @@ def build_data(ctx: click.Context, out_dir: Path | None, max_docs: int | None, q
         out_dir=(out_dir or settings.data_dir / DEFAULT_DATA).resolve(), max_docs=max_docs,
         questions_per_chunk=per_chunk, unanswerable_ratio=unanswerable_ratio, heldout_share=heldout_share,
         seed=seed, include_restricted=include_restricted, questions=questions,  # type: ignore[arg-type]
-        teacher=teacher, top_k=top_k, feedback=not no_feedback,
+        teacher=teacher, top_k=top_k, feedback=not no_feedback, verify=verify,  # type: ignore[arg-type]
     )
     report = build_dataset(settings, opts, progress=_bar("writing questions"))
     c = report.counts
     click.echo(f"train: {c['train']} examples {c['train_kinds']} from {c['train_documents']} documents")
     click.echo(f"held-out: {c['heldout']} examples {c['heldout_kinds']} from {c['heldout_documents']} documents")
     click.echo(f"questions: {c.get('question_mode')} {c.get('question_origins')}")
+    click.echo(f"answers kept by the verifier ({verify}): {c.get('replies_verified', 0)}, "
+               f"left out: {c.get('replies_failed_verification', 0)}")
     for note in report.notes:
         click.secho(f"note: {note}", fg="yellow", err=True)
     click.echo(f"data hash: {report.data_hash}")

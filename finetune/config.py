@@ -29,6 +29,9 @@ class LoraSettings(BaseModel):
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     #: Module names (``q_proj``, ``v_proj``…) or "all-linear" (every linear layer but the head).
     target_modules: list[str] | Literal["all-linear"] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    #: Adapt only the last N transformer layers (None: all). Gradients then stop at the lowest
+    #: adapted layer, so a CPU step skips the backward pass through the layers below it.
+    top_layers: int | None = Field(default=None, ge=1)
 
     @field_validator("target_modules")
     @classmethod

@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 TRAIN_FILE, HELDOUT_FILE, MANIFEST = "train.jsonl", "heldout.jsonl", "manifest.json"
 Kind = Literal["answerable", "unanswerable", "feedback"]
 QuestionSource = Literal["auto", "extractive", "slm", "teacher"]
+#: How an answerable example's reply is checked before it is kept: the answer service's own
+#: verifier ("facts": its text gates, no model; "slm": and the model's support check).
+VerifyMode = Literal["slm", "facts", "off"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ class BuildOptions:
     #: Share of examples whose sources are shuffled (the gold source is not always [1]).
     shuffle_share: float = 0.5
     feedback: bool = True
+    #: Keep an answerable example only if the service's verifier passes every sentence of its reply.
+    verify: VerifyMode = "facts"
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,7 @@ class DatasetBuilder:
 
             self.context_filter = ContextFilter.from_settings(self.embedder, settings.retrieval)
         self._generator = generator
+        self._verifier = None
         self.answer_log = answer_log
         self.counts: Counter = Counter()
         self.notes: list[str] = []
@@ -203,8 +209,27 @@ class DatasetBuilder:
             hits[idx] = replace(hits[idx], text=None)  # the trim cut the answer: show the whole chunk
         hits = self._order(hits)
         n = next(i for i, h in enumerate(hits, 1) if h.chunk.id == gold.chunk.id)
-        msgs = build_messages(qa.question, hits) + [Message("assistant", cite(qa.answer, n))]
-        return self._row("answerable", qa, gold, hits, msgs, [n], owner), cands
+        prompt = build_messages(qa.question, hits)
+        reply = cite(qa.answer, n)
+        if not self._verified(qa.question, hits, prompt, reply):
+            return None, cands
+        return self._row("answerable", qa, gold, hits, prompt + [Message("assistant", reply)], [n], owner), cands
+
+    def _verified(self, question: str, hits: Sequence[Hit], prompt: Sequence[Message], reply: str) -> bool:
+        """The answer service's verifier passes every sentence of ``reply`` as cited (counted)."""
+        if self.opts.verify == "off":
+            return True
+        if self._verifier is None:
+            from kb_chatbot.app.answer.checks import Verifier
+
+            self._verifier = Verifier(self._model() if self.opts.verify == "slm" else None, mode=self.opts.verify)
+        v = self._verifier.verify(reply, hits, question=question, messages=prompt)
+        if v.status == "ok" and all(not c.recited for c in v.checks):
+            self.counts["replies_verified"] += 1
+            return True
+        self.counts["replies_failed_verification"] += 1
+        log.debug("finetune reply_failed_verification status=%s reply=%r", v.status, reply[:200])
+        return False
 
     def unanswerable(self, qa: QA, gold: Hit, cands: Sequence[Hit], owner: str) -> dict | None:
         rest = [h for h in cands if h.chunk.doc_id != gold.chunk.doc_id and not _contains(h.chunk.text, qa.answer)]
@@ -271,13 +296,16 @@ class DatasetBuilder:
             from kb_chatbot.app.generators import make_escalation_generator
 
             return ModelWriter(make_escalation_generator(self.opts.teacher), extractive, origin="teacher"), "teacher"
-        gen = self._generator
-        if gen is None:
+        return ModelWriter(self._model(), extractive, origin="slm"), "slm"
+
+    def _model(self):
+        """The configured generator (the SLM), loaded once."""
+        if self._generator is None:
             from kb_chatbot.app.generators import make_generator
 
             s = self.settings
-            gen = make_generator(s.generator, s.models_dir, base_dir=s.config_dir)
-        return ModelWriter(gen, extractive, origin="slm"), "slm"
+            self._generator = make_generator(s.generator, s.models_dir, base_dir=s.config_dir)
+        return self._generator
 
     # --- feedback -------------------------------------------------------------------------
     def feedback_rows(self, all_hits: dict[str, Hit]) -> list[dict]:
@@ -344,6 +372,8 @@ class DatasetBuilder:
             for gold in by_doc.get(doc_id, []):
                 for qa in writer.write(gold.chunk, gold.doc_title):
                     row, cands = self.answerable(qa, gold, principal, owner)
+                    if row is None:  # its reply failed the verifier: no answerable or near-miss example
+                        continue
                     rows.append(row)
                     if self.rng.random() < self.opts.unanswerable_ratio:
                         un = self.unanswerable(qa, gold, cands, owner)

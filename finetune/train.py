@@ -199,9 +199,18 @@ def load_model(cfg: TrainConfig, hf_dir: Path) -> tuple[Any, Any, dict[str, Any]
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     model.config.use_cache = False
+    n_layers = int(model.config.num_hidden_layers)
+    top = cfg.lora.top_layers
+    if top is not None and top > n_layers:
+        raise ConfigError(f"lora.top_layers {top} is more than the model's {n_layers} layers")
+    targets = cfg.lora.target_modules
+    if top and targets == "all-linear":  # PEFT takes layers_to_transform with module names only
+        targets = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+                          if isinstance(mod, torch.nn.Linear) and ".layers." in name})
     lcfg = LoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules, bias="none", task_type="CAUSAL_LM",
+        target_modules=targets, bias="none", task_type="CAUSAL_LM",
+        layers_to_transform=list(range(n_layers - top, n_layers)) if top else None,
     )
     try:
         model = get_peft_model(model, lcfg)

@@ -40,7 +40,7 @@ ALLOWED: dict[str, set[str]] = {
     "app.kb": {"core", "index", "ingest", "app.answer", "app.generators", "app.auth", "app.web"},
     "eval": {"core", "index", "ingest", "app.answer", "app.generators", "app.auth", "app.kb"},
     "finetune": {"core", "index", "app.answer", "app.generators", "app.kb", "eval"},
-    "bench": {"core", "index", "ingest", "app.answer", "app.generators", "app.kb", "app.web", "eval"},
+    "bench": {"core", "index", "ingest", "app.answer", "app.generators", "app.kb", "app.web", "eval", "finetune"},
 }
 #: The answer checks: one package, each check its own module, only the verifier combines them.
 CHECKS = f"{PKG}.app.answer.checks"

@@ -278,3 +278,29 @@ def test_build_data_without_public_chunks_says_what_to_do(tmp_path):
 def test_ten_public_pages_are_all_used(kb_settings, tmp_path):
     _, train, held = _build(kb_settings, tmp_path)
     assert {r["doc_id"] for r in train + held} == {f"t:{k}" for k in PAGES}
+
+
+def test_replies_the_verifier_rejects_are_left_out(kb_settings, tmp_path, monkeypatch):
+    """Every other reply gets a number its source does not hold: the answer service's verifier
+    (its facts gate) rejects those, so neither they nor their near-miss twin are trained on."""
+    real = data_mod.cite
+    calls = {"n": 0}
+
+    def cite_inventing(answer: str, n: int) -> str:
+        calls["n"] += 1
+        if calls["n"] % 2:
+            answer = answer.rstrip(". ") + ", within 987 days."
+        return real(answer, n)
+
+    monkeypatch.setattr(data_mod, "cite", cite_inventing)
+    report, train, held = _build(kb_settings, tmp_path / "checked")
+    rows = train + held
+    answerable = [r for r in rows if r["kind"] == "answerable"]
+    assert answerable and not any("987" in r["reference"] for r in rows)
+    assert report.counts["replies_failed_verification"] >= 5
+    assert report.counts["replies_verified"] >= len({(r["question"], r["chunk_id"]) for r in answerable})
+
+    calls["n"] = 0
+    report, train, held = _build(kb_settings, tmp_path / "unchecked", verify="off")
+    assert any("987" in r["reference"] for r in train + held)  # the check is what removed them
+    assert "replies_failed_verification" not in report.counts
