@@ -316,3 +316,28 @@ def test_cli_train_export_eval(rig, tmp_path):
     assert (settings.data_dir / "reports" / "finetune" / "t-cli.md").is_file()
     res = run.invoke(main, ["-c", str(kb_yaml), "finetune", "train", "--config", str(tmp_path / "nope.yaml")])
     assert res.exit_code == 2 and "training config not found" in res.output
+
+
+def test_top_layers_adapts_only_the_last_layers(smol_hf, tmp_path):
+    """lora.top_layers: adapters in the last N layers only ("all-linear" spelled out as module
+    names, which PEFT needs for layers_to_transform); no gradient reaches the layers below."""
+    import torch
+
+    from kb_chatbot.core.errors import ConfigError
+    from kb_chatbot.finetune.train import load_model
+
+    cfg = _config(tmp_path, lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear",
+                                  "top_layers": 2})
+    model, tok, facts = load_model(cfg, smol_hf)
+    n = model.base_model.model.config.num_hidden_layers
+    adapted = {int(name.split(".layers.")[1].split(".")[0]) for name, p in model.named_parameters()
+               if p.requires_grad}
+    assert adapted == {n - 2, n - 1}
+    kinds = {name.split(".lora_")[0].rsplit(".", 1)[1] for name, p in model.named_parameters() if p.requires_grad}
+    assert kinds == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    ids = torch.tensor([tok("Where do visitors park?")["input_ids"]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    lower = model.base_model.model.model.layers[0].self_attn.q_proj.weight
+    assert lower.grad is None
+    with pytest.raises(ConfigError, match="top_layers"):
+        load_model(_config(tmp_path, lora={"top_layers": n + 1}), smol_hf)
