@@ -27,6 +27,7 @@ import json
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -204,11 +205,6 @@ def worker(name: str, folder: str, prompts_file: str, threads: int, max_new: int
     print(json.dumps({"load_s": round(load_s, 2), "peak_rss_mib": round(peak), "rows": rows}))
 
 
-def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=8)
@@ -258,19 +254,17 @@ def main(argv: list[str] | None = None) -> int:
         summary[name] = {
             "prefill_tps": round(sum(x["prompt_tokens"] for x in rows) / sum(x["prefill_s"] for x in rows), 1),
             "decode_tps": round(sum(x["new_tokens"] - 1 for x in rows) / max(1e-9, sum(x["decode_s"] for x in rows)), 1),
-            "p50_first_token_s": round(_median([x["prefill_s"] for x in rows]), 2),
-            "p50_first_sentence_s": round(_median([x["first_sentence_s"] for x in rows]), 2),
-            "p50_total_s": round(_median([x["total_s"] for x in rows]), 2),
+            "p50_first_token_s": round(statistics.median([x["prefill_s"] for x in rows]), 2),
+            "p50_first_sentence_s": round(statistics.median([x["first_sentence_s"] for x in rows]), 2),
+            "p50_total_s": round(statistics.median([x["total_s"] for x in rows]), 2),
             "load_s": r["load_s"], "peak_rss_mib": r["peak_rss_mib"],
             "same_text_as_llamacpp": (sum(a["text"] == b["text"] for a, b in zip(rows, base["rows"]))
                                       if base else None),
             "prompts": len(rows),
         }
-        if base:
-            b = summary["llama.cpp Q4_K_M"] if "llama.cpp Q4_K_M" in summary else None
-            if b:
-                summary[name]["first_sentence_vs_llamacpp"] = round(
-                    summary[name]["p50_first_sentence_s"] / b["p50_first_sentence_s"], 2)
+        if base:  # llama.cpp runs first, so its summary is there
+            summary[name]["first_sentence_vs_llamacpp"] = round(
+                summary[name]["p50_first_sentence_s"] / summary["llama.cpp Q4_K_M"]["p50_first_sentence_s"], 2)
     for name, s in summary.items():
         print(f"{name:24s} {s}")
     out = write_results("bench_backends", {"machine": machine(), "threads": args.threads, "max_new": args.max_new,
