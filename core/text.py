@@ -26,6 +26,22 @@ FILLER_WORDS = STOPWORDS | frozenset(
     something thing things many way use used using""".split()
 )
 
+def _keyboard_neighbours(rows: tuple[str, ...] = ("qwertyuiop", "asdfghjkl", "zxcvbnm")) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for r, row in enumerate(rows):
+        for c, ch in enumerate(row):
+            near = [row[c + d] for d in (-1, 1) if 0 <= c + d < len(row)]
+            for rr in (r - 1, r + 1):
+                if 0 <= rr < len(rows):
+                    near += [rows[rr][cc] for cc in (c - 1, c, c + 1) if 0 <= cc < len(rows[rr])]
+            out[ch] = "".join(dict.fromkeys(near))
+    return out
+
+
+#: Letters next to each letter on a QWERTY keyboard (same row and the rows above and below):
+#: the typos of the eval's typo copies and the speller's likeliest slips.
+KEYBOARD_NEIGHBOURS: dict[str, str] = _keyboard_neighbours()
+
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'_-]*")
 #: Sentence end: . ! ? (optionally closed by quotes/brackets) then space and an upper-case
 #: letter, digit, quote, bracket or markdown marker.

@@ -12,18 +12,10 @@ import re
 from dataclasses import replace
 from typing import Sequence
 
+from kb_chatbot.core.text import KEYBOARD_NEIGHBOURS
 from kb_chatbot.eval.questions import EvalQuestion
 
-_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
-#: Letters next to each letter on a QWERTY keyboard (same row and the rows above and below).
-NEIGHBOURS: dict[str, str] = {}
-for r, row in enumerate(_ROWS):
-    for c, ch in enumerate(row):
-        near = [row[c + d] for d in (-1, 1) if 0 <= c + d < len(row)]
-        for rr in (r - 1, r + 1):
-            if 0 <= rr < len(_ROWS):
-                near += [_ROWS[rr][cc] for cc in (c - 1, c, c + 1) if 0 <= cc < len(_ROWS[rr])]
-        NEIGHBOURS[ch] = "".join(dict.fromkeys(near))
+NEIGHBOURS = KEYBOARD_NEIGHBOURS
 
 #: Share of eligible words that get one edit.
 RATE = 0.25

@@ -575,8 +575,8 @@ class PgStore:
                               LIMIT 20""", (term.lower() + ":*", ps))
         seen: dict[str, int] = {}
         for (text,) in rows:
-            words = [w for w in re.findall(r"[^\W\d_]+", text.lower()) if w.startswith(term.lower())]
-            for w, stem in zip(words, porter_stems(words)):
+            words = [w for w in re.findall(r"[^\W\d_]+", text) if w.lower().startswith(term.lower())]
+            for w, stem in zip(words, porter_stems([w.lower() for w in words])):
                 if stem == term:
                     seen[w] = seen.get(w, 0) + 1
         return seen

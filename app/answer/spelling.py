@@ -1,39 +1,68 @@
 """Spelling correction of a question against the knowledge base's own vocabulary.
 
-Real users type 'how do i conect to the vpn from hom?', 'comands', 'servises', 'Howw': the
-premise and subject checks then found "nothing about 'conect'" and declined questions the
-knowledge base answers. A word of the question whose stem no chunk holds (the index's own
-stems, so 'services' and 'service' are one word) is replaced by the closest way a near term of
-the index is written: the terms within one edit more than allowed are looked up (rapidfuzz),
-their written forms read from chunks, and the form closest to the typed word wins if it is
-within the allowed distance (1 edit, 2 for words of 8+ letters)
-('leace' -> 'leave', not 'lead'; 'comands' -> 'commands'; 'usee' -> 'use', not 'user';
-'cary' -> 'carry', not 'car'). The corrected question is what
-retrieval, the checks and the prompt get, and the page says "Showing results for …".
+Real users type 'how do i conect to the vpn from hom?', 'comands', 'servises', 'Howw',
+'Normaandy', 'Robett's army': the premise and subject checks then found "nothing about
+'conect'" and declined questions the knowledge base answers. A word of the question that no
+readable chunk writes (and no common word of the language) is replaced by the closest way the
+knowledge base writes a near word (Norvig's noisy channel, with the candidates from the
+index): the words one edit away whose index term (the FTS5 Porter stem) a chunk holds, plus,
+for words of 8+ letters, the terms within two edits (rapidfuzz); their written forms are read
+from chunks the asker may read. The fewest edits win; on a tie a doubled letter typed once or
+twice ('cary' -> 'carry', not 'car'; 'usee' -> 'use', not 'user'), then the more frequent word,
+in English (``wordfreq``) and in the knowledge base ('whwt' -> 'what', not 'wwt'; 'modeo' ->
+'model', not 'mode'). The corrected question is what retrieval, the checks and the prompt get,
+and the page says "Showing results for …".
 
-A real word is never corrected (the embedder's word list says which are: 'worms' stays
-'worms' in a question about a duck's food, so the subject check still sees it missing).
-Fails closed: a correction is only ever a word found in a chunk the asker may read (the
-surface form comes from such a chunk), so a correction never reveals a hidden document's
-words. Names, codes and short words are left alone: a capitalised word inside a sentence ('the TTS Gold
-plan' is not 'Old'), a word with a digit, an inner capital or all capitals ('VPN', 'iOS',
-'GS-15'), and words of fewer than 4 letters.
+A common word of the language is never corrected (the embedder's word list and ``wordfreq``
+say which: 'worms' stays 'worms' in a question about a duck's food, so the subject check still
+sees it missing); a rare one is only when a doubled letter or the knowledge base's own near word
+says it was mistyped ('rued' -> 'ruled', 'tthe' -> 'the'). A capitalised word inside a sentence
+is a name: it is corrected only into a name the knowledge base writes capitalised ('Normaandy'
+-> 'Normandy', 'Cypruq' -> 'Cyprus'), never into a common word ('the TTS Gold plan' is not
+'old'). A possessive is corrected without its "'s" ('Robett's' -> 'Robert's'). Fails closed: a
+correction is only ever a word found in a chunk the asker may read, so a correction never
+reveals a hidden document's words. Left alone: words of fewer than 4 letters, words with a
+digit, an inner capital or all capitals ('VPN', 'iOS', 'GS-15').
 """
 from __future__ import annotations
 
 import logging
+import math
 import re
+import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Sequence
+
+from kb_chatbot.core.text import KEYBOARD_NEIGHBOURS
 
 log = logging.getLogger(__name__)
 
-_WORD = re.compile(r"(?<![\w'])[A-Za-z]+(?:'[a-z]+)?(?!\w)")
-#: Edit distance allowed by word length (letters).
+_WORD = re.compile(r"(?<![\w'])([A-Za-z]+)('s|s'|')?(?![\w'])")
 MIN_LETTERS = 4
-#: Index terms looked at per unknown word (their written forms are read from chunks).
+#: Index terms within two edits looked at per unknown long word (their written forms are read from chunks).
 CANDIDATES = 40
+#: Words of this many letters may have two edits; shorter ones one.
 LONG_WORD = 8
+#: A word this common in English (``wordfreq``'s Zipf: log10 of uses per billion words;
+#: 'worms' 3.8, 'serviced' 3.3) is never a typo; a rarer one ('rued' 1.7, 'conquerer' 1.6) may
+#: be, when the knowledge base writes a near word; typos mostly score 0-2.5 ('wass', 'inyo').
+COMMON_ZIPF = 3.0
+#: ... and a rarer word is corrected only into a word this much more frequent (Zipf plus log10
+#: of the knowledge base's chunks holding it): 'rued' (1.7) -> 'ruled' (4.3).
+RARER = 1.0
+#: The prior of a correction: its Zipf frequency in English plus this times log10 of the chunks
+#: holding it (a knowledge base's own words weigh more: 'Nomans' -> 'Normans', not 'Romans')...
+KB_WEIGHT = 2.0
+#: ... plus this for a doubled letter typed single or twice ('cary' -> 'carry', not 'car'; but
+#: 'tass' -> 'task', not a rare 'tas').
+DOUBLED_BONUS = 1.5
+#: ... minus this for each letter typed as one not next to it on the keyboard.
+FAR_KEY = 1.5
+#: A word at least this common in English whose index term the knowledge base holds is another
+#: form of a word it writes ('computations', 'besiege'), not a typo.
+INFLECTION_ZIPF = 2.0
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass(frozen=True)
@@ -43,8 +72,38 @@ class Spelling:
     fixes: tuple[tuple[str, str], ...] = ()
 
 
+@lru_cache(maxsize=65536)
+def zipf(word: str) -> float:
+    from wordfreq import zipf_frequency
+
+    return zipf_frequency(word, "en")
+
+
+def _fold(text: str) -> str:
+    """Accents dropped ('Jumièges' is 'Jumieges': people type names without them)."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
 def _undoubled(word: str) -> str:
     return re.sub(r"(.)\1+", r"\1", word)
+
+
+def _far_keys(typed: str, meant: str) -> int:
+    """Letters of ``meant`` typed as another letter not next to it on the keyboard: an unlikely
+    slip ('leav' is 'leave' with the 'e' dropped rather than 'lead' with 'd' typed 'v')."""
+    from rapidfuzz.distance import Levenshtein
+
+    return sum(1 for op, i, j in Levenshtein.editops(meant, typed).as_list()
+               if op == "replace" and typed[j] not in KEYBOARD_NEIGHBOURS.get(meant[i], ""))
+
+
+def _edits1(word: str) -> set[str]:
+    """Every string one deletion, transposition, substitution or insertion from ``word``."""
+    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    return ({a + b[1:] for a, b in splits if b}
+            | {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
+            | {a + c + b[1:] for a, b in splits if b for c in _ALPHABET}
+            | {a + c + b for a, b in splits for c in _ALPHABET})
 
 
 def _starts_sentence(text: str, at: int) -> bool:
@@ -52,10 +111,23 @@ def _starts_sentence(text: str, at: int) -> bool:
     return not before or before[-1] in ".?!:\"'(“"
 
 
+def _shape(word: str, at_start: bool) -> str | None:
+    """'lower', 'title' (a capitalised word: a name inside a sentence) or None (left alone:
+    codes, acronyms, inner capitals). 'HHow' at the start of a sentence is 'How' typed with
+    the capital doubled."""
+    if word.islower():
+        return "lower"
+    rest = word[2:] if len(word) > 2 and word[0] == word[1] and word[0].isupper() else word[1:]
+    if word[0].isupper() and rest.islower():
+        return "title"
+    return None
+
+
 class SpellChecker:
     """``vocabulary()``: the index's terms -> chunk counts; ``stems(words)``: the index
     tokenizer's term of each word; ``surface(term, principals)``: how a term is written in
-    chunks the principals may read, with counts (empty when they may read none)."""
+    chunks the principals may read, as written (case kept), with counts (empty when they may
+    read none); ``dictionary(word)``: a word of the language (the embedder's word list)."""
 
     def __init__(self, vocabulary: Callable[[], dict[str, int]], stems: Callable[[Sequence[str]], list[str]],
                  surface: Callable[[str, frozenset[str]], dict[str, int]],
@@ -63,9 +135,6 @@ class SpellChecker:
         self.vocabulary = vocabulary
         self.stems = stems
         self.surface = surface
-        #: a word of the language (the embedder's own word list): never a typo, even when the
-        #: knowledge base lacks it ('worms' asked of a document about ducks' food is the subject
-        #: the checks must see missing, not 'norms')
         self.dictionary = dictionary
 
     def correct(self, question: str, principals: frozenset[str]) -> Spelling:
@@ -76,49 +145,101 @@ class SpellChecker:
             return Spelling(question)
 
     def _correct(self, question: str, principals: frozenset[str]) -> Spelling:
-        from rapidfuzz import distance, process
-
-        # a capital inside a question is a name ('the TTS Gold plan': never 'Old'); only the
-        # first word of a sentence may be capitalised and corrected ('Howw' -> 'How')
-        matches = [m for m in _WORD.finditer(question) if len(m.group(0)) >= MIN_LETTERS
-                   and (m.group(0).islower() or _starts_sentence(question, m.start()) and not m.group(0).isupper())]
-        if self.dictionary is not None:
-            matches = [m for m in matches if not self.dictionary(m.group(0).lower())]
-        if not matches:
-            return Spelling(question)
-        vocab = self.vocabulary()
-        if not vocab:
-            return Spelling(question)
-        stems = self.stems([m.group(0) for m in matches])
-        terms = list(vocab)
+        vocab = None
         fixes: list[tuple[str, str]] = []
         out, pos = [], 0
-        for m, stem in zip(matches, stems):
-            word = m.group(0)
-            if stem in vocab:
+        for m in _WORD.finditer(question):
+            word = m.group(1)
+            if len(word) < MIN_LETTERS:
                 continue
-            limit = 2 if len(word) >= LONG_WORD else 1
-            found = process.extract(stem, terms, scorer=distance.Levenshtein.distance, score_cutoff=limit + 1,
-                                    limit=CANDIDATES)
-            options: list[tuple[int, int, int, str]] = []  # (edits, insertions+deletions, -count, form)
-            for term, _d, _i in found:
-                for form, n in self.surface(term, principals).items():
-                    d = distance.Levenshtein.distance(word.lower(), form)
-                    if 0 < d <= limit:  # on a tie a dropped or added letter beats a changed one, and
-                        # a doubled letter typed single or twice ('cary' -> 'carry', not 'car')
-                        options.append((d, distance.Indel.distance(word.lower(), form),
-                                        _undoubled(word.lower()) != _undoubled(form), -n, form))
-            if not options:
+            at_start = _starts_sentence(question, m.start())
+            shape = _shape(word, at_start)
+            if shape is None:
                 continue
-            fixed = min(options)[4]
-            if word[0].isupper():  # 'Howw' -> 'How', 'HHow' -> 'How'
+            name = shape == "title" and not at_start  # a name: corrected only into a name
+            if vocab is None:
+                vocab = self.vocabulary()
+                if not vocab:
+                    return Spelling(question)
+            fixed = self._fix(word.lower(), vocab, principals, name)
+            if fixed is None:
+                continue
+            if word[0].isupper():  # 'Howw' -> 'How', 'HHow' -> 'How', 'Nrmans' -> 'Normans'
                 fixed = fixed[0].upper() + fixed[1:]
-            out.append(question[pos:m.start()] + fixed)
-            pos = m.end()
-            fixes.append((word, fixed))
+            out.append(question[pos:m.start(1)] + fixed)
+            pos = m.end(1)
+            fixes.append((m.group(0), fixed + (m.group(2) or "")))
         if not fixes:
             return Spelling(question)
         out.append(question[pos:])
         text = "".join(out)
         log.info("spelling fixes=%d", len(fixes))
         return Spelling(text, tuple(fixes))
+
+    def _forms(self, term: str, principals: frozenset[str]) -> dict[str, tuple[int, int]]:
+        """lower-case form -> (times written, times written capitalised) in readable chunks."""
+        forms: dict[str, tuple[int, int]] = {}
+        for form, n in self.surface(term, principals).items():
+            low = form.lower()
+            total, caps = forms.get(low, (0, 0))
+            forms[low] = (total + n, caps + (n if form[:1].isupper() else 0))
+        return forms
+
+    def _fix(self, word: str, vocab: dict[str, int], principals: frozenset[str], name: bool) -> str | None:
+        """The knowledge base's word ``word`` was meant to be, or None (kept as typed)."""
+        from rapidfuzz import distance, process
+
+        if zipf(word) >= COMMON_ZIPF or self.dictionary is not None and self.dictionary(word):
+            # a common word ('worms', 'Gold') is the subject asked about, never a typo; unless a
+            # letter typed twice or once makes a far commoner word the asker's sources write
+            # ('thee' -> 'the', 'cary' -> 'carry')
+            slips = {word[:i] + word[i + 1:] for i in range(len(word) - 1) if word[i] == word[i + 1]}
+            slips |= {word[:i] + word[i] + word[i:] for i in range(len(word))}
+            slips = {w for w in slips if zipf(w) >= zipf(word) + RARER and self._readable(w, principals, name)}
+            return max(slips, key=zipf) if slips else None
+        [stem] = self.stems([word])
+        if stem in vocab and (zipf(word) >= INFLECTION_ZIPF or word in {_fold(f) for f in self._forms(stem, principals)}):
+            return None  # the knowledge base writes it so (accents aside: 'Jumieges'), or another
+            # form of it that English knows ('computations' of a source saying 'computational')
+        limit = 2 if len(word) >= LONG_WORD else 1
+        options: list[tuple[int, float, str]] = []
+        forms: dict[str, dict[str, tuple[int, int]]] = {}
+
+        def offer(form: str, term: str, n: int, caps: int) -> None:
+            if name and (caps * 2 < n or len(form) < MIN_LETTERS):
+                return  # a name is corrected only into a name ('Gold' is never 'old', 'Acme' never 'Ace')
+            d = distance.Levenshtein.distance(word, form)
+            if 0 < d <= limit:
+                prior = zipf(form) + KB_WEIGHT * math.log10(1 + vocab.get(term, 0)) - FAR_KEY * _far_keys(word, form)
+                if _undoubled(word) == _undoubled(form):  # a doubled letter typed single or twice
+                    prior += DOUBLED_BONUS  # is the likeliest slip ('cary' -> 'carry', not 'car')
+                options.append((d, -prior, form))
+
+        near = sorted(_edits1(word))
+        for e, t in zip(near, self.stems(near)):
+            if t not in vocab:
+                continue
+            written = forms[t] = forms.get(t) or self._forms(t, principals)
+            if written and e not in written and zipf(e) >= INFLECTION_ZIPF:
+                # a form of a word the asker's sources write ('invaade' -> 'invade' where they say 'invaded')
+                offer(e, t, sum(n for n, _ in written.values()), sum(c for _, c in written.values()))
+        if limit > 1:
+            for t, _d, _i in process.extract(stem, list(vocab), scorer=distance.Levenshtein.distance,
+                                             score_cutoff=limit + 1, limit=CANDIDATES):
+                if t not in forms:
+                    forms[t] = self._forms(t, principals)
+        for t, written in forms.items():
+            for form, (n, caps) in written.items():
+                offer(form, t, n, caps)
+        if not options:
+            return None
+        best = min(options)
+        if zipf(word) > 0 and -best[1] < zipf(word) + RARER:
+            return None  # a rare word of the language ('rued') stays unless the near word is far commoner
+        return best[2]
+
+    def _readable(self, form: str, principals: frozenset[str], name: bool) -> bool:
+        """A chunk the asker may read writes ``form`` (capitalised, for a name)."""
+        [term] = self.stems([form])
+        n, caps = self._forms(term, principals).get(form, (0, 0))
+        return n > 0 and (not name or caps * 2 >= n)

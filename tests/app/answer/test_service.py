@@ -569,6 +569,43 @@ def test_a_real_word_is_never_corrected_into_another(tmp_path):
     assert speller.correct("Where are the team normss?", BOB.principals()).text == "Where are the team norms?"
 
 
+def _speller(rig):
+    from kb_chatbot.app.answer.spelling import SpellChecker
+    from kb_chatbot.index.store import porter_stems
+
+    store = rig.index.store
+    return SpellChecker(store.vocabulary, porter_stems, store.surface_forms)
+
+
+def test_a_misspelt_name_is_corrected_into_a_name_the_sources_write(tmp_path):
+    """'Normaandy', 'Cypruq' and "Robett's" are capitalised inside the question: names, corrected
+    only into names the knowledge base writes capitalised (the possessive kept); 'Acme' is never
+    made the shorter common word 'Ace', and 'Nomans' is the knowledge base's 'Normans', not the
+    'Romans' it mentions once."""
+    rig = make_rig(tmp_path, [doc("normans", "The Normans gave their name to Normandy. Robert's army took Cyprus "
+                                             "in 1191. The Normans fought the Byzantines; the Normans settled. "
+                                             "Unlike the Romans, the Normans built castles. Ace pilots flew.")])
+    sp, me = _speller(rig), BOB.principals()
+    assert sp.correct("Who ruled Normaandy and Cypruq?", me).text == "Who ruled Normandy and Cyprus?"
+    assert sp.correct("How many men were in Robett's army?", me).text == "How many men were in Robert's army?"
+    assert sp.correct("When did the Nomans arrive?", me).text == "When did the Normans arrive?"
+    assert sp.correct("What does the Acme line cost?", me).fixes == ()
+
+
+def test_spelling_finds_forms_the_sources_write_only_in_another_form(tmp_path):
+    """'emplyees' is one edit from 'employees', whose index term ('employe') is no stem of itself;
+    'invaade' is one edit from 'invade', which the source writes only as 'invaded'; a rare word
+    of the language is corrected into a far commoner one the source writes ('rued' -> 'ruled');
+    another form of a source's word is no typo ('computations' where it says 'computational')."""
+    rig = make_rig(tmp_path, [doc("h", "All employees may work remotely. The Normans invaded England and "
+                                       "ruled it. The method has a computational cost.")])
+    sp, me = _speller(rig), BOB.principals()
+    assert sp.correct("May emplyees work remotely?", me).text == "May employees work remotely?"
+    assert sp.correct("When did they invaade England?", me).text == "When did they invade England?"
+    assert sp.correct("Who rued England?", me).text == "Who ruled England?"
+    assert sp.correct("What do the computations cost?", me).fixes == ()
+
+
 @pytest.mark.slow
 def test_still_low_escalates_to_a_real_openai_compatible_server(tmp_path, llamacpp_server):
     """The escalation model behind llama-cpp-python's own server (not our stub): the question,
