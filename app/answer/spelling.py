@@ -234,7 +234,7 @@ class SpellChecker:
         if not options:
             return None
         best = min(options)
-        if zipf(word) > 0 and -best[1] < zipf(word) + RARER:
+        if zipf(word) >= INFLECTION_ZIPF and -best[1] < zipf(word) + RARER:
             return None  # a rare word of the language ('rued') stays unless the near word is far commoner
         return best[2]
 
