@@ -566,10 +566,11 @@ class PgStore:
             self._vocab = vocab
         return self._vocab
 
-    def surface_forms(self, term: str, principals: Iterable[str]) -> dict[str, int]:
+    def surface_forms(self, word: str, principals: Iterable[str]) -> dict[str, int]:
         ps = sorted(set(principals))
-        if not ps or not term.isalpha():
+        if not ps or not word.isalpha():
             return {}
+        [term] = porter_stems([word])
         rows = self._rows(f"""SELECT c.text FROM {self._t('chunks')} c
                               WHERE to_tsvector('simple', c.text) @@ to_tsquery('simple', %s) AND {self._acl()}
                               LIMIT 20""", (term.lower() + ":*", ps))

@@ -30,8 +30,6 @@ from kb_chatbot.core.types import Chunk, Document
 SCHEMA_VERSION = 1
 #: bm25() column weights for (text, title): a title match counts double.
 BM25_WEIGHTS = (1.0, 2.0)
-#: A token of FTS5's unicode61 tokenizer: a run of letters and digits.
-_TOKEN = re.compile(r"[^\W_]+")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -510,33 +508,28 @@ class Store:
                                if t.isalpha()}
         return self._vocab
 
-    def surface_forms(self, term: str, principals: Iterable[str]) -> dict[str, int]:
-        """How a stem is written in (up to 20) chunks ``principals`` may read, case kept, with
-        counts ({"services": 9, "Services": 1, "service": 4} for "servic"); empty when none of
-        them holds it."""
+    def surface_forms(self, word: str, principals: Iterable[str]) -> dict[str, int]:
+        """How the index term of ``word`` (a word, or a term that is its own stem: FTS5 stems
+        the query) is written in (up to 20) chunks ``principals`` may read, case kept, with
+        counts ({"services": 9, "Services": 1, "service": 4} for "services"); empty when none
+        of them holds it."""
         ps = sorted(set(principals))
-        if not ps or not term.isalpha():
+        if not ps or not word.isalpha():
             return {}
         with self._lock:
-            # the index's own instances of the term (an FTS5 query would stem the stem again:
-            # 'employe', the term of 'employees', is queried as 'employ')
-            self.conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunks_vocab_instance "
-                              "USING fts5vocab(main, 'chunks_fts', 'instance')")
-            rows = self.conn.execute(
-                f"""SELECT c.text, v.offset FROM temp.chunks_vocab_instance v JOIN chunks c ON c.id = v.doc
-                    WHERE v.term = ? AND v.col = 'text' AND v.doc IN (SELECT DISTINCT doc FROM
-                    temp.chunks_vocab_instance i JOIN chunks c2 ON c2.id = i.doc WHERE i.term = ?
-                    AND i.col = 'text' AND EXISTS (SELECT 1 FROM doc_acl a WHERE a.doc_id = c2.doc_id
-                    AND a.principal IN ({_placeholders(len(ps))})) LIMIT 20)""",
-                [term, term, *ps]).fetchall()
+            try:
+                rows = self.conn.execute(
+                    f"""SELECT highlight(chunks_fts, 0, char(1), char(2)) FROM chunks_fts f JOIN chunks c
+                        ON c.id = f.rowid WHERE chunks_fts MATCH ? AND EXISTS (SELECT 1 FROM doc_acl a
+                        WHERE a.doc_id = c.doc_id AND a.principal IN ({_placeholders(len(ps))})) LIMIT 20""",
+                    [f'text:"{word}"', *ps]).fetchall()
+            except sqlite3.OperationalError:
+                return {}
         seen: dict[str, int] = {}
-        tokens: dict[str, list[str]] = {}
-        for text, offset in rows:
-            toks = tokens.get(text)
-            if toks is None:  # the unicode61 tokenizer's tokens: runs of letters and digits
-                toks = tokens[text] = _TOKEN.findall(text or "")
-            if offset < len(toks):
-                seen[toks[offset]] = seen.get(toks[offset], 0) + 1
+        for (text,) in rows:
+            for piece in (text or "").split("\x01")[1:]:
+                form = piece.split("\x02", 1)[0]
+                seen[form] = seen.get(form, 0) + 1
         return seen
 
     def named_documents(self, text: str, principals: Iterable[str]) -> list[str]:

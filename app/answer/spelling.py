@@ -125,9 +125,9 @@ def _shape(word: str, at_start: bool) -> str | None:
 
 class SpellChecker:
     """``vocabulary()``: the index's terms -> chunk counts; ``stems(words)``: the index
-    tokenizer's term of each word; ``surface(term, principals)``: how a term is written in
-    chunks the principals may read, as written (case kept), with counts (empty when they may
-    read none); ``dictionary(word)``: a word of the language (the embedder's word list)."""
+    tokenizer's term of each word; ``surface(word, principals)``: how the term of a word is
+    written in chunks the principals may read, as written (case kept), with counts (empty when
+    they may read none); ``dictionary(word)``: a word of the language (the embedder's word list)."""
 
     def __init__(self, vocabulary: Callable[[], dict[str, int]], stems: Callable[[Sequence[str]], list[str]],
                  surface: Callable[[str, frozenset[str]], dict[str, int]],
@@ -176,10 +176,11 @@ class SpellChecker:
         log.info("spelling fixes=%d", len(fixes))
         return Spelling(text, tuple(fixes))
 
-    def _forms(self, term: str, principals: frozenset[str]) -> dict[str, tuple[int, int]]:
-        """lower-case form -> (times written, times written capitalised) in readable chunks."""
+    def _forms(self, word: str, principals: frozenset[str]) -> dict[str, tuple[int, int]]:
+        """How the index term of ``word`` is written in readable chunks: lower-case form ->
+        (times written, times written capitalised)."""
         forms: dict[str, tuple[int, int]] = {}
-        for form, n in self.surface(term, principals).items():
+        for form, n in self.surface(word, principals).items():
             low = form.lower()
             total, caps = forms.get(low, (0, 0))
             forms[low] = (total + n, caps + (n if form[:1].isupper() else 0))
@@ -198,7 +199,7 @@ class SpellChecker:
             slips = {w for w in slips if zipf(w) >= zipf(word) + RARER and self._readable(w, principals, name)}
             return max(slips, key=zipf) if slips else None
         [stem] = self.stems([word])
-        if stem in vocab and (zipf(word) >= INFLECTION_ZIPF or word in {_fold(f) for f in self._forms(stem, principals)}):
+        if stem in vocab and (zipf(word) >= INFLECTION_ZIPF or word in {_fold(f) for f in self._forms(word, principals)}):
             return None  # the knowledge base writes it so (accents aside: 'Jumieges'), or another
             # form of it that English knows ('computations' of a source saying 'computational')
         limit = 2 if len(word) >= LONG_WORD else 1
@@ -219,7 +220,8 @@ class SpellChecker:
         for e, t in zip(near, self.stems(near)):
             if t not in vocab:
                 continue
-            written = forms[t] = forms.get(t) or self._forms(t, principals)
+            written = forms[t] = forms.get(t) or self._forms(e, principals)  # asked by the word: a
+            # term need not be its own stem ('employe', of 'employees', stems again to 'employ')
             if written and e not in written and zipf(e) >= INFLECTION_ZIPF:
                 # a form of a word the asker's sources write ('invaade' -> 'invade' where they say 'invaded')
                 offer(e, t, sum(n for n, _ in written.values()), sum(c for _, c in written.values()))
@@ -240,6 +242,5 @@ class SpellChecker:
 
     def _readable(self, form: str, principals: frozenset[str], name: bool) -> bool:
         """A chunk the asker may read writes ``form`` (capitalised, for a name)."""
-        [term] = self.stems([form])
-        n, caps = self._forms(term, principals).get(form, (0, 0))
+        n, caps = self._forms(form, principals).get(form, (0, 0))
         return n > 0 and (not name or caps * 2 >= n)
