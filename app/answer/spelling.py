@@ -90,7 +90,7 @@ def _undoubled(word: str) -> str:
 
 def _far_keys(typed: str, meant: str) -> int:
     """Letters of ``meant`` typed as another letter not next to it on the keyboard: an unlikely
-    slip ('leav' is 'leave' with the 'e' dropped rather than 'lead' with 'd' typed 'v')."""
+    slip ('Nomans' is 'Normans' with the 'r' dropped rather than 'Romans' with 'R' typed 'N')."""
     from rapidfuzz.distance import Levenshtein
 
     return sum(1 for op, i, j in Levenshtein.editops(meant, typed).as_list()
@@ -111,7 +111,7 @@ def _starts_sentence(text: str, at: int) -> bool:
     return not before or before[-1] in ".?!:\"'(“"
 
 
-def _shape(word: str, at_start: bool) -> str | None:
+def _shape(word: str) -> str | None:
     """'lower', 'title' (a capitalised word: a name inside a sentence) or None (left alone:
     codes, acronyms, inner capitals). 'HHow' at the start of a sentence is 'How' typed with
     the capital doubled."""
@@ -153,7 +153,7 @@ class SpellChecker:
             if len(word) < MIN_LETTERS:
                 continue
             at_start = _starts_sentence(question, m.start())
-            shape = _shape(word, at_start)
+            shape = _shape(word)
             if shape is None:
                 continue
             name = shape == "title" and not at_start  # a name: corrected only into a name

@@ -584,8 +584,13 @@ def test_a_misspelt_name_is_corrected_into_a_name_the_sources_write(tmp_path):
     'Romans' it mentions once."""
     rig = make_rig(tmp_path, [doc("normans", "The Normans gave their name to Normandy. Robert's army took Cyprus "
                                              "in 1191. The Normans fought the Byzantines; the Normans settled. "
-                                             "Unlike the Romans, the Normans built castles. Ace pilots flew.")])
+                                             "Unlike the Romans, the Normans built castles. Ace pilots flew."),
+                              doc("board", "The Zanzibar office opens in May.", acl=["group:board"])])
     sp, me = _speller(rig), BOB.principals()
+    # a name only a document Bob may not read writes is never his correction
+    assert sp.correct("When does the Zanzibbar office open?", me).fixes == ()
+    assert sp.correct("When does the Zanzibbar office open?", frozenset({"group:board"})).text == \
+        "When does the Zanzibar office open?"
     assert sp.correct("Who ruled Normaandy and Cypruq?", me).text == "Who ruled Normandy and Cyprus?"
     assert sp.correct("How many men were in Robett's army?", me).text == "How many men were in Robert's army?"
     assert sp.correct("When did the Nomans arrive?", me).text == "When did the Normans arrive?"
