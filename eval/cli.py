@@ -205,6 +205,61 @@ def eval_suite(ctx: click.Context, suite_file: Path, typos: bool, seed: int, ans
     click.secho("\nwrote " + ", ".join(str(p) for p in written.values()), fg="green", err=True)
 
 
+@eval_cmd.command("spelling", epilog="""\b
+Examples:
+  # every question of each set, a typo copy per seed, corrected against the set's own index
+  kb eval spelling eval/suites/third-party.yaml --seeds 7,99
+""")
+@click.argument("suite_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--seeds", default="7,99", show_default=True, help="Comma-separated seeds: one typo copy each.")
+@click.option("--only", default=None, help="Comma-separated set names to run (default: all).")
+@click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where corpora are indexed for evaluation (default <data_dir>/eval of each set's config).")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the figures, with every wrong fix, as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.pass_context
+def eval_spelling(ctx: click.Context, suite_file: Path, seeds: str, only: str | None, eval_dir: Path | None,
+                  out_file: Path | None, quiet: bool) -> None:
+    """How well the speller undoes typos on every set of SUITE_FILE, no language model needed:
+    words restored as written, wrong fixes, clean questions changed."""
+    from kb_chatbot.app.kb.services import build_services
+    from kb_chatbot.eval import suite as S
+    from kb_chatbot.eval.runner import corpus_settings, ensure_indexed, eval_principal
+    from kb_chatbot.eval.spelling import spelling_figures
+    from kb_chatbot.index.generation import open_index
+
+    for name in ("kb_chatbot.app.answer.spelling", "kb_chatbot.ingest.sync", "kb_chatbot.index"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{seeds!r}: comma-separated whole numbers", param_hint="--seeds") from None
+    specs = S.load_suite(suite_file)
+    if only:
+        specs = [s for s in specs if s.name in {n.strip() for n in only.split(",")}]
+    rows = {}
+    for spec in specs:
+        settings, corpus_path, questions = S.open_set(spec, (ctx.find_root().obj or {}).get("config"), eval_dir)
+        cs = corpus_settings(settings, spec.corpus_name, corpus_path, eval_dir)
+        ensure_indexed(cs, progress=not quiet)
+        index = open_index(cs)
+        me = eval_principal(index).principals()
+        speller = build_services(cs, index=index).speller
+        fig = spelling_figures(questions, lambda text: speller.correct(text, me).text, seed_list)
+        rows[spec.name] = fig.to_dict()
+        click.secho(f"{spec.name}: restored {rows[spec.name]['restored_share']}", err=True)
+    click.echo("| set | questions | typo'd words | restored as written | wrong fixes | clean questions changed |")
+    click.echo("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        click.echo(f"| {name} | {r['questions']} | {r['typo_words']} | {r['restored_share']} | {r['wrong_fixes']} | "
+                   f"{r['clean_changed']} |")
+    if out_file:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(json.dumps({"seeds": seed_list, "sets": rows}, indent=1), encoding="utf-8")
+        click.secho(f"wrote {out_file}", fg="green", err=True)
+
+
 @eval_cmd.command("label", epilog="""\b
 Examples:
   kb eval label data/runtime/reports/eval-handbook-20261130-101500

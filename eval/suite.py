@@ -98,12 +98,28 @@ def sample(questions: Sequence[EvalQuestion], n: int | None, seed: int = 7) -> l
     return [qs[i] for i in sorted(picked)]
 
 
+def open_set(spec: SetSpec, default_config: Path | None, eval_dir: Path | None
+             ) -> tuple[Any, Path | None, list[EvalQuestion]]:
+    """A set's settings, corpus folder (a SQuAD file's paragraphs written under the eval
+    folder) and questions."""
+    from kb_chatbot.core.settings import load_settings
+
+    cfg_path = spec.config or default_config
+    settings = load_settings(cfg_path) if cfg_path else load_settings(None)
+    corpus_path = spec.corpus_path
+    fmt = spec.format
+    if fmt == "squad" or (fmt == "auto" and _is_squad(spec.questions)):
+        base = Path(eval_dir) if eval_dir else settings.data_dir / "eval"
+        corpus_path = write_squad_corpus(spec.questions, base / "corpora" / spec.name)
+        fmt = "squad"
+    return settings, corpus_path, load_questions(spec.questions, fmt, corpus_dir=corpus_path)  # type: ignore[arg-type]
+
+
 def run_suite(specs: Sequence[SetSpec], *, typos: bool, seed: int, default_config: Path | None,
               eval_dir: Path | None, labels: Path | None, progress: bool = True,
               on_set: Callable[[str, dict], None] | None = None, run: Callable[..., dict] | None = None
               ) -> dict[str, Any]:
     """Run every set (and its typo copy); returns ``{"sets": {label: summary...}, "runs": ...}``."""
-    from kb_chatbot.core.settings import load_settings
     from kb_chatbot.eval.labels import apply_labels, load_labels
     from kb_chatbot.eval.runner import EvalOptions, run_evaluation
     from kb_chatbot.eval.typos import typo_copy
@@ -112,14 +128,7 @@ def run_suite(specs: Sequence[SetSpec], *, typos: bool, seed: int, default_confi
     out: dict[str, Any] = {"sets": {}, "runs": {}, "seed": seed}
     for spec in specs:
         cfg_path = spec.config or default_config
-        settings = load_settings(cfg_path) if cfg_path else load_settings(None)
-        corpus_path = spec.corpus_path
-        fmt = spec.format
-        if fmt == "squad" or (fmt == "auto" and _is_squad(spec.questions)):
-            base = Path(eval_dir) if eval_dir else settings.data_dir / "eval"
-            corpus_path = write_squad_corpus(spec.questions, base / "corpora" / spec.name)
-            fmt = "squad"
-        qs = load_questions(spec.questions, fmt, corpus_dir=corpus_path)  # type: ignore[arg-type]
+        settings, corpus_path, qs = open_set(spec, default_config, eval_dir)
         picked = sample(qs, spec.answers, seed)
         variants = [(spec.name, picked)] + ([(f"{spec.name}~typo", typo_copy(picked, seed=seed))] if typos else [])
         for label, chosen in variants:

@@ -94,10 +94,22 @@ class Services:
         return self._once("confidence", lambda: ConfidenceModel.load(self.settings.data_dir / WEIGHTS_FILE))
 
     @property
-    def answer_service(self):
-        from kb_chatbot.app.answer.service import KnowledgeAnswerService
+    def speller(self):
+        """Spelling correction against the index's own words (what the answer service uses)."""
         from kb_chatbot.app.answer.spelling import SpellChecker
         from kb_chatbot.index.store import porter_stems
+
+        def build():
+            index = self.index
+            return SpellChecker(lambda: index.store.vocabulary(), porter_stems,
+                                lambda word, principals: index.store.surface_forms(word, principals),
+                                dictionary=self._dictionary())
+
+        return self._once("speller", build)
+
+    @property
+    def answer_service(self):
+        from kb_chatbot.app.answer.service import KnowledgeAnswerService
 
         def build():
             index = self.index
@@ -110,9 +122,7 @@ class Services:
                 escalation=self.escalation, confidence=self.confidence, acl_lookup=acl_lookup,
                 term_count=lambda word, principals: index.store.term_chunk_count(word, principals),
                 chunk_total=lambda principals: index.store.readable_chunk_count(principals),
-                speller=SpellChecker(lambda: index.store.vocabulary(), porter_stems,
-                                     lambda term, principals: index.store.surface_forms(term, principals),
-                                     dictionary=self._dictionary()),
+                speller=self.speller,
             )
 
         return self._once("answer_service", build)

@@ -77,3 +77,39 @@ def test_squad_questions_and_corpus(tmp_path):
         ("s1", True, ("harbours-p01.md",)), ("s2", False, ()), ("s3", True, ("harbours-p02.md",))]
     folder = write_squad_corpus(tmp_path / "squad.json", tmp_path / "corpus")
     assert sorted(p.name for p in folder.iterdir()) == ["harbours-p01.md", "harbours-p02.md"]
+
+
+def test_spelling_figures_count_restored_words_wrong_fixes_and_changed_clean_questions():
+    from kb_chatbot.eval.spelling import spelling_figures
+
+    qs = [EvalQuestion("v", "How many vacation days do employees get per year?", "25 days."),
+          EvalQuestion("r", "Where are receipts for travel expenses submitted?", "In Concur.")]
+    typed = {t.question: t.metadata["clean_question"] for seed in (1, 2) for t in typo_copy(qs, seed=seed)}
+    as_typed = spelling_figures(qs, lambda text: text, seeds=(1, 2))
+    assert as_typed.typo_words > 0 and as_typed.restored == as_typed.wrong_fixes == as_typed.clean_changed == 0
+    perfect = spelling_figures(qs, lambda text: typed.get(text, text), seeds=(1, 2))
+    assert perfect.restored == perfect.typo_words == as_typed.typo_words and perfect.wrong_fixes == 0
+    # a speller that turns 'days' into 'dogs' everywhere: a wrong fix in each copy, a clean question changed
+    dogs = spelling_figures(qs, lambda text: typed.get(text, text).replace("days", "dogs"), seeds=(1, 2))
+    assert dogs.wrong_fixes == 2 and dogs.clean_changed == 1 and {w[1:] for w in dogs.wrong} == {("dogs", "days")}
+
+
+def test_kb_eval_spelling_reports_each_set_against_its_own_index(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "pto.md").write_text("# Paid time off\n\nEvery employee gets twenty days of paid vacation per year. "
+                                 "Receipts for travel expenses are submitted in Concur within thirty days.\n")
+    (tmp_path / "q.jsonl").write_text("\n".join(json.dumps(q) for q in [
+        {"id": "pto", "question": "How many days of paid vacation does every employee get?", "expected_answer": "20"},
+        {"id": "receipts", "question": "Where are receipts for travel expenses submitted?", "expected_answer": "Concur"},
+    ]) + "\n")
+    (tmp_path / "kb.yaml").write_text("data_dir: runtime\nembedding:\n  model: hash\ngenerator:\n  backend: fake\n")
+    (tmp_path / "suite.yaml").write_text(
+        "sets:\n  - {name: tiny, questions: q.jsonl, config: kb.yaml, corpus_name: docs, corpus_path: docs}\n")
+    out = tmp_path / "spelling.json"
+    res = CliRunner().invoke(main, ["-c", str(tmp_path / "kb.yaml"), "eval", "spelling", str(tmp_path / "suite.yaml"),
+                                    "--seeds", "1,2,3,4,5,6", "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    tiny = json.loads(out.read_text())["sets"]["tiny"]
+    assert tiny["typo_words"] > 0 and tiny["restored"] > 0 and tiny["clean_changed"] == 0
+    assert "| tiny | 2 |" in res.output

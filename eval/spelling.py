@@ -1,0 +1,65 @@
+"""How well the speller undoes typos, per set, without a language model (seconds, not the
+suite's hour): every question of each set gets typo copies (:mod:`kb_chatbot.eval.typos`, one
+per seed), the speller of the answer service corrects them against the set's own index, and each
+word is compared with the question as written before the typos.
+
+Figures per set: *restored* (share of the typo'd words the speller gives back exactly as written;
+typos of words under 4 letters are counted and never corrected, so 1.0 is out of reach), *wrong
+fixes* (words changed into another word than the one written), and *clean questions changed*
+(questions without added typos that the speller changed: 0 unless the set has typos of its
+own, as SQuAD's 'assimilted' and 'incorperated').
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from kb_chatbot.eval.questions import EvalQuestion
+from kb_chatbot.eval.typos import typo_copy
+
+_WORD = re.compile(r"[A-Za-z']+")
+
+
+@dataclass
+class SpellingFigures:
+    questions: int = 0
+    typo_words: int = 0
+    restored: int = 0
+    wrong_fixes: int = 0
+    clean_changed: int = 0
+    #: questions whose corrected text did not align word for word with the clean one (skipped)
+    unaligned: int = 0
+    #: (typed, corrected, written) of each wrong fix
+    wrong: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"questions": self.questions, "typo_words": self.typo_words, "restored": self.restored,
+                "restored_share": round(self.restored / self.typo_words, 3) if self.typo_words else None,
+                "wrong_fixes": self.wrong_fixes, "clean_changed": self.clean_changed, "unaligned": self.unaligned,
+                "wrong": [list(w) for w in self.wrong]}
+
+
+def spelling_figures(questions: Sequence[EvalQuestion], correct: Callable[[str], str],
+                     seeds: Sequence[int] = (7, 99)) -> SpellingFigures:
+    """``correct(text)`` is the speller's corrected text for the asker the eval runs as."""
+    out = SpellingFigures(questions=len(questions))
+    for seed in seeds:
+        for q in typo_copy(questions, seed=seed):
+            clean = q.metadata["clean_question"]
+            written, typed, fixed = _WORD.findall(clean), _WORD.findall(q.question), _WORD.findall(correct(q.question))
+            if not len(written) == len(typed) == len(fixed):
+                out.unaligned += 1
+                continue
+            for w, t, f in zip(written, typed, fixed):
+                if w != t:
+                    out.typo_words += 1
+                    out.restored += f == w
+                    if f not in (w, t):
+                        out.wrong_fixes += 1
+                        out.wrong.append((t, f, w))
+                elif f != w:
+                    out.wrong_fixes += 1
+                    out.wrong.append((t, f, w))
+    out.clean_changed = sum(1 for q in questions if correct(q.question) != q.question)
+    return out
