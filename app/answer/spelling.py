@@ -21,7 +21,8 @@ is a name: it is corrected only into a name the knowledge base writes capitalise
 -> 'Normandy', 'Cypruq' -> 'Cyprus'), never into a common word ('the TTS Gold plan' is not
 'old'). A possessive is corrected without its "'s" ('Robett's' -> 'Robert's'). Fails closed: a
 correction is only ever a word found in a chunk the asker may read, so a correction never
-reveals a hidden document's words. Left alone: words of fewer than 4 letters, words with a
+reveals a hidden document's words. A 3-letter word English hardly knows is corrected only by
+a letter put back, two swapped or a keyboard neighbour ('wrk' -> 'work'). Left alone: shorter words, words with a
 digit, an inner capital or all capitals ('VPN', 'iOS', 'GS-15').
 """
 from __future__ import annotations
@@ -40,6 +41,11 @@ log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"(?<![\w'])([A-Za-z]+)('s|s'|')?(?![\w'])")
 MIN_LETTERS = 4
+#: A lower-case word of 3 letters that English hardly knows (Zipf below this: 'tme' 2.0, 'hte'
+#: 2.3; but 'mus' 3.0, 'ssl', 'api' more) is corrected too, only by the letter it lost, two
+#: letters swapped or a keyboard neighbour, into a common word the asker's sources write
+#: ('wrk' -> 'work', 'hte' -> 'the').
+SHORT_ZIPF = 2.5
 #: Index terms within two edits looked at per unknown long word (their written forms are read from chunks).
 CANDIDATES = 40
 #: Words of this many letters may have two edits; shorter ones one.
@@ -150,18 +156,20 @@ class SpellChecker:
         out, pos = [], 0
         for m in _WORD.finditer(question):
             word = m.group(1)
-            if len(word) < MIN_LETTERS:
-                continue
             at_start = _starts_sentence(question, m.start())
             shape = _shape(word)
-            if shape is None:
+            if shape is None or len(word) < MIN_LETTERS - 1:
                 continue
             name = shape == "title" and not at_start  # a name: corrected only into a name
+            short = len(word) < MIN_LETTERS
+            if short and (name or zipf(word) >= SHORT_ZIPF):
+                continue
             if vocab is None:
                 vocab = self.vocabulary()
                 if not vocab:
                     return Spelling(question)
-            fixed = self._fix(word.lower(), vocab, principals, name)
+            fixed = (self._fix_short(word.lower(), principals) if short
+                     else self._fix(word.lower(), vocab, principals, name))
             if fixed is None:
                 continue
             if word[0].isupper():  # 'Howw' -> 'How', 'HHow' -> 'How', 'Nrmans' -> 'Normans'
@@ -239,6 +247,19 @@ class SpellChecker:
         if zipf(word) >= INFLECTION_ZIPF and -best[1] < zipf(word) + RARER:
             return None  # a rare word of the language ('rued') stays unless the near word is far commoner
         return best[2]
+
+    def _fix_short(self, word: str, principals: frozenset[str]) -> str | None:
+        """A 3-letter word English hardly knows: the commonest word (Zipf >= 3) the asker's
+        sources write that it becomes by one letter put back, two letters swapped or a letter
+        typed as its keyboard neighbour ('arw' -> 'are', not 'raw'); other edits are too many
+        from 3 letters ('sso' would be 'so', 'sse', 'ssl', ...)."""
+        if self.dictionary is not None and self.dictionary(word):
+            return None
+        near = {word[:i] + c + word[i:] for i in range(len(word) + 1) for c in _ALPHABET}
+        near |= {word[:i] + word[i + 1] + word[i] + word[i + 2:] for i in range(len(word) - 1)}
+        near |= {word[:i] + c + word[i + 1:] for i in range(len(word)) for c in KEYBOARD_NEIGHBOURS.get(word[i], "")}
+        near = {w for w in near if w != word and zipf(w) >= COMMON_ZIPF and self._readable(w, principals, False)}
+        return max(near, key=zipf) if near else None
 
     def _readable(self, form: str, principals: frozenset[str], name: bool) -> bool:
         """A chunk the asker may read writes ``form`` (capitalised, for a name)."""

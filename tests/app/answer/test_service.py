@@ -611,6 +611,22 @@ def test_spelling_finds_forms_the_sources_write_only_in_another_form(tmp_path):
     assert sp.correct("What do the computations cost?", me).fixes == ()
 
 
+def test_a_short_word_english_hardly_knows_gets_its_lost_letter_back(tmp_path):
+    """'wrk', 'hte' and 'arw' (3 letters, no word of the language) are 'work', 'the' and 'are'
+    (not 'raw') by a letter put back, two swapped or a keyboard neighbour; a short code the
+    sources lack ('sso') is left as typed, for the subject check to decline, and so is a short
+    word of the language ('mus') and a short name ('Kin')."""
+    rig = make_rig(tmp_path, [doc("h", "Overtime is paid for work past 40 hours. The so-called SSL chapter: "
+                                       "the musicians must rest, they are raw. Kim and the king left.")])
+    sp, me = _speller(rig), BOB.principals()
+    assert sp.correct("Is overtime paid for wrk past 40 hours?", me).text == "Is overtime paid for work past 40 hours?"
+    assert sp.correct("What arw the musicians?", me).text == "What are the musicians?"
+    assert sp.correct("Who wrote hte chapter?", me).text == "Who wrote the chapter?"
+    assert sp.correct("Does sso work with the chapter?", me).fixes == ()
+    assert sp.correct("What mus the musicians do?", me).fixes == ()
+    assert sp.correct("Where did Kin go?", me).fixes == ()
+
+
 @pytest.mark.slow
 def test_still_low_escalates_to_a_real_openai_compatible_server(tmp_path, llamacpp_server):
     """The escalation model behind llama-cpp-python's own server (not our stub): the question,
