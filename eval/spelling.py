@@ -4,9 +4,9 @@ per seed), the speller of the answer service corrects them against the set's own
 word is compared with the question as written before the typos.
 
 Figures per set: *restored* (share of the typo'd words the speller gives back exactly as written;
-a typo that spells another word of the language, and words under 3 letters, are never corrected,
-so 1.0 is out of reach), *wrong
-fixes* (words changed into another word than the one written), and *clean questions changed*
+a typo that spells another word of the language, and words under 3 letters, are never
+corrected, so 1.0 is out of reach), *wrong fixes* (words changed into another word than the
+one written), and *clean questions changed*
 (questions without added typos that the speller changed: 0 unless the set has typos of its
 own, as SQuAD's 'assimilted' and 'incorperated').
 """
