@@ -196,39 +196,6 @@ def test_context_filter_trims_reranks_and_never_drops_all():
     assert [x.chunk.id for x in res2.hits] == ["c1", "c0"] and res2.hits[0].text == short
 
 
-def test_context_filter_keeps_the_best_sentences_of_a_paragraph_too_long_for_what_is_left():
-    """The sample's PTO page: the best sentence ("rises to 25 … after five years") fills part of
-    the share; the second best ("earns 22 working days of PTO per calendar year") sits in a
-    paragraph too long for the rest. It must come with its neighbours, not lose its place to a
-    weaker paragraph that happens to fit; a stray fragment is no evidence."""
-    import numpy as np
-
-    from kb_chatbot.app.answer.context_filter import _passage
-    from kb_chatbot.core.text import sentence_spans
-
-    text = ("Every employee earns 22 working days of PTO per calendar year, accrued evenly. "
-            "New joiners accrue from their first day, pro rata for the part of the year they work. "
-            "PTO covers vacation, personal days and short illnesses of up to three consecutive days.\n\n"
-            "After five full years the allowance rises to 25 working days.\n\n"
-            "Part-time employees earn PTO in proportion to their contracted hours.\n\n"
-            "Requests need two weeks of notice for absences of three\ndays or more.")
-    spans = sentence_spans(text)
-    sims = {"Every": 0.47, "New": 0.30, "PTO": 0.44, "After": 0.49, "Part-time": 0.35, "Requests": 0.2}
-    vec = np.array([next((v for k, v in sims.items() if s.text.startswith(k)), 0.1) for s in spans])
-    out = _passage(text, spans, vec, 200)
-    assert "rises to 25 working days" in out and "earns 22 working days of PTO per calendar year" in out
-    assert "Part-time" not in out and "Requests" not in out
-    # a list item split at its line break: its tail alone is taken only as a whole paragraph
-    from kb_chatbot.core.text import Span
-
-    text = "After five full years the allowance rises to 25 working days.\n\nSubmit it for absences of three\ndays or more."
-    spans = [Span(t, text.index(t), text.index(t) + len(t))
-             for t in ("After five full years the allowance rises to 25 working days.",
-                       "Submit it for absences of three", "days or more.")]
-    out = _passage(text, spans, np.array([0.49, 0.1, 0.45]), 61 + 30)
-    assert out.startswith("After five full years") and "days or more" not in out
-
-
 def test_context_filter_takes_near_ties_only_when_configured():
     from kb_chatbot.index.embedder import HashEmbedder
 
