@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from kb_chatbot.core.errors import KBError
+
 log = logging.getLogger(__name__)
 
 
@@ -203,6 +205,41 @@ def eval_suite(ctx: click.Context, suite_file: Path, typos: bool, seed: int, ans
     written = S.write(result, out_dir)
     click.echo(S.markdown(result))
     click.secho("\nwrote " + ", ".join(str(p) for p in written.values()), fg="green", err=True)
+
+
+@eval_cmd.command("compare", epilog="""\b
+Examples:
+  # what a change did: figures per set before -> after, then every answer that changed
+  kb eval compare data/runtime/reports/suite-before data/runtime/reports/suite-after \\
+      --labels eval/devsets/labels.jsonl
+  # a run split over two processes (--only): its folders joined by a comma
+  kb eval compare runs/base-a,runs/base-b runs/after-a,runs/after-b --out compare.md
+""")
+@click.argument("before")
+@click.argument("after")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Human verdicts (JSONL from `kb eval label`) applied to both runs.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the comparison here (markdown; JSON and a PNG plot beside it).")
+def eval_compare(before: str, after: str, labels_path: Path | None, out_file: Path | None) -> None:
+    """Compare two `kb eval suite` runs (folders; comma-separated when a run was split with
+    --only): each set's figures before -> after, worse ones marked, and every question whose
+    answer changed, both answers side by side, so a change is judged by reading them."""
+    from kb_chatbot.eval import suite as S
+    from kb_chatbot.eval.labels import load_labels
+
+    try:
+        cmp = S.compare(S.load_run(before), S.load_run(after), load_labels(labels_path) if labels_path else None)
+    except KBError as e:
+        raise click.ClickException(str(e)) from None
+    text = S.compare_markdown(cmp)
+    click.echo(text)
+    if out_file:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(text + "\n", encoding="utf-8")
+        out_file.with_suffix(".json").write_text(json.dumps(cmp, indent=1, default=str), encoding="utf-8")
+        S.compare_plot(cmp, out_file.with_suffix(".png"))
+        click.secho(f"wrote {out_file} (and .json, .png beside it)", fg="green", err=True)
 
 
 @eval_cmd.command("spelling", epilog="""\b

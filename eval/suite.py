@@ -220,3 +220,122 @@ def write(suite: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     if p:
         written["png"] = p
     return written
+
+
+# --- before / after: what a change did, answer by answer ------------------------------------
+
+
+def load_run(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """The per-set results of a suite run folder (or several, comma-separated: a run split over
+    processes with ``--only``): set label -> results, read from ``<folder>/<set>/results.json``."""
+    out: dict[str, dict[str, Any]] = {}
+    for part in str(folder).split(","):
+        base = Path(part)
+        if not base.is_dir():
+            raise ConfigError(f"{base}: not a suite run folder (kb eval suite --out)")
+        for f in sorted(base.glob("*/results.json")):
+            try:
+                out[f.parent.name] = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as e:
+                raise ConfigError(f"{f}: not an eval results file ({e})") from None
+    if not out:
+        raise ConfigError(f"{folder}: no <set>/results.json inside; is it a kb eval suite --out folder?")
+    return out
+
+
+def compare(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
+            labels: dict | None = None) -> dict[str, Any]:
+    """Figures per set before -> after (human labels applied to both) and every question whose
+    answer text changed, with both verdicts; ``unlabelled`` lists the shown answers of ``after``
+    no human has read yet (the figures count their automatic verdict until someone does)."""
+    from kb_chatbot.eval.labels import apply_labels
+
+    sets: dict[str, Any] = {}
+    changed: list[dict[str, Any]] = []
+    unlabelled: list[dict[str, Any]] = []
+    for name in [n for n in after if n in before]:
+        runs = {}
+        for side, res in (("before", before[name]), ("after", after[name])):
+            res = json.loads(json.dumps(res))  # labels rewrite the records: work on a copy
+            if labels:
+                apply_labels(res, labels)
+            [answers] = res["answers"].values()
+            runs[side] = (answers["records"], _summary(answers["summary"], res))
+        sets[name] = {side: summ for side, (_recs, summ) in runs.items()}
+        old = {(r["id"], r["question"]): r for r in runs["before"][0]}
+        for r in runs["after"][0]:
+            if not r["abstained"] and r.get("human_verdict") is None:
+                unlabelled.append({"set": name, "id": r["id"], "question": r["question"], "answer": r["answer"]})
+            o = old.get((r["id"], r["question"]))
+            if o is not None and o["answer"] != r["answer"]:
+                changed.append({"set": name, "id": r["id"], "question": r["question"],
+                                "answerable": r["answerable"], "expected": r.get("expected_answer"),
+                                "before": {"answer": o["answer"], "verdict": o.get("final_verdict")},
+                                "after": {"answer": r["answer"], "verdict": r.get("final_verdict"),
+                                          "labelled": r.get("human_verdict") is not None}})
+    return {"sets": sets, "changed": changed, "unlabelled": unlabelled}
+
+
+def compare_markdown(cmp: dict[str, Any]) -> str:
+    """The comparison as markdown: a before -> after table per figure, then the changed answers."""
+    cols = FIGURES + [("context_recall", "context recall", +1)]
+
+    def f(x):
+        return "–" if x is None else f"{x:.2f}" if isinstance(x, float) else str(x)
+
+    lines = ["| set | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    worse = []
+    for name, s in cmp["sets"].items():
+        cells = []
+        for key, label, direction in cols:
+            b, a = s["before"].get(key), s["after"].get(key)
+            mark = ""
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and f(a) != f(b):  # as shown
+                better = (a - b) * direction > 0
+                mark = " ▲" if better else " ▼"
+                if not better:
+                    worse.append(f"{name}: {label} {f(b)} → {f(a)}")
+            cells.append(f"{f(b)} → **{f(a)}**{mark}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Worse (▼): {'; '.join(worse) if worse else 'none'}", "",
+              f"## Answers that changed ({len(cmp['changed'])})", ""]
+    for c in cmp["changed"]:
+        flag = "" if c["after"]["labelled"] or c["after"]["verdict"] == "abstained" else " (not read yet)"
+        lines += [f"- **{c['set']} {c['id']}** ({'answerable' if c['answerable'] else 'unanswerable'}): "
+                  f"{c['before']['verdict']} → {c['after']['verdict']}{flag}",
+                  f"  - Q: {c['question']}", f"  - before: {' '.join(c['before']['answer'].split())}",
+                  f"  - after: {' '.join(c['after']['answer'].split())}"]
+        if c["expected"]:
+            lines.append(f"  - expected: {' '.join(str(c['expected']).split())}")
+    if cmp["unlabelled"]:
+        lines += ["", f"Shown answers no human has read yet: {len(cmp['unlabelled'])} "
+                      "(label them: kb eval label <after>/<set>)"]
+    return "\n".join(lines)
+
+
+def compare_plot(cmp: dict[str, Any], path: Path) -> Path | None:
+    """Answered right, shown-and-wrong and false abstention per set, before (light) and after."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    names = list(cmp["sets"])
+    figs = FIGURES[:3]
+    fig, axes = plt.subplots(1, len(figs), figsize=(4 * len(figs), 3.6), sharey=True)
+    for ax, (key, label, direction) in zip(axes, figs):
+        for j, side in enumerate(("before", "after")):
+            vals = [cmp["sets"][n][side].get(key) or 0.0 for n in names]
+            bars = ax.bar([i + (j - 0.5) * 0.4 for i in range(len(names))], vals, 0.4, label=side,
+                          alpha=0.45 if side == "before" else 1.0, color="C0" if direction > 0 else "C3")
+            ax.bar_label(bars, fmt="%.2f", fontsize=6)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+        ax.set_ylim(0, 1.1)
+        ax.set_title(f"{label} ({'higher' if direction > 0 else 'lower'} is better)", fontsize=9)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -113,3 +113,49 @@ def test_kb_eval_spelling_reports_each_set_against_its_own_index(tmp_path):
     tiny = json.loads(out.read_text())["sets"]["tiny"]
     assert tiny["typo_words"] > 0 and tiny["restored"] > 0 and tiny["clean_changed"] == 0
     assert "| tiny | 2 |" in res.output
+
+
+def test_kb_eval_compare_shows_figures_before_after_and_every_changed_answer(tmp_path):
+    """A change is judged by reading what it changed: `kb eval compare` puts each set's figures
+    side by side (human labels applied to both runs, worse ones marked) and lists the answers
+    whose text changed, flagging the shown ones nobody has read."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "pto.md").write_text("# Paid time off\n\nEvery employee gets 25 days of paid time off per year.\n")
+    (tmp_path / "q.jsonl").write_text(json.dumps(
+        {"id": "pto", "question": "How many days of paid time off do employees get?",
+         "expected_answer": "25 days.", "expected_sources": [{"file": "pto.md"}]}) + "\n")
+    (tmp_path / "kb.yaml").write_text("data_dir: runtime\nembedding:\n  model: hash\ngenerator:\n  backend: fake\n")
+    (tmp_path / "suite.yaml").write_text(
+        "sets:\n  - {name: tiny, questions: q.jsonl, config: kb.yaml, corpus_name: docs, corpus_path: docs}\n")
+    before = tmp_path / "before"
+    res = CliRunner().invoke(main, ["-c", str(tmp_path / "kb.yaml"), "eval", "suite", str(tmp_path / "suite.yaml"),
+                                    "--no-typos", "--out", str(before), "-q"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    results = json.loads((before / "tiny" / "results.json").read_text())
+    [run] = results["answers"].values()
+    [rec] = run["records"]
+    assert not rec["abstained"] and rec["final_verdict"] == "correct"
+    # the "after" run: the same question answered otherwise, and a human read it as wrong
+    rec["answer"] = "Employees get 30 days of paid time off [1]."
+    rec["answer_key"] = "after-key"
+    (tmp_path / "after" / "tiny").mkdir(parents=True)
+    (tmp_path / "after" / "tiny" / "results.json").write_text(json.dumps(results))
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(json.dumps({"id": "pto", "answer_key": "after-key", "verdict": "wrong"}) + "\n")
+    out = tmp_path / "cmp.md"
+    res = CliRunner().invoke(main, ["-c", str(tmp_path / "kb.yaml"), "eval", "compare", str(before),
+                                    str(tmp_path / "after"), "--labels", str(labels), "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    text = out.read_text()
+    assert "| tiny | 1.00 → **0.00** ▼" in text  # answered right, worse
+    assert "tiny: answered right 1.00 → 0.00" in text and "**tiny pto** (answerable): correct → wrong" in text
+    assert "after: Employees get 30 days" in text and "(not read yet)" not in text
+    assert out.with_suffix(".png").stat().st_size > 0
+    cmp = json.loads(out.with_suffix(".json").read_text())
+    assert [c["id"] for c in cmp["changed"]] == ["pto"] and cmp["unlabelled"] == []
+    # without the label the changed answer is flagged as not read yet
+    res = CliRunner().invoke(main, ["eval", "compare", str(before), str(tmp_path / "after")])
+    assert res.exit_code == 0 and "(not read yet)" in res.output and "Shown answers no human has read yet: 1" in res.output
+    res = CliRunner().invoke(main, ["eval", "compare", str(tmp_path / "nothing"), str(before)])
+    assert res.exit_code != 0 and "not a suite run folder" in res.output
