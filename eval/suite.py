@@ -177,14 +177,22 @@ def markdown(suite: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(suite: dict[str, Any], path: Path) -> Path | None:
-    """Answered right, shown-and-wrong and false abstention per set, side by side."""
+def _pyplot():
+    """matplotlib's pyplot on the file backend, or None where matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot(suite: dict[str, Any], path: Path) -> Path | None:
+    """Answered right, shown-and-wrong and false abstention per set, side by side."""
+    plt = _pyplot()
+    if plt is None:
         return None
     names = list(suite["sets"])
     figs = FIGURES[:3]
@@ -315,12 +323,8 @@ def compare_markdown(cmp: dict[str, Any]) -> str:
 
 def compare_plot(cmp: dict[str, Any], path: Path) -> Path | None:
     """Answered right, shown-and-wrong and false abstention per set, before (light) and after."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     names = list(cmp["sets"])
     figs = FIGURES[:3]
