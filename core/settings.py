@@ -254,6 +254,10 @@ class AnswerConfig(_Section):
     #: rare in the knowledge base (from 300 chunks on) or rare in English (asked about "juice",
     #: answered from a memo about water; asked about a paper the knowledge base lacks).
     subject_check: bool = True
+    #: ... and its names and numbers in digits, however common ("Scotland", "the 11th century"):
+    #: found in some source, but not in the ones the answer cites, the answer is about another
+    #: one (SQuAD 2.0's adversarial questions). Part of the subject check.
+    subject_names: bool = True
     #: Correct typos of the question against the knowledge base's own words ('conect' ->
     #: 'connect'); the page says "Showing results for …". Only words the asker may read.
     spelling: bool = True

@@ -73,7 +73,8 @@ _UNIT = re.compile(r"\s*(?:-\s*)?([a-z]+)", re.IGNORECASE)
 _QUOTE = re.compile(r"[\"“”‘’`]([^\"“”‘’`\n]{2,80})[\"“”‘’`]")
 #: A Slack channel or a handle ("#tts-bowling", "@kb-admins"); not an e-mail's "@", not a URL's "#".
 _HANDLE = re.compile(r"(?<![\w/.&#@])[#@][A-Za-z][\w.-]*[A-Za-z0-9]")
-_WORDISH = re.compile(r"[A-Za-z0-9][A-Za-z0-9&'._@/+-]*[A-Za-z0-9]|[A-Za-z0-9]")
+# any script's letters ("Fécamp", "Zürich" are one name each, not "F" and "Z")
+_WORDISH = re.compile(r"[^\W_][\w&'.@/+-]*[^\W_]|[^\W_]")
 _MARKER = re.compile(r"\[\d+(?:\s*[,;]\s*\d+)*\]")
 #: Words written capitalised that are not names (sentence starters, pronouns, answers).
 _NOT_NAMES = FILLER_WORDS | frozenset(

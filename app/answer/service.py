@@ -109,7 +109,8 @@ class KnowledgeAnswerService:
         self._cache_ids: dict[str, tuple] = {}  # answer id -> cache key (for forget)
         self._cache_lock = threading.Lock()
         self.subject = SubjectCheck(term_count, chunk_total, enabled=settings.answer.subject_check,
-                                    stem=speller.stems if speller is not None else None)
+                                    stem=speller.stems if speller is not None else None,
+                                    names=settings.answer.subject_names)
         #: the generate-pause-check loop; the local model checks every draft
         self.writer = CheckedWriter(settings, generator, embedder, self.confidence, self.subject)
         if acl_lookup is None:
@@ -156,6 +157,7 @@ class KnowledgeAnswerService:
         yield AnswerEvent("status", STATUS_SEARCHING)
         standalone = run.question
         if history:
+            run.asked = run.question
             t = time.perf_counter()
             standalone = condense_question(self.generator, run.question, history, turns=cfg.answer.history_turns)
             run.add("condense", time.perf_counter() - t)
@@ -249,7 +251,7 @@ class KnowledgeAnswerService:
         scores = dict(best.features)
         scores["confidence_draft"] = round(draft.confidence, 4)
         if best.confidence >= threshold:
-            off = self._off_subject(standalone, best, run.user)
+            off = self._off_subject(standalone, best, run)
             if off:
                 log.info("answer route=abstained reason=off_subject terms=%d", len(off))
                 scores["off_subject"] = float(len(off))
@@ -272,10 +274,12 @@ class KnowledgeAnswerService:
             return self._abstain(run, standalone, esc, corrected=corrected, escalated=True, scores=scores)
         return self._abstain(run, standalone, best, corrected=corrected, scores=scores)
 
-    def _off_subject(self, question: str, att: Attempt, user: Principal) -> list[str]:
-        """Rare words of the question that no source the answer cites contains; rarity is over
-        what ``user`` may read, so the outcome says nothing about documents they cannot."""
-        return self.subject.off_subject(question, att.hits, {c.n for c in att.result.citations}, user)
+    def _off_subject(self, question: str, att: Attempt, run: Run) -> list[str]:
+        """Rare words, names and numbers of the question that no source the answer cites
+        contains; rarity is over what the asker may read, so the outcome says nothing about
+        documents they cannot."""
+        return self.subject.off_subject(question, att.hits, {c.n for c in att.result.citations}, run.user,
+                                        run.asked)
 
     def _retrieve(self, query: str, run: Run) -> list[Hit]:
         rcfg = self.settings.retrieval

@@ -48,6 +48,9 @@ class Run:
     showing_for: str | None = None
     #: the answer cache's key of this question (None: not cacheable)
     cache_key: tuple | None = None
+    #: a follow-up's question as typed, when the chat history filled it in (the names the
+    #: subject check asks the cited sources for are the asker's own)
+    asked: str | None = None
 
     def add(self, key: str, seconds: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + seconds
@@ -139,7 +142,8 @@ class CheckedWriter:
             # must pass it already, on the sources cited so far (nm-02: a right sentence about
             # the San Francisco office's Wi-Fi, asked about headquarters, was shown, then withdrawn)
             if now and self.subject.off_subject(question, hits, {n for c in verifier.passed_so_far(complete)
-                                                                 for n in c.sources}, run.user):
+                                                                 for n in c.sources}, run.user,
+                                                                 run.asked):
                 now = ""
             t_checks += time.perf_counter() - t0
             if now != shown:

@@ -50,7 +50,7 @@ def _label(question: str, f: Fact) -> str:
     return f.text
 
 
-def _spelled_out(acronym: str, source: SourceFacts) -> bool:
+def spelled_out(acronym: str, source: SourceFacts) -> bool:
     """'PTO' is in a source that says 'paid time off' (initials of consecutive words)."""
     letters = acronym.lower()
     if not (2 <= len(letters) <= 6) or not letters.isalpha():
@@ -70,7 +70,7 @@ def missing_terms(question: str, hits: Sequence[Hit]) -> list[MissingTerm]:
     for fact, label in terms:
         if any(s.has(fact) for s in sources):
             continue
-        if fact.kind == "name" and fact.text.isupper() and any(_spelled_out(fact.text, s) for s in sources):
+        if fact.kind == "name" and fact.text.isupper() and any(spelled_out(fact.text, s) for s in sources):
             continue
         out.append(MissingTerm(fact, label))
     return out

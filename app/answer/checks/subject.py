@@ -72,7 +72,8 @@ def _stem(word: str) -> str:
 
 
 def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_chunks: int,
-                      stem: Callable[[Sequence[str]], list[str]] | None = None) -> list[str]:
+                      stem: Callable[[Sequence[str]], list[str]] | None = None, *,
+                      names: bool = False, asked: str | None = None) -> list[str]:
     """Specific words of ``question`` that none of the ``cited`` sources contains.
 
     An answer whose sources never mention a word that is rare in the whole knowledge base
@@ -87,6 +88,15 @@ def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_ch
     only in a knowledge base of :data:`SUBJECT_CHECK_MIN_CHUNKS` chunks or more. ``stem`` is the
     index's own stemmer (Porter, :func:`kb_chatbot.index.store.porter_stems`): a word whose stem
     a source holds is held ('leav' and 'leave' are both 'leav').
+
+    With ``names``, the question's names and numbers written in digits (the premise check's
+    salient terms: "Scotland", "the 10th century", "Q4_K_M") must be in a cited source too,
+    however common: the premise check finds them in *some* source found, but an answer citing
+    only sources without them answers a neighbouring question (SQuAD 2.0's "Who ruled Cyprus
+    in the 11th century?", answered from a paragraph about the 12th). Each word of a name may
+    be held in another form or with a typo as above ("Normans" / "Norman", "Marry" /
+    "married"). ``asked`` (a follow-up as typed, before the chat filled it in) limits them to
+    the names the asker wrote.
     """
     if not cited:
         return []
@@ -100,6 +110,8 @@ def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_ch
     have = {_stem(w) for w in words}
     stems = set(stem(words)) if stem is not None and words else set()
     out: list[str] = []
+    if names:
+        out += _unheld_names(question, cited, have, stems, stem, asked)
     for word in dict.fromkeys(_words(question)):
         if word in FILLER_WORDS or len(word) < 4 or _typo_of_filler(word):
             continue
@@ -113,6 +125,34 @@ def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_ch
                 out.append(word)
         elif rare_in_english(word):
             out.append(word)
+    return out
+
+
+def _unheld_names(question: str, cited: Sequence[Hit], have: set[str], stems: set[str],
+                  stem: Callable[[Sequence[str]], list[str]] | None, asked: str | None) -> list[str]:
+    """The labels of the question's names and digit numbers that no cited source holds."""
+    from kb_chatbot.app.answer.checks.premise import salient_terms, spelled_out
+    from kb_chatbot.app.answer.facts import SourceFacts
+
+    sources = [SourceFacts(f"{h.doc_title}\n{h.chunk.text}") for h in cited]
+    out = []
+    for fact, _label in salient_terms(question):
+        if fact.kind in ("money", "percent", "number", "date") and not any(c.isdigit() for c in fact.text):
+            continue  # "two abbots": a count the sources may list without writing it
+        if asked is not None and fact.text.lower() not in asked.lower():
+            continue
+        if any(s.has(fact) for s in sources):
+            continue
+        if fact.kind == "name":
+            if fact.text.isupper() and any(spelled_out(fact.text, s) for s in sources):
+                continue
+            parts = [w for w in _words(fact.text) if w not in FILLER_WORDS]
+            if all(_held(w, have) or (stem is not None and stem([w])[0] in stems) for w in parts):
+                continue
+        # named as asked: "Scotland", "the 11th century" (a number with the noun after it)
+        unit = re.match(r"\s+([a-z][a-z-]{2,})\b", question[question.find(fact.text) + len(fact.text):])
+        out.append(f"{fact.text} {unit.group(1)}" if fact.kind != "name" and unit and unit.group(1) not in FILLER_WORDS
+                   else fact.text)
     return out
 
 
@@ -184,21 +224,24 @@ class SubjectCheck:
 
     def __init__(self, term_count: Callable[[str, frozenset[str]], int] | None,
                  chunk_total: Callable[[frozenset[str]], int] | None, *, enabled: bool = True,
-                 stem: Callable[[Sequence[str]], list[str]] | None = None):
+                 stem: Callable[[Sequence[str]], list[str]] | None = None, names: bool = True):
+        self.names = names
         self.term_count = term_count
         self.chunk_total = chunk_total
         self.stem = stem
         self.enabled = enabled and term_count is not None and chunk_total is not None
 
-    def off_subject(self, question: str, hits: Sequence[Hit], cited_numbers, user: Principal) -> list[str]:
-        """Rare words of ``question`` that none of the cited ``hits`` (numbered from 1) contains."""
+    def off_subject(self, question: str, hits: Sequence[Hit], cited_numbers, user: Principal,
+                    asked: str | None = None) -> list[str]:
+        """Rare words, names and numbers of ``question`` that none of the cited ``hits``
+        (numbered from 1) contains; ``asked``: the follow-up as typed (see :func:`off_subject_terms`)."""
         if not self.enabled:
             return []
         cited = [hits[n - 1] for n in sorted(cited_numbers) if 0 < n <= len(hits)]
         mine = user.principals()
         try:
             return off_subject_terms(question, cited, lambda w: self.term_count(w, mine), self.chunk_total(mine),
-                                     self.stem)
+                                     self.stem, names=self.names, asked=asked)
         except Exception as e:  # the check is a gate, never a crash: an error keeps the answer
             log.warning("subject check failed: %r", e)
             return []
