@@ -199,7 +199,7 @@ class KnowledgeAnswerService:
         # the sources at once, before a word of the answer (the model needs seconds to read them)
         yield AnswerEvent("sources", sources=source_citations(context, standalone))
         run.timings.setdefault("sources", time.perf_counter() - run.t0)
-        key = run.cache_key = self._cache_key(standalone, run.user, context)
+        key = run.cache_key = self._cache_key(standalone, run.user, context, run.asked)
         with self._cache_lock:  # the page answers several users from threads
             cached = self._cache.get(key) if key is not None else None
             if cached is not None:
@@ -218,14 +218,17 @@ class KnowledgeAnswerService:
                     self._cache_ids = {i: k for i, k in self._cache_ids.items() if k in live}
         return answer
 
-    def _cache_key(self, standalone: str, user: Principal, context: Sequence[Hit]) -> tuple | None:
+    def _cache_key(self, standalone: str, user: Principal, context: Sequence[Hit],
+                   asked: str | None = None) -> tuple | None:
         """The question as searched, who asks (their principals: nothing is shared between
         readers of different documents) and the exact text of every source in the prompt: a
-        changed document or a re-ranked context is a new key."""
+        changed document or a re-ranked context is a new key. A follow-up also by its words as
+        typed (the subject check asks the cited sources for its names only)."""
         if self.settings.answer.cache_size <= 0:
             return None
         texts = hashlib.sha256("\x00".join(f"{h.chunk.id}\x01{h.prompt_text}" for h in context).encode()).hexdigest()
-        return (" ".join(standalone.lower().split()), user.principals(), texts, getattr(self.generator, "model_id", ""))
+        return (" ".join(standalone.lower().split()), user.principals(), texts, getattr(self.generator, "model_id", ""),
+                asked)
 
     def _write(self, run: Run, standalone: str, hits: Sequence[Hit], context: tuple[Hit, ...]):
         """Write, check and correct the answer from ``context`` (the prompt's sources)."""

@@ -548,6 +548,24 @@ def test_a_name_the_chat_brought_in_does_not_decline_the_follow_up(tmp_path):
     assert "Mac" in ans.standalone_question and "nothing about" not in ans.text
 
 
+def test_a_name_of_the_question_that_the_cited_source_never_writes_declines_the_answer(tmp_path):
+    """The premise check finds 'Mac' in a source found; the answer cites only the VPN page, which
+    never says Mac: it answers another question (SQuAD 2.0's swapped names and centuries). In a
+    follow-up, only the names the asker typed are asked of the cited source."""
+    rig = make_rig(tmp_path, [doc("vpn", "The VPN client connects to the gateway gw-7.vpn.acme.example.", title="VPN"),
+                              doc("mac", "Mac laptops get updates from the Self Service app every month.",
+                                  title="Laptops")])
+    q = "Which gateway does the VPN client on a Mac connect to?"
+    ans = rig.service.answer(q, user=BOB)
+    assert ans.route == "abstained" and "do not mention 'Mac'" in ans.text, ans.text
+    assert ans.scores.get("off_subject") == 1.0
+    history = [Message("user", "How do I update my Mac?"),
+               Message("assistant", "Mac laptops get updates from the Self Service app [1].")]
+    rig.generator._condense = lambda user: q
+    ans = rig.service.answer("Which gateway does the VPN client connect to?", user=BOB, history=history)
+    assert ans.route == "answered" and "gw-7" in ans.text, ans.text
+
+
 def test_a_doubled_letter_typed_once_is_restored_before_a_shorter_word(tmp_path):
     rig = make_rig(tmp_path, [doc("pto", "You can carry over up to 6 days of unused PTO. Car rentals need approval. "
                                          "A car is a car. Cars are booked in Concur.")])
