@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--convert-python", help="a python with the converters: converts first")
     ap.add_argument("--only", help="comma-separated runtime names")
     ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from the last JSON")
+    ap.add_argument("--name", default="bench_backends",
+                    help="results file name under bench/results (one per CPU kind: bench_backends-amx)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     ap.add_argument("--prompts-file", help=argparse.SUPPRESS)
@@ -224,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.plot_only:
-        d = json.loads((RESULTS / "bench_backends.json").read_text())
-        plot(d["summary"], RESULTS / "bench_backends.json", threads=d["threads"],
+        d = json.loads((RESULTS / f"{args.name}.json").read_text())
+        plot(d["summary"], RESULTS / f"{args.name}.json", threads=d["threads"],
              n=next(iter(d["summary"].values()))["prompts"], cpu=d["machine"]["cpu"])
         return 0
     gguf, hf, prompts = answer_prompts(args.prompts)
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary[name]["p50_first_sentence_s"] / summary["llama.cpp Q4_K_M"]["p50_first_sentence_s"], 2)
     for name, s in summary.items():
         print(f"{name:24s} {s}")
-    out = write_results("bench_backends", {"machine": machine(), "threads": args.threads, "max_new": args.max_new,
+    out = write_results(args.name, {"machine": machine(), "threads": args.threads, "max_new": args.max_new,
                                            "converted_s": converted, "summary": summary, "runs": results})
     plot(summary, out, threads=args.threads, n=len(prompts), cpu=machine()["cpu"])
     return 0

@@ -102,18 +102,11 @@ def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_ch
         return []
     by_count = total_chunks >= SUBJECT_CHECK_MIN_CHUNKS
     limit = max(SPECIFIC_MIN, int(SPECIFIC_SHARE * max(total_chunks, 0)))
-    text = " ".join(f"{h.doc_title} {h.prompt_text}" for h in cited)
-    words = list(dict.fromkeys(_words(text)))
-    # a compound is also held by its parts and written together ("pre-trained": "pre",
-    # "trained", "pretrained"), so "pre-training" asked of a source saying "pre-trained" is held
-    words += [p for w in words if "-" in w for p in (*w.split("-"), w.replace("-", "")) if p]
-    have = {_stem(w) for w in words}
-    stems = set(stem(words)) if stem is not None and words else set()
-    out: list[str] = []
-    if names:
-        out += _unheld_names(question, cited, have, stems, stem, asked)
+    words, have, stems = _vocabulary(" ".join(f"{h.doc_title} {h.prompt_text}" for h in cited), stem)
+    out: list[str] = _unheld_names(question, cited, have, stems, stem, asked) if names else []
+    named = set(_words(" ".join(out)))  # "GLM-130B" named already: not "glm-130b" again
     for word in dict.fromkeys(_words(question)):
-        if word in FILLER_WORDS or len(word) < 4 or _typo_of_filler(word):
+        if word in FILLER_WORDS or len(word) < 4 or _typo_of_filler(word) or word in named:
             continue
         if _held(word, have) or (stem is not None and stem([word])[0] in stems):
             continue
@@ -128,17 +121,32 @@ def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_ch
     return out
 
 
+def _vocabulary(text: str, stem: Callable[[Sequence[str]], list[str]] | None) -> tuple[list[str], set[str], set[str]]:
+    """(words, their crude stems, their Porter stems) of a source text."""
+    words = list(dict.fromkeys(_words(text)))
+    # a compound is also held by its parts and written together ("pre-trained": "pre",
+    # "trained", "pretrained"), so "pre-training" asked of a source saying "pre-trained" is held
+    words += [p for w in words if "-" in w for p in (*w.split("-"), w.replace("-", "")) if p]
+    return words, {_stem(w) for w in words}, set(stem(words)) if stem is not None and words else set()
+
+
 def _unheld_names(question: str, cited: Sequence[Hit], have: set[str], stems: set[str],
                   stem: Callable[[Sequence[str]], list[str]] | None, asked: str | None) -> list[str]:
-    """The labels of the question's names and digit numbers that no cited source holds."""
+    """The question's names and digit numbers that no cited source holds, as the question
+    writes them: as a phrase in the whole chunk (as the premise check reads it), or each word
+    of a name in the text the model read (``have`` / ``stems``: :func:`_vocabulary`)."""
     from kb_chatbot.app.answer.checks.premise import salient_terms, spelled_out
     from kb_chatbot.app.answer.facts import SourceFacts
 
     sources = [SourceFacts(f"{h.doc_title}\n{h.chunk.text}") for h in cited]
     out = []
     for fact, _label in salient_terms(question):
-        if fact.kind in ("money", "percent", "number", "date") and not any(c.isdigit() for c in fact.text):
-            continue  # "two abbots": a count the sources may list without writing it
+        at = question.find(fact.text)
+        if fact.kind in ("money", "percent", "number", "date"):
+            if not any(c.isdigit() for c in fact.text):
+                continue  # "two abbots": a count the sources may list without writing it
+            if at > 0 and (question[at - 1].isalnum() or question[at - 1] in "-_."):
+                continue  # "130B" of "GLM-130B": part of a name, asked as the name
         if asked is not None and fact.text.lower() not in asked.lower():
             continue
         if any(s.has(fact) for s in sources):
@@ -150,10 +158,11 @@ def _unheld_names(question: str, cited: Sequence[Hit], have: set[str], stems: se
             if all(_held(w, have) or (stem is not None and stem([w])[0] in stems) for w in parts):
                 continue
         # named as asked: "Scotland", "the 11th century" (a number with the noun after it)
-        unit = re.match(r"\s+([a-z][a-z-]{2,})\b", question[question.find(fact.text) + len(fact.text):])
-        out.append(f"{fact.text} {unit.group(1)}" if fact.kind != "name" and unit and unit.group(1) not in FILLER_WORDS
-                   else fact.text)
-    return out
+        unit = re.match(r"\s+([a-z][a-z-]{2,})\b", question[at + len(fact.text):])
+        label = re.sub(r"['\u2019]s$", "", fact.text)  # "GLM-130B's" is "GLM-130B"
+        out.append(f"{label} {unit.group(1)}" if fact.kind != "name" and unit and unit.group(1) not in FILLER_WORDS
+                   else label)
+    return list(dict.fromkeys(out))
 
 
 def _held(word: str, have: set[str]) -> bool:

@@ -158,6 +158,10 @@ def test_the_question_names_and_numbers_must_be_in_a_cited_source():
                              names=True) == []
     pto = [hit("Employees earn paid time off every pay period.", title="Leave")]
     assert off_subject_terms("How much PTO do I earn?", pto, never, 39, porter_stems, names=True) == []
+    # a name is named once, as written: not again as its rare word, nor its number ("130B")
+    paper = [hit("Megatron-LM trains 8.3 billion parameter models on 512 GPUs.", title="Megatron-LM")]
+    assert off_subject_terms("What are the parts of GLM-130B's objective?", paper, lambda w: 0, 39, porter_stems,
+                             names=True) == ["GLM-130B"]
     # a follow-up: only the names the asker typed, not those the chat history brought in
     assert off_subject_terms("Who ruled Scotland and Cyprus then?", cyprus, never, 39, porter_stems, names=True,
                              asked="And Cyprus?") == []
