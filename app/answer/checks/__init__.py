@@ -12,7 +12,7 @@ The answer as a whole (:class:`AnswerGate`):
     asked_kind   a fee, number or time asked for is stated
     answers_question  the answer model's yes/no "does the reply answer exactly this question?"
     subject      the cited sources mention the question's rare words (counted over what the
-                 asker may read)
+                 asker may read), names and digit numbers
 
 :class:`Verifier` runs the sentence and answer gates; the answer service uses only this
 package's names below, never one check's module.
