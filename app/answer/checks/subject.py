@@ -73,7 +73,7 @@ def _stem(word: str) -> str:
 
 def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_chunks: int,
                       stem: Callable[[Sequence[str]], list[str]] | None = None, *,
-                      names: bool = False, asked: str | None = None) -> list[str]:
+                      names: bool | str = False, asked: str | None = None) -> list[str]:
     """Specific words of ``question`` that none of the ``cited`` sources contains.
 
     An answer whose sources never mention a word that is rare in the whole knowledge base
@@ -89,7 +89,7 @@ def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_ch
     index's own stemmer (Porter, :func:`kb_chatbot.index.store.porter_stems`): a word whose stem
     a source holds is held ('leav' and 'leave' are both 'leav').
 
-    With ``names``, the question's names and numbers written in digits (the premise check's
+    With ``names`` ("all" or True; "numbers": the numbers only), the question's names and numbers written in digits (the premise check's
     salient terms: "Scotland", "the 10th century", "Q4_K_M") must be in a cited source too,
     however common: the premise check finds them in *some* source found, but an answer citing
     only sources without them answers a neighbouring question (SQuAD 2.0's "Who ruled Cyprus
@@ -103,7 +103,8 @@ def off_subject_terms(question: str, cited: Sequence[Hit], chunk_count, total_ch
     by_count = total_chunks >= SUBJECT_CHECK_MIN_CHUNKS
     limit = max(SPECIFIC_MIN, int(SPECIFIC_SHARE * max(total_chunks, 0)))
     words, have, stems = _vocabulary(" ".join(f"{h.doc_title} {h.prompt_text}" for h in cited), stem)
-    out: list[str] = _unheld_names(question, cited, have, stems, stem, asked) if names else []
+    kinds = {"all": True, True: True, "numbers": False}.get(names)  # names too? (None: neither)
+    out: list[str] = _unheld_names(question, cited, have, stems, stem, asked, kinds) if kinds is not None else []
     named = set(_words(" ".join(out)))  # "GLM-130B" named already: not "glm-130b" again
     for word in dict.fromkeys(_words(question)):
         if word in FILLER_WORDS or len(word) < 4 or _typo_of_filler(word) or word in named:
@@ -131,7 +132,8 @@ def _vocabulary(text: str, stem: Callable[[Sequence[str]], list[str]] | None) ->
 
 
 def _unheld_names(question: str, cited: Sequence[Hit], have: set[str], stems: set[str],
-                  stem: Callable[[Sequence[str]], list[str]] | None, asked: str | None) -> list[str]:
+                  stem: Callable[[Sequence[str]], list[str]] | None, asked: str | None,
+                  with_names: bool = True) -> list[str]:
     """The question's names and digit numbers that no cited source holds, as the question
     writes them: as a phrase in the whole chunk (as the premise check reads it), or each word
     of a name in the text the model read (``have`` / ``stems``: :func:`_vocabulary`)."""
@@ -142,6 +144,8 @@ def _unheld_names(question: str, cited: Sequence[Hit], have: set[str], stems: se
     out = []
     for fact, _label in salient_terms(question):
         at = question.find(fact.text)
+        if fact.kind in ("name", "quote") and not with_names:
+            continue
         if fact.kind in ("money", "percent", "number", "date"):
             if not any(c.isdigit() for c in fact.text):
                 continue  # "two abbots": a count the sources may list without writing it
@@ -233,7 +237,7 @@ class SubjectCheck:
 
     def __init__(self, term_count: Callable[[str, frozenset[str]], int] | None,
                  chunk_total: Callable[[frozenset[str]], int] | None, *, enabled: bool = True,
-                 stem: Callable[[Sequence[str]], list[str]] | None = None, names: bool = True):
+                 stem: Callable[[Sequence[str]], list[str]] | None = None, names: bool | str = "numbers"):
         self.names = names
         self.term_count = term_count
         self.chunk_total = chunk_total

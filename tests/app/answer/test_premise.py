@@ -145,6 +145,9 @@ def test_the_question_names_and_numbers_must_be_in_a_cited_source():
     q = "Who ruled Cyprus in the 11th century?"
     assert off_subject_terms(q, cyprus, never, 39, porter_stems) == []  # off unless asked for
     assert off_subject_terms(q, cyprus, never, 39, porter_stems, names=True) == ["11th century"]
+    # "numbers" (the service's default): the century, not the place
+    assert off_subject_terms("Who ruled Scotland in the 11th century?", cyprus, never, 39, porter_stems,
+                             names="numbers") == ["11th century"]
     assert off_subject_terms("Who ruled Cyprus in the 12th century?", cyprus, never, 39, porter_stems,
                              names=True) == []
     assert off_subject_terms("Who did the Lionheart take Scotland from?", cyprus, never, 39, porter_stems,

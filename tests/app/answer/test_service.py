@@ -552,10 +552,13 @@ def test_a_name_of_the_question_that_the_cited_source_never_writes_declines_the_
     """The premise check finds 'Mac' in a source found; the answer cites only the VPN page, which
     never says Mac: it answers another question (SQuAD 2.0's swapped names and centuries). In a
     follow-up, only the names the asker typed are asked of the cited source."""
-    rig = make_rig(tmp_path, [doc("vpn", "The VPN client connects to the gateway gw-7.vpn.acme.example.", title="VPN"),
-                              doc("mac", "Mac laptops get updates from the Self Service app every month.",
-                                  title="Laptops")])
+    docs = [doc("vpn", "The VPN client connects to the gateway gw-7.vpn.acme.example.", title="VPN"),
+            doc("mac", "Mac laptops get updates from the Self Service app every month.", title="Laptops")]
     q = "Which gateway does the VPN client on a Mac connect to?"
+    # by default only numbers are asked of the cited source: a name may say only where the asker
+    # is ("from the Lisbon office"), and the generic answer holds
+    assert make_rig(tmp_path / "default", docs).service.answer(q, user=BOB).route == "answered"
+    rig = make_rig(tmp_path, docs, answer={"subject_names": "all"})
     ans = rig.service.answer(q, user=BOB)
     assert ans.route == "abstained" and "do not mention 'Mac'" in ans.text, ans.text
     assert ans.scores.get("off_subject") == 1.0
