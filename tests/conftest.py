@@ -66,3 +66,14 @@ def llamacpp_server(tmp_path_factory):
     server = start(tmp_path_factory.mktemp("llamacpp-server"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def smol_openvino_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M exported for the openvino backend the way `kb models prepare --openvino` does
+    it (GGUF → transformers folder → optimum-intel in the exporter venv, made once per machine)."""
+    from kb_chatbot.app.generators.model_files import SMOLLM2_ID, ModelRef, smollm2_gguf_path
+    from kb_chatbot.app.generators.openvino_export import export_openvino
+
+    models = tmp_path_factory.mktemp("openvino-models")
+    return export_openvino(ModelRef(SMOLLM2_ID, gguf_path=smollm2_gguf_path()), models, "int8")

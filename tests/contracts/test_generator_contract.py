@@ -14,7 +14,7 @@ QUESTION = [Message("system", "You are a helpful assistant. Answer in one short 
 CHECK = [Message("system", "You check facts. Reply with one word: yes or no."),
          Message("user", "<source>\nParis is the capital of France.\n</source>\nClaim: TRUE Paris is the capital.\n"
                          "Does the source state this claim? Answer yes or no.")]
-BACKENDS = ["fake", "openai", "openai-llamacpp-server", "llamacpp", "transformers"]
+BACKENDS = ["fake", "openai", "openai-llamacpp-server", "llamacpp", "openvino", "transformers"]
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +36,18 @@ def _smol_llama():
     return LlamaCppGenerator(smollm2_gguf_path(), n_threads=1, n_ctx=2048, model_id=SMOLLM2_ID)
 
 
+@pytest.fixture(scope="module")
+def _smol_openvino(smol_openvino_dir):
+    from kb_chatbot.app.generators.openvino import OpenVINOGenerator
+
+    return OpenVINOGenerator(smol_openvino_dir, threads=1, n_ctx=2048)
+
+
 @pytest.fixture(params=[
     "fake", "openai",
     pytest.param("openai-llamacpp-server", marks=pytest.mark.slow),
     pytest.param("llamacpp", marks=pytest.mark.slow),
+    pytest.param("openvino", marks=pytest.mark.slow),
     pytest.param("transformers", marks=pytest.mark.slow),
 ])
 def gen(request, openai_server):
@@ -55,7 +63,7 @@ def gen(request, openai_server):
         from kb_chatbot.app.generators.openai_compat import OpenAIGenerator
 
         return OpenAIGenerator(request.getfixturevalue("llamacpp_server").url, "answer", timeout=60)
-    return request.getfixturevalue("_smol_llama" if request.param == "llamacpp" else "_smol_hf")
+    return request.getfixturevalue({"llamacpp": "_smol_llama", "openvino": "_smol_openvino"}.get(request.param, "_smol_hf"))
 
 
 def _text(tokens):

