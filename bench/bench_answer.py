@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_answer.py                       # default model, 12 questions
     .venv/bin/python bench/bench_answer.py --model smollm2-135m --questions 4   # a quick look
+    .venv/bin/python bench/bench_answer.py --backends llamacpp,openvino          # two backends
 
 Both runs use today's answer service (premise check, context filter, verification, correction)
 over the trust dev set's corpus (the 18F handbook and the Drive files in ../shared, indexed
@@ -13,7 +14,9 @@ of ``eval/devsets/handbook.jsonl`` spread over answerable and near-miss ones:
   the cost of the check if ``answer.answers_check`` is switched on; ``kb.yaml`` ships it off).
 
 Both use the same threads (``auto``), embedder dtype and context budget; the answer cache is
-off in both (every question is new to it anyway).
+off in both (every question is new to it anyway). With ``--backends A,B`` the two runs are two
+generator backends instead (issue 26's bake-off through the whole service: checks, correction
+and all), both with the answer settings of the config.
 
 The runs alternate per question (before, now), each with its own model instance, so machine
 noise hits both alike. Per run: time to first token (from the question's arrival), total,
@@ -34,7 +37,7 @@ import sys
 import time
 
 import common  # noqa: F401  (repo on sys.path, offline)
-from common import pyplot, save_figure, write_results
+from common import machine, pyplot, save_figure, write_results
 
 #: Non-overlapping stages of Answer.timings ("generate" covers every generation, the
 #: correction's too; "other" is the rest of the total: the correction's re-retrieval, scoring).
@@ -93,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--questions", type=int, default=12)
     ap.add_argument("--config", default=str(common.REPO / "eval" / "devsets" / "shared.yaml"))
     ap.add_argument("--questions-file", default=str(common.REPO / "eval" / "devsets" / "handbook.jsonl"))
+    ap.add_argument("--backends", default=None,
+                    help="two generator backends to compare with today's settings, e.g. llamacpp,openvino")
     args = ap.parse_args(argv)
+    runs = tuple(args.backends.split(",")) if args.backends else RUNS
+    if len(runs) != 2:
+        ap.error("--backends takes two names, e.g. llamacpp,openvino")
 
     from kb_chatbot.app.answer.prompts import build_messages
     from kb_chatbot.core.settings import load_settings
@@ -107,19 +115,22 @@ def main(argv: list[str] | None = None) -> int:
 
     base = load_settings(args.config)
     base.generator.model = args.model
-    settings = {"before": base.model_copy(deep=True), "now": base.model_copy(deep=True)}
-    b, n = settings["before"], settings["now"]
-    for s in (b, n):
+    settings = {k: base.model_copy(deep=True) for k in runs}
+    for k, s in settings.items():
         s.generator.threads, s.embedding.dtype, s.answer.cache_size = "auto", "auto", 0
-    b.answer.spelling, b.answer.answers_check = False, False
-    n.answer.spelling, n.answer.answers_check = True, True
+        if args.backends:
+            s.generator.backend = k
+    if not args.backends:
+        b, n = settings["before"], settings["now"]
+        b.answer.spelling, b.answer.answers_check = False, False
+        n.answer.spelling, n.answer.answers_check = True, True
     corpus = {k: corpus_settings(s, "handbook,drive") for k, s in settings.items()}
     embedders = {k: load_embedder(c.embedding) for k, c in corpus.items()}
-    ensure_indexed(corpus["now"], embedder=embedders["now"], progress=True)
-    index = open_index(corpus["now"])
+    ensure_indexed(corpus[runs[1]], embedder=embedders[runs[1]], progress=True)
+    index = open_index(corpus[runs[1]])
     user = eval_principal(index)
     services, gens, meas = {}, {}, {}
-    for k in RUNS:
+    for k in runs:
         gens[k] = make_generator(settings[k].generator, base.models_dir, base_dir=base.config_dir)
         gens[k].warm_up()
         meas[k] = dict(zip(("prefill_tps", "decode_tps"), rates(gens[k])))
@@ -130,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k}: threads={meas[k]['threads']} prefill {meas[k]['prefill_tps']:.1f} tok/s, "
               f"decode {meas[k]['decode_tps']:.1f} tok/s", file=sys.stderr, flush=True)
     questions = spread(load_questions(args.questions_file), args.questions)
-    rows: dict[str, list[dict]] = {k: [] for k in RUNS}
+    rows: dict[str, list[dict]] = {k: [] for k in runs}
     for i, q in enumerate(questions, 1):
-        for k in RUNS:
+        for k in runs:
             ans = services[k].answer(q.question, user=user)
             t = ans.timings
             p_tok = sum(gens[k].count_tokens(m.content) for m in build_messages(ans.standalone_question, ans.sources)) \
@@ -149,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i}/{len(questions)}] {k:6s} {q.id:6s} {ans.route:10s} first={row['first_token']:6.1f}s "
                   f"shown={row['first_shown']:6.1f}s total={row['total']:6.1f}s limit={limit:5.1f}s prompt={p_tok}", file=sys.stderr, flush=True)
     summary = {}
-    for k in RUNS:
+    for k in runs:
         r = rows[k]
         tot = sum(x["total"] for x in r) or 1.0
         summary[k] = {
@@ -168,32 +179,35 @@ def main(argv: list[str] | None = None) -> int:
             "answered": sum(x["route"] != "abstained" for x in r),
         }
     for key in ("first_token_p50", "first_shown_p50", "total_p50", "total_p95"):
-        summary.setdefault("ratio_now_to_before", {})[key] = round(summary["now"][key] / summary["before"][key], 3)
+        summary.setdefault(f"ratio_{runs[1]}_to_{runs[0]}", {})[key] = round(
+            summary[runs[1]][key] / summary[runs[0]][key], 3)
+    same = sum(a["answer"] == b["answer"] for a, b in zip(rows[runs[0]], rows[runs[1]]))
+    summary["same_answers"] = f"{same}/{len(questions)}"
     print(json.dumps(summary, indent=2))
-    name = f"bench_answer-{args.model.replace('/', '_')}"
-    out = write_results(name, {"model": gens["now"].model_id, "questions": len(questions), "summary": summary,
-                               "runs": rows})
+    name = f"bench_answer-{args.model.replace('/', '_')}" + (f"-{'-vs-'.join(runs)}" if args.backends else "")
+    out = write_results(name, {"model": gens[runs[1]].model_id, "models": {k: g.model_id for k, g in gens.items()},
+                               "questions": len(questions), "summary": summary, "runs": rows})
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    x = range(len(RUNS))
+    x = range(len(runs))
     bars_of = (("first_token_p50", "first token p50"), ("first_shown_p50", "first checked sentence p50"),
                ("total_p50", "total p50"), ("physical_limit_p50", "physical limit p50"))
     for j, (key, label) in enumerate(bars_of):
-        vals = [summary[k][key] for k in RUNS]
+        vals = [summary[k][key] for k in runs]
         bars = axes[0].bar([i + 0.2 * (j - 1.5) for i in x], vals, width=0.2, label=label)
         axes[0].bar_label(bars, fmt="%.1f")
-    axes[0].set_xticks(list(x), [f"{k}\n({summary[k]['threads']} thr, {summary[k]['embedding_dtype']})" for k in RUNS])
+    axes[0].set_xticks(list(x), [f"{k}\n({summary[k]['threads']} thr, {summary[k]['embedding_dtype']})" for k in runs])
     axes[0].set_ylabel("seconds")
     axes[0].legend()
-    bottom = [0.0] * len(RUNS)
+    bottom = [0.0] * len(runs)
     for s in (*STAGES, "other"):
-        vals = [summary[k]["stage_share"][s] for k in RUNS]
+        vals = [summary[k]["stage_share"][s] for k in runs]
         axes[1].bar(list(x), vals, bottom=bottom, label=s)
         bottom = [a + v for a, v in zip(bottom, vals)]
-    axes[1].set_xticks(list(x), list(RUNS))
+    axes[1].set_xticks(list(x), list(runs))
     axes[1].set_ylabel("share of total time")
     axes[1].legend(fontsize=8)
-    fig.suptitle(f"{gens['now'].model_id}: {len(questions)} dev-set questions, same run")
+    fig.suptitle(f"{gens[runs[1]].model_id}: {len(questions)} dev-set questions, same run, {machine()['cpu']}")
     save_figure(fig, out)
     return 0
 

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kb_chatbot.core.cpu import cpu_flags
 from kb_chatbot.core.errors import EmbeddingError, ModelNotFoundError
 from kb_chatbot.core.protocols import Embedder
 from kb_chatbot.core.settings import EmbeddingConfig, OpenAIEndpoint
@@ -88,18 +89,6 @@ def _normalise_rows(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return (x / norms).astype(np.float32, copy=False)
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo); empty where unknown."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def resolve_dtype(dtype: str, flags: frozenset[str] | None = None) -> str:

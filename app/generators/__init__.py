@@ -104,7 +104,7 @@ def choose_backend(cfg: GeneratorConfig, ref, models_dir: Path, *, flags: frozen
     if cfg.backend != "auto":
         return cfg.backend, "configured"
     from kb_chatbot.app.generators.openvino_export import exported_folder
-    from kb_chatbot.index.embedder import cpu_flags
+    from kb_chatbot.core.cpu import cpu_flags
 
     flags = cpu_flags() if flags is None else flags
     fallback = "llamacpp" if ref.gguf_path is not None else "transformers"
