@@ -2,6 +2,7 @@
 Qwen2.5-Coder-1.5B), the sample company, through the page's own HTTP protocol:
 
     .venv/bin/python bench/bench_users.py            # 20 users, one new question each, then the same again
+    .venv/bin/python bench/bench_users.py --backend openvino   # the same on OpenVINO (AMX machines)
 
 Each user is a thread that signs in through the proxy header and asks one question of
 ``data/sample/facts.jsonl`` (20 different questions). llama.cpp answers one question at a time
@@ -30,11 +31,16 @@ from common import REPO, machine, pyplot, save_figure, write_results
 SAMPLE = REPO / "data" / "sample"
 
 
-def config(folder: Path) -> Path:
-    """The sample company with the packaged default model (assembled once into the repo's data dir)."""
-    from kb_chatbot.app.generators.model_files import assemble_default_model
+def config(folder: Path, backend: str = "llamacpp") -> Path:
+    """The sample company with the packaged default model (assembled once into the repo's data
+    dir; for ``openvino`` its export there, made if missing, as `kb models prepare --openvino`)."""
+    from kb_chatbot.app.generators.model_files import DEFAULT_MODEL, ModelRef, assemble_default_model
 
     model = assemble_default_model(REPO / "data" / "runtime" / "models")
+    if backend == "openvino":
+        from kb_chatbot.app.generators.openvino_export import export_openvino
+
+        model = export_openvino(ModelRef(DEFAULT_MODEL.model_id, gguf_path=model), REPO / "data" / "runtime" / "models")
     folder.mkdir(parents=True, exist_ok=True)
     cfg = folder / "kb.yaml"
     cfg.write_text(f"""
@@ -43,7 +49,7 @@ sources:
   - {{name: acme-wiki, type: wiki, path: {SAMPLE / 'wiki'}}}
   - {{name: acme-slack, type: slack, path: {SAMPLE / 'slack'}}}
   - {{name: acme-drive, type: drive, path: {SAMPLE / 'drive'}, default_acl: public}}
-generator: {{model: {model}}}
+generator: {{model: {model}, backend: {backend}}}
 server: {{auth: {{mode: header, proxy_secret: {SECRET}}}}}
 """, encoding="utf-8")
     return cfg
@@ -85,6 +91,7 @@ def run(base: str, questions: list[str], submit: int, answer: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=20)
+    ap.add_argument("--backend", default="llamacpp", choices=["llamacpp", "openvino"])
     args = ap.parse_args()
     from kb_chatbot.app.kb.services import build_services
     from kb_chatbot.app.web.app import WarmUp, build_app
@@ -94,7 +101,7 @@ def main() -> None:
     facts = [json.loads(x) for x in (SAMPLE / "facts.jsonl").read_text().splitlines() if x.strip()]
     questions = [f["question"] for f in facts if f.get("readers") == "public"][: args.users]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config(Path(tmp) / "n0")
+        cfg = config(Path(tmp) / "n0", args.backend)
         settings = load_settings(cfg)
         sync_sources(settings, settings.sources)
         services = build_services(settings)
@@ -118,11 +125,12 @@ def main() -> None:
         ax.plot(range(1, len(r["times"]) + 1), r["times"], marker="o", label=label)
     ax.set_xlabel("person (by how long they waited)")
     ax.set_ylabel("seconds to the whole answer")
-    ax.set_title(f"{len(questions)} people at once, one node, Qwen2.5-Coder-1.5B on llama.cpp\n"
+    ax.set_title(f"{len(questions)} people at once, one node, Qwen2.5-Coder-1.5B on {args.backend}, {machine()['cpu']}\n"
                  f"errors {new['errors']} / {again['errors']}; p95 {new['p95_s']} s / {again['p95_s']} s")
     ax.legend()
-    save_figure(fig, write_results("bench_users", {"machine": machine(), "users": len(questions),
-                                                   "new": new, "again": again}))
+    name = "bench_users" if args.backend == "llamacpp" else f"bench_users-{args.backend}"
+    save_figure(fig, write_results(name, {"machine": machine(), "backend": args.backend, "users": len(questions),
+                                          "new": new, "again": again}))
 
 
 if __name__ == "__main__":

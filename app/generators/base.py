@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
+from kb_chatbot.core.errors import GeneratorError
 from kb_chatbot.core.types import GenParams, Message, Token
 
 #: First-token spellings counted as "yes" / "no" (only those that are one token are used).
@@ -136,6 +137,14 @@ def single_token_ids(encode: Callable[[str], list[int]], words: Sequence[str]) -
         if len(ids) == 1 and ids[0] not in out:
             out.append(ids[0])
     return out
+
+
+def yes_no_token_ids(encode: Callable[[str], list[int]], model_id: str) -> tuple[list[int], list[int]]:
+    """(yes ids, no ids): the single-token spellings of yes / no in this vocabulary."""
+    yes, no = single_token_ids(encode, YES_WORDS), single_token_ids(encode, NO_WORDS)
+    if not yes or not no:
+        raise GeneratorError(f"{model_id}: the vocabulary has no single-token 'yes'/'no'")
+    return yes, no
 
 
 def yes_share_from_logprobs(yes_logprobs: Sequence[float], no_logprobs: Sequence[float]) -> float | None:

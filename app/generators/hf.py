@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from kb_chatbot.app.generators.base import (
-    NO_WORDS,
-    YES_WORDS,
     GeneratorBase,
     StopFilter,
     merge_finish,
-    single_token_ids,
     split_continuation,
     to_dicts,
+    yes_no_token_ids,
     yes_share_from_logprobs,
 )
 from kb_chatbot.app.generators.model_files import ModelRef, hf_folder_for
@@ -247,13 +245,7 @@ class HFGenerator(GeneratorBase):
         return 0.5 if share is None else share
 
     def _yes_no_ids(self, tok: Any) -> tuple[list[int], list[int]]:
-        def encode(w: str) -> list[int]:
-            return tok.encode(w, add_special_tokens=False)
-
-        yes, no = single_token_ids(encode, YES_WORDS), single_token_ids(encode, NO_WORDS)
-        if not yes or not no:
-            raise GeneratorError(f"{self.model_id}: the tokenizer has no single-token 'yes'/'no'")
-        return yes, no
+        return yes_no_token_ids(lambda w: tok.encode(w, add_special_tokens=False), self.model_id)
 
 
 class _LogprobRecorder:

@@ -27,14 +27,12 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from kb_chatbot.app.generators.base import (
-    NO_WORDS,
-    YES_WORDS,
     GeneratorBase,
     StopFilter,
     merge_finish,
-    single_token_ids,
     split_continuation,
     to_dicts,
+    yes_no_token_ids,
     yes_share_from_logprobs,
 )
 from kb_chatbot.core.errors import GeneratorError, ModelNotFoundError
@@ -266,14 +264,7 @@ class OpenVINOGenerator(GeneratorBase):
     def _yes_no_ids(self) -> tuple[list[int], list[int]]:
         if self._yes_no is None:
             self._load()
-
-            def encode(w: str) -> list[int]:
-                return list(self._tok.encode(w, add_special_tokens=False))
-
-            yes, no = single_token_ids(encode, YES_WORDS), single_token_ids(encode, NO_WORDS)
-            if not yes or not no:
-                raise GeneratorError(f"{self.model_id}: the vocabulary has no single-token 'yes'/'no'")
-            self._yes_no = (yes, no)
+            self._yes_no = yes_no_token_ids(lambda w: list(self._tok.encode(w, add_special_tokens=False)), self.model_id)
         return self._yes_no
 
 

@@ -79,8 +79,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_ingest: boo
     warmup = WarmUp(services).start()  # models load now, in the background; the page says so
     demo = build_app(services, settings, warmup=warmup, directory=directory)
     url = f"http://{host}:{port}/"
-    log.info("serving url=%s auth_mode=%s concurrency=%d generator=%s/%s", url, auth.mode,
-             answer_slots(settings.server, settings.generator), settings.generator.backend, settings.generator.model)
+    log.info("serving url=%s auth_mode=%s concurrency=%d generator=%s/%s model_id=%s", url, auth.mode,
+             answer_slots(settings.server, settings.generator), settings.generator.backend, settings.generator.model,
+             getattr(services.generator, "model_id", "?"))
     click.echo(f"Chat page: {url}  (Ctrl+C to stop)", err=True)
     import uvicorn
 
