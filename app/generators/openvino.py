@@ -1,9 +1,10 @@
 """The OpenVINO backend: the exported IR model driven step by step through the OpenVINO runtime.
 
-On CPUs with AMX, OpenVINO's oneDNN kernels read a prompt about four times as fast as llama.cpp
-and reach the first checked sentence in about half the time with the same answers (docs/BENCH.md,
-issue 26); ``generator.backend: auto`` picks it there once ``kb models prepare --openvino`` has
-exported the model. OpenVINO GenAI's ``LLMPipeline`` gives neither next-token probabilities (the
+On CPUs with AMX, OpenVINO's oneDNN kernels read a prompt about three times as fast as
+llama.cpp but write more slowly (int8 weights are 1.5x the bytes of Q4_K_M); through the whole
+answer service the first checked sentence comes in 0.82x llama.cpp's time (docs/BENCH.md, issue
+26). ``generator.backend: openvino`` uses it, ``auto`` picks it on AMX once ``kb models prepare
+--openvino`` has exported the model. OpenVINO GenAI's ``LLMPipeline`` gives neither next-token probabilities (the
 yes/no checks read them) nor a way to continue a reply on its cached prompt, so this module runs
 the stateful IR itself: ``input_ids``, ``attention_mask``, ``position_ids`` and ``beam_idx`` in,
 ``logits`` out, the KV cache held in the infer request's state.
