@@ -122,9 +122,9 @@ class OpenVINOGenerator(GeneratorBase):
                 )
             logits_last_only(model)
             # KV cache in f32, not the CPU plugin's default u8: a slot's cache is trimmed by reading
-            # its state out and writing the kept part back, and a u8 cache comes back changed
-            # (P(yes) of one check moved 0.37 -> 0.40 after the first trim, SmolLM2); f32 round-trips
-            # exactly, and decoding was no slower with it (1.5B, 880-token prompts, AMX).
+            # its state out and writing the kept part back, and a u8 cache comes back changed (the
+            # same prompt's log-probabilities moved by up to 0.37 after a trim, SmolLM2); f32
+            # round-trips exactly, and decoding was no slower with it (1.5B, 880-token prompts, AMX).
             compiled = core.compile_model(model, "CPU", {
                 "INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
                 "KV_CACHE_PRECISION": "f32",
@@ -162,7 +162,7 @@ class OpenVINOGenerator(GeneratorBase):
     # --- the KV cache -------------------------------------------------------------------
 
     def _read(self, prompt: list[int]) -> tuple[_Slot, Any]:
-        """Read ``prompt`` into the slot holding its longest prefix; the last position's logits."""
+        """Read ``prompt`` into the slot :func:`_cost` picks; the slot and the last position's logits."""
         slots = self._load()
         if len(prompt) >= self.n_ctx:
             raise GeneratorError(
