@@ -109,13 +109,13 @@ def choose_backend(cfg: GeneratorConfig, ref, models_dir: Path, *, flags: frozen
     flags = cpu_flags() if flags is None else flags
     fallback = "llamacpp" if ref.gguf_path is not None else "transformers"
     if "amx_int8" not in flags:
-        return fallback, "no AMX on this CPU: llama.cpp is as fast as OpenVINO here or faster"
+        return fallback, "no AMX on this CPU (OpenVINO was worth it only with AMX: on AMD EPYC it changed answers)"
     if cfg.adapter is not None:
         return fallback, "an adapter is set (the OpenVINO export is the base model)"
     if not importlib.util.find_spec("openvino"):
         return fallback, "AMX, but the openvino package is not installed (scripts/setup.sh installs it)"
     if not _is_openvino_folder(ref.path) and exported_folder(ref, models_dir) is None:
-        return fallback, "AMX, but the model is not exported: `kb models prepare --openvino` makes answers ~2x faster here"
+        return fallback, "AMX, but the model is not exported: `kb models prepare --openvino` makes answers ~1.25x faster here"
     return "openvino", "AMX and an exported model"
 
 
