@@ -69,17 +69,16 @@ def openvino_p_yes(folder: str, checks: list[dict], yes: list[int], no: list[int
     import openvino as ov
 
     from kb_chatbot.app.generators.base import yes_share_from_logprobs
+    from kb_chatbot.app.generators.openvino import step_inputs
 
     core = ov.Core()
     model = core.compile_model(f"{folder}/openvino_model.xml", "CPU", {"INFERENCE_NUM_THREADS": threads})
     req = model.create_infer_request()
     out = []
     for c in checks:
-        ids = np.array([c["tokens"]], dtype=np.int64)
         req.reset_state()  # the whole prompt, every time
         t0 = time.perf_counter()
-        req.infer({"input_ids": ids, "attention_mask": np.ones_like(ids), "beam_idx": np.zeros(1, dtype=np.int32),
-                   "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None, :]})
+        req.infer(step_inputs(c["tokens"], 0))
         logits = req.get_tensor("logits").data[0, -1].astype(np.float64)
         seconds = time.perf_counter() - t0
         logp = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))

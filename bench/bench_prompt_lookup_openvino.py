@@ -45,9 +45,9 @@ class Model:
             "KV_CACHE_PRECISION": "f32"}).create_infer_request()
 
     def feed(self, ids: list[int], start: int):
-        end = start + len(ids)
-        self.req.infer({"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, end), np.int64),
-                        "position_ids": np.arange(start, end, dtype=np.int64)[None], "beam_idx": np.zeros(1, np.int32)})
+        from kb_chatbot.app.generators.openvino import step_inputs
+
+        self.req.infer(step_inputs(ids, start))
         return self.req.get_tensor("logits").data[0]
 
     def trim(self, keep: int) -> None:

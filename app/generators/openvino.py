@@ -185,15 +185,8 @@ class OpenVINOGenerator(GeneratorBase):
     def _feed(self, slot: _Slot, new: list[int]) -> Any:
         import numpy as np
 
-        start = len(slot.tokens)
-        end = start + len(new)
         try:
-            slot.request.infer({
-                "input_ids": np.asarray([new], dtype=np.int64),
-                "attention_mask": np.ones((1, end), dtype=np.int64),
-                "position_ids": np.arange(start, end, dtype=np.int64)[None, :],
-                "beam_idx": np.zeros(1, dtype=np.int32),
-            })
+            slot.request.infer(step_inputs(new, len(slot.tokens)))
         except RuntimeError as e:
             slot.request.reset_state()  # whatever it read is unknown now: start that slot afresh
             slot.tokens = []
@@ -301,6 +294,19 @@ def logits_last_only(model: Any) -> bool:
     node.input(0).replace_source_output(last.output(0))
     model.validate_nodes_and_infer_types()
     return True
+
+
+def step_inputs(ids: Sequence[int], start: int) -> dict[str, Any]:
+    """The stateful IR's inputs to read ``ids`` at positions ``start``… on top of its cache."""
+    import numpy as np
+
+    end = start + len(ids)
+    return {
+        "input_ids": np.asarray([list(ids)], dtype=np.int64),
+        "attention_mask": np.ones((1, end), dtype=np.int64),
+        "position_ids": np.arange(start, end, dtype=np.int64)[None, :],
+        "beam_idx": np.zeros(1, dtype=np.int32),
+    }
 
 
 def _has_state(model: Any) -> bool:
