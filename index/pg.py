@@ -553,6 +553,15 @@ class PgStore:
             return 1 << 30  # a stop word or no word at all: treat as common, as the SQLite store does
         return n
 
+    def phrase_chunk_count(self, phrase: str, principals: Iterable[str]) -> int:
+        """As the SQLite store's: chunks the principals may read holding the words in a row."""
+        ps = sorted(set(principals))
+        if not ps or not re.findall(r"[^\W_]+", phrase):
+            return 0
+        rows = self._rows(f"""SELECT count(*) FROM {self._t('chunks')} c
+                              WHERE c.tsv @@ phraseto_tsquery('english', %s) AND {self._acl()}""", (phrase, ps))
+        return int(rows[0][0])
+
     def vocabulary(self) -> dict[str, int]:
         """The index's words as the SQLite store's FTS5 porter terms -> chunks holding them (read
         once per generation: the spelling candidates)."""

@@ -495,6 +495,15 @@ class Store:
             except sqlite3.OperationalError:  # not a term FTS5 can look up: treat as common
                 return 1 << 30
 
+    def phrase_chunk_count(self, phrase: str, principals: Iterable[str]) -> int:
+        """In how many chunks ``principals`` may read these words occur next to each other, in
+        this order (stemmed: "annual leaves" counts "annual leave"); the speller's context.
+        Unreadable chunks never count."""
+        words = re.findall(r"[^\W_]+", phrase)
+        if not words:
+            return 0
+        return self.term_chunk_count(" ".join(words), principals)  # a quoted FTS5 string is a phrase
+
     def vocabulary(self) -> dict[str, int]:
         """Every FTS5 term of the index (porter stems of chunk text and titles) -> the number of
         chunks holding it; read once per store (a published generation never changes). The

@@ -10,7 +10,10 @@ for words of 8+ letters, the terms within two edits (rapidfuzz); their written f
 from chunks the asker may read. The fewest edits win; on a tie a doubled letter typed once or
 twice ('cary' -> 'carry', not 'car'; 'usee' -> 'use', not 'user'), then the more frequent word,
 in English (``wordfreq``) and in the knowledge base ('whwt' -> 'what', not 'wwt'; 'modeo' ->
-'model', not 'mode'). The corrected question is what retrieval, the checks and the prompt get,
+'model', not 'mode'); near-equal ones by the question's words beside them, as the sources
+write them ('annual leav' -> 'annual leave', though they write 'lead' as often). A question's
+mistyped first word is a question word when one is an edit away ('Whar' -> 'What', not the
+'War' a history writes). The corrected question is what retrieval, the checks and the prompt get,
 and the page says "Showing results for …".
 
 A common word of the language is never corrected (the embedder's word list and ``wordfreq``
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Sequence
 
-from kb_chatbot.core.text import KEYBOARD_NEIGHBOURS
+from kb_chatbot.core.text import KEYBOARD_NEIGHBOURS, STOPWORDS
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,20 @@ KB_WEIGHT = 2.0
 DOUBLED_BONUS = 1.5
 #: ... minus this for each letter typed as one not next to it on the keyboard.
 FAR_KEY = 1.5
+#: Near-equal corrections (the same edits, priors within this) are told apart by the question's
+#: neighbouring words: the one the asker's sources write beside them wins ('annual leav' is
+#: 'annual leave', not the 'lead' a handbook writes a little more often), as a noisy channel
+#: with a bigram model would.
+CONTEXT_MARGIN = 1.0
 #: A word at least this common in English whose index term the knowledge base holds is another
 #: form of a word it writes ('computations', 'besiege'), not a typo.
 INFLECTION_ZIPF = 2.0
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+#: A mistyped first word of a question is a question word when one is an edit away: 'Whar' is
+#: 'What', 'Wbere' 'Where', 'Hiw' 'How', though a knowledge base about wars writes 'War',
+#: 'Were' and 'His' far more often than questions do (SQuAD's typo copy, ``kb eval spelling``).
+#: They are the language's words, not the knowledge base's: offering them reveals nothing.
+QUESTION_WORDS = frozenset({"what", "where", "when", "which", "who", "whom", "whose", "why", "how"})
 
 
 @dataclass(frozen=True)
@@ -137,11 +150,14 @@ class SpellChecker:
 
     def __init__(self, vocabulary: Callable[[], dict[str, int]], stems: Callable[[Sequence[str]], list[str]],
                  surface: Callable[[str, frozenset[str]], dict[str, int]],
-                 dictionary: Callable[[str], bool] | None = None):
+                 dictionary: Callable[[str], bool] | None = None,
+                 phrases: Callable[[str, frozenset[str]], int] | None = None):
         self.vocabulary = vocabulary
         self.stems = stems
         self.surface = surface
         self.dictionary = dictionary
+        #: chunks the principals may read that write a phrase (``Store.phrase_chunk_count``)
+        self.phrases = phrases
 
     def correct(self, question: str, principals: frozenset[str]) -> Spelling:
         try:
@@ -154,22 +170,28 @@ class SpellChecker:
         vocab = None
         fixes: list[tuple[str, str]] = []
         out, pos = [], 0
-        for m in _WORD.finditer(question):
+        matches = list(_WORD.finditer(question))
+        for k, m in enumerate(matches):
             word = m.group(1)
             at_start = _starts_sentence(question, m.start())
             shape = _shape(word)
             if shape is None or len(word) < MIN_LETTERS - 1:
                 continue
             name = shape == "title" and not at_start  # a name: corrected only into a name
-            short = len(word) < MIN_LETTERS
-            if short and (name or zipf(word) >= SHORT_ZIPF):
-                continue
-            if vocab is None:
-                vocab = self.vocabulary()
-                if not vocab:
-                    return Spelling(question)
-            fixed = (self._fix_short(word.lower(), principals) if short
-                     else self._fix(word.lower(), vocab, principals, name))
+            fixed = self._question_word(word.lower()) if at_start else None
+            if fixed is None:
+                short = len(word) < MIN_LETTERS
+                if short and (name or zipf(word) >= SHORT_ZIPF):
+                    continue
+                if vocab is None:
+                    vocab = self.vocabulary()
+                    if not vocab:
+                        return Spelling(question)
+                context = tuple(w.group(1).lower() for w in (matches[k - 1] if k else None,
+                                                                 matches[k + 1] if k + 1 < len(matches) else None)
+                                if w is not None and w.group(1).lower() not in STOPWORDS)
+                fixed = (self._fix_short(word.lower(), principals) if short
+                         else self._fix(word.lower(), vocab, principals, name, context))
             if fixed is None:
                 continue
             if word[0].isupper():  # 'Howw' -> 'How', 'HHow' -> 'How', 'Nrmans' -> 'Normans'
@@ -184,6 +206,14 @@ class SpellChecker:
         log.info("spelling fixes=%d", len(fixes))
         return Spelling(text, tuple(fixes))
 
+    def _question_word(self, word: str) -> str | None:
+        """The question word a sentence's mistyped first word was meant to be, or None: one
+        edit away, the nearest on the keyboard, then the commonest ('hwo' -> 'how')."""
+        if word in QUESTION_WORDS or zipf(word) >= COMMON_ZIPF or self.dictionary is not None and self.dictionary(word):
+            return None
+        near = _edits1(word) & QUESTION_WORDS
+        return max(near, key=lambda w: (-_far_keys(word, w), zipf(w))) if near else None
+
     def _forms(self, word: str, principals: frozenset[str]) -> dict[str, tuple[int, int]]:
         """How the index term of ``word`` is written in readable chunks: lower-case form ->
         (times written, times written capitalised)."""
@@ -194,8 +224,10 @@ class SpellChecker:
             forms[low] = (total + n, caps + (n if form[:1].isupper() else 0))
         return forms
 
-    def _fix(self, word: str, vocab: dict[str, int], principals: frozenset[str], name: bool) -> str | None:
-        """The knowledge base's word ``word`` was meant to be, or None (kept as typed)."""
+    def _fix(self, word: str, vocab: dict[str, int], principals: frozenset[str], name: bool,
+             context: tuple[str, ...] = ()) -> str | None:
+        """The knowledge base's word ``word`` was meant to be, or None (kept as typed).
+        ``context``: the question's content words beside it (for :data:`CONTEXT_MARGIN`)."""
         from rapidfuzz import distance, process
 
         if zipf(word) >= COMMON_ZIPF or self.dictionary is not None and self.dictionary(word):
@@ -244,6 +276,12 @@ class SpellChecker:
         if not options:
             return None
         best = min(options)
+        close = [o for o in options if o[0] == best[0] and o[1] - best[1] <= CONTEXT_MARGIN]
+        if context and self.phrases is not None and len(close) > 1:
+            seen = {o[2]: sum(self.phrases(f"{a} {b}", principals) for n in context
+                              for a, b in ((n, o[2]), (o[2], n))) for o in close}
+            if max(seen.values()) > 0:
+                best = min(close, key=lambda o: (-seen[o[2]], o))
         if zipf(word) >= INFLECTION_ZIPF and -best[1] < zipf(word) + RARER:
             return None  # a rare word of the language ('rued') stays unless the near word is far commoner
         return best[2]

@@ -103,7 +103,8 @@ class Services:
             index = self.index
             return SpellChecker(lambda: index.store.vocabulary(), porter_stems,
                                 lambda word, principals: index.store.surface_forms(word, principals),
-                                dictionary=self._dictionary())
+                                dictionary=self._dictionary(),
+                                phrases=lambda phrase, principals: index.store.phrase_chunk_count(phrase, principals))
 
         return self._once("speller", build)
 

@@ -150,6 +150,12 @@ def test_the_checks_counts_see_only_what_the_asker_may_read(make):
     store = open_index(s).store
     assert store.term_chunk_count("executives", ["public", "group:sales"]) == 0
     assert store.term_chunk_count("executives", ["group:exec"]) == 1
+    # words next to each other, in order, stemmed; only readable chunks count (the speller's context)
+    assert store.phrase_chunk_count("vacation days", ["public"]) == 1
+    assert store.phrase_chunk_count("vacation days", ["public", "group:exec"]) == 2
+    assert store.phrase_chunk_count("days vacation", ["public", "group:exec"]) == 0
+    assert store.phrase_chunk_count("for executives", ["public"]) == 0
+    assert store.phrase_chunk_count("", ["public"]) == 0
     assert store.readable_chunk_count(["public"]) == 3
     assert "vacat" in store.vocabulary() or "vacation" in store.vocabulary()
     # as written (case kept: a name is corrected only into a word written capitalised)

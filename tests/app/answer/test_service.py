@@ -595,7 +595,7 @@ def _speller(rig):
     from kb_chatbot.index.store import porter_stems
 
     store = rig.index.store
-    return SpellChecker(store.vocabulary, porter_stems, store.surface_forms)
+    return SpellChecker(store.vocabulary, porter_stems, store.surface_forms, phrases=store.phrase_chunk_count)
 
 
 def test_a_misspelt_name_is_corrected_into_a_name_the_sources_write(tmp_path):
@@ -646,6 +646,36 @@ def test_a_short_word_english_hardly_knows_gets_its_lost_letter_back(tmp_path):
     assert sp.correct("Does sso work with the chapter?", me).fixes == ()
     assert sp.correct("What mus the musicians do?", me).fixes == ()
     assert sp.correct("Where did Kin go?", me).fixes == ()
+
+
+def test_a_mistyped_first_word_is_a_question_word(tmp_path):
+    """'Whar', 'Wbere' and 'Hiw' open a question: 'What', 'Where', 'How', though the sources
+    write 'war', 'were' and 'his' (one edit away too) and never a question word; a word of the
+    language there ('Were') stays, and inside a sentence the rule does not apply."""
+    rig = make_rig(tmp_path, [doc("h", "The war was long. Were the Normans at war? His army and his fleet "
+                                       "were in Sicily; the army fought the war there.")])
+    sp, me = _speller(rig), BOB.principals()
+    assert sp.correct("Whar was the war about?", me).text == "What was the war about?"
+    assert sp.correct("Wbere were the Normans?", me).text == "Where were the Normans?"
+    assert sp.correct("Hiw big was his army?", me).text == "How big was his army?"
+    assert sp.correct("Were the Normans in Sicily?", me).fixes == ()
+    assert sp.correct("I read about it. Whre was the war?", me).text == "I read about it. Where was the war?"
+    assert sp.correct("The whar was long?", me).text != "The what was long?"
+
+
+def test_near_equal_corrections_are_told_apart_by_the_words_beside_them(tmp_path):
+    """'leav' is one edit from 'leave' and from 'lead', which these sources write more often:
+    beside 'annual' it is the 'leave' they write as 'annual leave'; with no such neighbour the
+    commoner word stays the correction, and a phrase only a hidden document writes is no context."""
+    rig = make_rig(tmp_path, [doc("h", "Annual leave accrues each pay period."),
+                              doc("t", "The team lead reviews the plan."), doc("p", "A project lead leads it."),
+                              doc("r", "Requests go to the tech lead."),
+                              doc("x", "Sick leave is private.", acl=["group:hr"])])
+    sp, me = _speller(rig), BOB.principals()
+    assert sp.correct("How much annual leav do I accrue?", me).text == "How much annual leave do I accrue?"
+    assert sp.correct("Who is the leav?", me).text == "Who is the lead?"
+    assert sp.correct("How much sick leav is there?", me).text == "How much sick lead is there?"
+    assert sp.correct("How much sick leav is there?", me | {"group:hr"}).text == "How much sick leave is there?"
 
 
 @pytest.mark.slow
