@@ -163,7 +163,8 @@ Examples:
 @click.option("--typos/--no-typos", default=True, show_default=True, help="Also run a typo-perturbed copy of each set.")
 @click.option("--seed", default=7, show_default=True, help="Seed of the question sample and the typos.")
 @click.option("--answers", type=click.IntRange(min=1), default=None, help="Answers per set (overrides the suite file).")
-@click.option("--only", default=None, help="Comma-separated set names to run (default: all).")
+@click.option("--only", default=None,
+              help="Comma-separated set names to run (default: all); 'aragog~typo' runs only that typo copy.")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Human verdicts (JSONL from `kb eval label`) that override the automatic ones.")
 @click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -185,12 +186,16 @@ def eval_suite(ctx: click.Context, suite_file: Path, typos: bool, seed: int, ans
                  "kb_chatbot.index"):
         logging.getLogger(name).setLevel(logging.WARNING)
     specs = S.load_suite(suite_file)
+    variants = None
     if only:
         wanted = {n.strip() for n in only.split(",")}
-        unknown = wanted - {s.name for s in specs}
+        unknown = {n.removesuffix("~typo") for n in wanted} - {s.name for s in specs}
         if unknown:
             raise click.UsageError(f"--only names no set of {suite_file}: {', '.join(sorted(unknown))}")
-        specs = [s for s in specs if s.name in wanted]
+        if any(n.endswith("~typo") for n in wanted) and not typos:
+            raise click.UsageError("--only names a typo copy: drop --no-typos")
+        variants = {v for n in wanted for v in ((n,) if n.endswith("~typo") else (n, f"{n}~typo"))}
+        specs = [s for s in specs if s.name in {n.removesuffix("~typo") for n in wanted}]
     if answers:
         specs = [replace(s, answers=answers) for s in specs]
     out_dir = out_dir or Path("data/runtime/reports") / f"suite-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -201,7 +206,8 @@ def eval_suite(ctx: click.Context, suite_file: Path, typos: bool, seed: int, ans
                     err=True)
 
     result = S.run_suite(specs, typos=typos, seed=seed, default_config=(ctx.find_root().obj or {}).get("config"),
-                         eval_dir=eval_dir, labels=labels_path, progress=not quiet, on_set=partial)
+                         eval_dir=eval_dir, labels=labels_path, progress=not quiet, on_set=partial,
+                         variants=variants)
     written = S.write(result, out_dir)
     click.echo(S.markdown(result))
     click.secho("\nwrote " + ", ".join(str(p) for p in written.values()), fg="green", err=True)

@@ -24,7 +24,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import yaml
 
@@ -117,9 +117,11 @@ def open_set(spec: SetSpec, default_config: Path | None, eval_dir: Path | None
 
 def run_suite(specs: Sequence[SetSpec], *, typos: bool, seed: int, default_config: Path | None,
               eval_dir: Path | None, labels: Path | None, progress: bool = True,
-              on_set: Callable[[str, dict], None] | None = None, run: Callable[..., dict] | None = None
-              ) -> dict[str, Any]:
-    """Run every set (and its typo copy); returns ``{"sets": {label: summary...}, "runs": ...}``."""
+              on_set: Callable[[str, dict], None] | None = None, run: Callable[..., dict] | None = None,
+              variants: Collection[str] | None = None) -> dict[str, Any]:
+    """Run every set (and its typo copy); returns ``{"sets": {label: summary...}, "runs": ...}``.
+    ``variants`` (labels such as "aragog~typo") limits what runs: a change that can only touch
+    the typo copies is judged on them alone."""
     from kb_chatbot.eval.labels import apply_labels, load_labels
     from kb_chatbot.eval.runner import EvalOptions, run_evaluation
     from kb_chatbot.eval.typos import typo_copy
@@ -130,8 +132,10 @@ def run_suite(specs: Sequence[SetSpec], *, typos: bool, seed: int, default_confi
         cfg_path = spec.config or default_config
         settings, corpus_path, qs = open_set(spec, default_config, eval_dir)
         picked = sample(qs, spec.answers, seed)
-        variants = [(spec.name, picked)] + ([(f"{spec.name}~typo", typo_copy(picked, seed=seed))] if typos else [])
-        for label, chosen in variants:
+        choices = [(spec.name, picked)] + ([(f"{spec.name}~typo", typo_copy(picked, seed=seed))] if typos else [])
+        for label, chosen in choices:
+            if variants is not None and label not in variants:
+                continue
             log.info("suite set=%s questions=%d answerable=%d", label, len(chosen), sum(q.answerable for q in chosen))
             opts = EvalOptions(corpus_name=spec.corpus_name, corpus_path=corpus_path, eval_dir=eval_dir,
                                progress=progress)

@@ -51,6 +51,15 @@ def test_a_suite_runs_each_set_and_its_typo_copy(tmp_path):
     typo = json.loads((out / "harbours~typo" / "results.json").read_text())
     [arun] = typo["answers"].values()
     assert all(r["id"].endswith("~typo") for r in arun["records"])
+    # a change that can only touch typo copies is judged on them alone
+    res = CliRunner().invoke(main, ["-c", str(tmp_path / "kb.yaml"), "eval", "suite", str(tmp_path / "suite.yaml"),
+                                    "--only", "harbours~typo,tiny", "--out", str(tmp_path / "only"), "-q"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert list(json.loads((tmp_path / "only" / "suite.json").read_text())["sets"]) == ["tiny", "tiny~typo",
+                                                                                       "harbours~typo"]
+    res = CliRunner().invoke(main, ["-c", str(tmp_path / "kb.yaml"), "eval", "suite", str(tmp_path / "suite.yaml"),
+                                    "--only", "nowhere~typo", "-q"])
+    assert res.exit_code != 0 and "nowhere" in res.output
 
 
 def test_the_sample_keeps_unanswerable_questions_and_typos_are_seeded(tmp_path):
