@@ -277,7 +277,10 @@ class SpellChecker:
             return None
         best = min(options)
         close = [o for o in options if o[0] == best[0] and o[1] - best[1] <= CONTEXT_MARGIN]
-        if context and self.phrases is not None and len(close) > 1:
+        # the index matches stems ('dos' is 'do'), so function words have no context to read
+        if (context and self.phrases is not None and len(close) > 1
+                and not {o[2] for o in close} & STOPWORDS
+                and not set(self.stems([o[2] for o in close])) & STOPWORDS):
             seen = {o[2]: sum(self.phrases(f"{a} {b}", principals) for n in context
                               for a, b in ((n, o[2]), (o[2], n))) for o in close}
             if max(seen.values()) > 0:
