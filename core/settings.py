@@ -223,6 +223,13 @@ class GeneratorConfig(_Section):
     #: CPU threads for llama.cpp / torch: "auto" = every physical core (a dedicated server;
     #: with another busy process on the same cores, 2 threads collapse, STACK.md), or a number.
     threads: CountOrAuto = "auto"
+    #: How llama.cpp's (and torch's) worker threads wait for each other between a token's
+    #: operations, with 2+ threads: "spin" (briefly, GOMP_SPINCOUNT=1000, then sleep) writes
+    #: 1.38x faster than "sleep" (OMP_WAIT_POLICY=PASSIVE) on an otherwise idle server; "sleep"
+    #: writes 1.35x faster than "spin" while another busy process shares the cores (AMD EPYC,
+    #: 2 cores: docs/BENCH.md, bench/bench_omp_wait.py). Set when `kb` starts, before any model
+    #: loads; the environment's own OMP_WAIT_POLICY / GOMP_SPINCOUNT win.
+    thread_wait: Literal["sleep", "spin"] = "spin"
     context_tokens: int = Field(default=4096, ge=512)
     max_tokens: int = Field(default=256, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)

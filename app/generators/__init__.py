@@ -26,7 +26,7 @@ def make_generator(cfg: GeneratorConfig, models_dir: Path, *, base_dir: Path | N
     ``base_dir`` resolves a relative ``generator.model`` path (pass ``settings.config_dir``).
     """
     threads = resolve_threads(cfg.threads)
-    configure_threads(threads)
+    configure_threads(threads, cfg.thread_wait)
     if cfg.backend == "fake":
         from kb_chatbot.app.generators.fake import FakeGenerator
 

@@ -8,15 +8,19 @@ Only core types cross this boundary: backend objects are converted inside each m
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from kb_chatbot.core.errors import GeneratorError
 from kb_chatbot.core.types import GenParams, Message, Token
+
+log = logging.getLogger(__name__)
 
 #: First-token spellings counted as "yes" / "no" (only those that are one token are used).
 YES_WORDS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
@@ -215,11 +219,26 @@ def resolve_threads(threads: int | str) -> int:
     return physical_cores() if threads == "auto" else int(threads)
 
 
-def configure_threads(threads: int) -> None:
-    """OpenMP settings must be in the environment before torch / llama.cpp start their pools.
+def configure_threads(threads: int, wait: str = "spin") -> None:
+    """How OpenMP worker threads wait (``generator.thread_wait``), in the environment before
+    libgomp loads: it reads the environment once, when torch or llama.cpp first loads it (torch
+    bundles it), so ``kb`` calls this at start, before any model. An administrator's own
+    OMP_WAIT_POLICY / GOMP_SPINCOUNT win.
 
-    With 2+ threads on a shared box, busy-waiting workers collapse throughput (STACK.md):
-    ``OMP_WAIT_POLICY=PASSIVE`` makes idle workers sleep.
+    With 2+ threads, libgomp's default (spin ~300,000 iterations before sleeping) collapses
+    throughput when another busy process shares the cores (STACK.md). ``wait="sleep"``
+    (``OMP_WAIT_POLICY=PASSIVE``) makes idle workers sleep at once: steady under load, but every
+    operation of every token wakes them, and writing is 1.38x slower on an idle machine.
+    ``wait="spin"`` lets them spin briefly (``GOMP_SPINCOUNT=1000``) before sleeping: as fast
+    as libgomp's default when the server is idle, 0.74x of sleeping when another process is busy
+    (docs/BENCH.md).
     """
-    if threads > 1:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if threads <= 1 or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    if "torch" in sys.modules or "llama_cpp" in sys.modules:
+        log.warning("generator.thread_wait=%s comes too late: torch or llama.cpp has loaded OpenMP already "
+                    "(set OMP_WAIT_POLICY / GOMP_SPINCOUNT in the environment instead)", wait)
+    if wait == "spin":
+        os.environ["GOMP_SPINCOUNT"] = "1000"
+    else:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"

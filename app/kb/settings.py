@@ -13,4 +13,9 @@ def get_settings(ctx: click.Context):
     root.obj = obj
     if "settings" not in obj:
         obj["settings"] = load_settings(obj.get("config"))
+        # before any model loads: libgomp reads how its threads wait only once (torch brings it)
+        from kb_chatbot.app.generators.base import configure_threads, resolve_threads
+
+        g = obj["settings"].generator
+        configure_threads(resolve_threads(g.threads), g.thread_wait)
     return obj["settings"]

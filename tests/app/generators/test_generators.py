@@ -93,12 +93,13 @@ def test_factory_fake_and_openai(tmp_path):
 
 def test_factory_builds_local_backends_lazily(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     cfg = GeneratorConfig(backend="transformers", model="smollm2-135m", threads=2)
     gen = make_generator(cfg, tmp_path)
     assert type(gen).__name__ == "HFGenerator" and gen.model_id == SMOLLM2_ID
     assert gen._model is None  # nothing loaded or converted yet
     assert not (tmp_path / "hf").exists()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert os.environ["GOMP_SPINCOUNT"] == "1000" and "OMP_WAIT_POLICY" not in os.environ  # thread_wait: spin
     if HAS_LLAMA:
         gen = make_generator(cfg.model_copy(update={"backend": "llamacpp"}), tmp_path)
         assert type(gen).__name__ == "LlamaCppGenerator" and gen._llm is None
@@ -353,3 +354,30 @@ def test_threads_auto_is_the_physical_cores_this_process_may_use(monkeypatch):
     assert physical_cores() == 1  # pinned to one CPU (taskset, a cgroup cpuset)
     with pytest.raises(ValueError):
         GeneratorConfig(threads=0)
+
+
+def test_thread_wait_is_set_before_any_model_loads_and_the_environment_wins(tmp_path, monkeypatch):
+    """libgomp reads how its threads wait once, when torch or llama.cpp loads it: `kb` sets it as
+    soon as the settings are read; one thread needs nothing; an administrator's own setting wins."""
+    import subprocess
+    import sys
+
+    from kb_chatbot.app.generators.base import configure_threads
+
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(var, raising=False)
+    configure_threads(1, "sleep")
+    assert "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+    configure_threads(2, "sleep")
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    configure_threads(2, "spin")  # already set: kept
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in os.environ
+    # the CLI sets it when it reads the settings, before a command imports torch
+    (tmp_path / "kb.yaml").write_text("generator:\n  threads: 2\n  thread_wait: sleep\n")
+    code = ("import os, sys; from click.testing import CliRunner; from kb_chatbot.app.kb.cli import main; "
+            "r = CliRunner().invoke(main, ['-c', sys.argv[1], 'status']); "
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "kb.yaml")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.split() == ["PASSIVE", "False"], out.stdout + out.stderr
