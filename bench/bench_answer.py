@@ -115,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
 
     base = load_settings(args.config)
     base.generator.model = args.model
+    from kb_chatbot.app.generators.base import configure_threads, resolve_threads
+
+    # as `kb` does: before the embedder brings OpenMP in with torch (generator.thread_wait)
+    configure_threads(resolve_threads(base.generator.threads), base.generator.thread_wait)
     settings = {k: base.model_copy(deep=True) for k in runs}
     for k, s in settings.items():
         s.generator.threads, s.embedding.dtype, s.answer.cache_size = "auto", "auto", 0

@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="bench-answer-")
         data_dir = tmp.name
     settings = load_settings(args.config, data_dir=data_dir)
+    from kb_chatbot.app.generators.base import configure_threads, resolve_threads
+
+    # as `kb` does: before the embedder brings OpenMP in with torch (generator.thread_wait)
+    configure_threads(resolve_threads(settings.generator.threads), settings.generator.thread_wait)
     settings.generator.backend = backend
     settings.generator.model = args.model
     settings.generator.threads = args.threads
