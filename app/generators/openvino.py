@@ -70,6 +70,7 @@ class OpenVINOGenerator(GeneratorBase):
         model_id: str | None = None,
         slots: int = 2,
         seed: int = 0,
+        exact: bool = False,
     ):
         self.folder = Path(folder)
         if not (self.folder / "openvino_model.xml").is_file():
@@ -82,6 +83,12 @@ class OpenVINOGenerator(GeneratorBase):
         self.n_ctx = n_ctx
         self.seed = seed
         self._n_slots = max(1, slots)
+        #: f32 arithmetic and no dynamic quantization of activations: a prompt read in other
+        #: pieces gives the same numbers (slower). Off, the CPU plugin computes in bf16 where the
+        #: CPU has it and quantizes activations in groups per read, so how a prompt is split
+        #: moves P(yes) a little (SmolLM2: 0.38 fresh vs 0.39 after a reply on the slot in f32
+        #: with the quantization on, the same to 6 digits with it off; AMD EPYC).
+        self.exact = exact
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()  # two cores: one inference at a time is the fastest
         self._slots: list[_Slot] | None = None
@@ -125,10 +132,11 @@ class OpenVINOGenerator(GeneratorBase):
             # its state out and writing the kept part back, and a u8 cache comes back changed (the
             # same prompt's log-probabilities moved by up to 0.37 after a trim, SmolLM2); f32
             # round-trips exactly, and decoding was no slower with it (1.5B, 880-token prompts, AMX).
-            compiled = core.compile_model(model, "CPU", {
-                "INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-                "KV_CACHE_PRECISION": "f32",
-            })
+            config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                      "KV_CACHE_PRECISION": "f32"}
+            if self.exact:
+                config.update({"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0})
+            compiled = core.compile_model(model, "CPU", config)
             slots = [_Slot(compiled.create_infer_request()) for _ in range(self._n_slots)]
         except RuntimeError as e:
             raise GeneratorError(f"OpenVINO cannot load {self.folder}: {e}") from e
