@@ -208,7 +208,7 @@ class SpellChecker:
 
     def _question_word(self, word: str) -> str | None:
         """The question word a sentence's mistyped first word was meant to be, or None: one
-        edit away, the nearest on the keyboard, then the commonest ('hwo' -> 'how')."""
+        edit away, the nearest on the keyboard, then the commonest ('whre' -> 'where')."""
         if word in QUESTION_WORDS or zipf(word) >= COMMON_ZIPF or self.dictionary is not None and self.dictionary(word):
             return None
         near = _edits1(word) & QUESTION_WORDS
