@@ -101,6 +101,11 @@ def test_spelling_figures_count_restored_words_wrong_fixes_and_changed_clean_que
     # a speller that turns 'days' into 'dogs' everywhere: a wrong fix in each copy, a clean question changed
     dogs = spelling_figures(qs, lambda text: typed.get(text, text).replace("days", "dogs"), seeds=(1, 2))
     assert dogs.wrong_fixes == 2 and dogs.clean_changed == 1 and {w[1:] for w in dogs.wrong} == {("dogs", "days")}
+    # a question that misspells a word itself ('recepits'), fixed as in its clean copy: not a wrong fix
+    own = [EvalQuestion("o", "Where are recepits for travel expenses submitted?", "In Concur.")]
+    fixed = spelling_figures(own, lambda text: text.replace("recepits", "receipts"), seeds=(1, 2))
+    assert fixed.own_fixes >= 1 and fixed.wrong_fixes == 0 and fixed.clean_changed == 1
+    assert {o[1:] for o in fixed.own} == {("receipts", "recepits")}
 
 
 def test_kb_eval_spelling_reports_each_set_against_its_own_index(tmp_path):
