@@ -196,6 +196,38 @@ def test_context_filter_trims_reranks_and_never_drops_all():
     assert [x.chunk.id for x in res2.hits] == ["c1", "c0"] and res2.hits[0].text == short
 
 
+def test_context_filter_keeps_the_paragraph_richest_in_answer_not_the_best_sentence_first():
+    """The best sentence sits in a short paragraph; the next two best share a longer one that
+    fits the share only alone (the sample's "can I carry my PTO over?": a weekend-holiday rule
+    scored highest, and the carry-over paragraph gave way to a reminder line)."""
+    import numpy as np
+
+    from kb_chatbot.app.answer.context_filter import _passage
+    from kb_chatbot.core.text import sentence_spans
+
+    text = ("## Carrying over\n\n"
+            "You can carry over up to 6 days of unused PTO into the next year. "
+            "Carried-over days must be used by March 31 of that year. "
+            "Days above the limit are not paid out, except where local law requires it.\n\n"
+            "We send a reminder in October to everyone with more than ten days left.\n\n"
+            "## Public holidays\n\n"
+            "If a holiday falls on a weekend, the office takes the next working day off.")
+    spans = sentence_spans(text)
+    assert len(spans) == 7
+    sims = np.array([0.08, 0.47, 0.49, 0.40, 0.44, 0.29, 0.50], dtype=np.float32)
+    out = _passage(text, spans, sims, budget=230)
+    assert "up to 6 days" in out and "March 31" in out  # the paragraph of the 2nd and 3rd best
+    assert "reminder" not in out and "weekend" not in out
+    assert out.startswith("## Carrying over")
+    # one paragraph holding the best sentences fits: it is taken whole, as before
+    small = _passage(text, spans, sims, budget=120)
+    assert "weekend" in small and len(small) < 200
+    # a best sentence longer than the share is the passage (a table row, a listing)
+    huge = "## T\n\n" + "| a | b | " * 60 + "\n\nShort one here."
+    hs = sentence_spans(huge)
+    assert _passage(huge, hs, np.array([0.0, 0.9, 0.2], dtype=np.float32), budget=100).count("| a |") == 60
+
+
 def test_context_filter_takes_near_ties_only_when_configured():
     from kb_chatbot.index.embedder import HashEmbedder
 
