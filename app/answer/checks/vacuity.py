@@ -3,8 +3,10 @@ in [5]") says nothing the question did not. Cheapest gate, first."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
-from kb_chatbot.app.answer.checks.base import CheckContext, SentenceCheck, failed
+from kb_chatbot.app.answer.checks.base import CheckContext, SentenceCheck, failed, with_marker
+from kb_chatbot.app.answer.citations import AnswerSentence
 from kb_chatbot.app.answer.facts import SourceFacts, extract_facts
 from kb_chatbot.app.answer.prompts import is_abstention
 from kb_chatbot.core.text import content_words
@@ -50,10 +52,38 @@ class VacuityGate:
         if is_vacuous(c.sentence.claim, ctx.question, titles):
             return failed(c, self.name, "points at a source without stating anything", vacuous=True)
         if announces_nothing(c.sentence.claim):
-            return failed(c, self.name, "announces a command or list it does not show", vacuous=True)
+            kept = _without_announcement(c.sentence.claim, ctx.question, titles)
+            if kept is None:
+                return failed(c, self.name, "announces a command or list it does not show", vacuous=True)
+            return replace(c, sentence=AnswerSentence(with_marker(kept, *c.sentence.cited) if c.sentence.cited
+                                                      else kept, kept, c.sentence.cited))
         return c
 
 
+#: The closing words of a sentence that announce what it does not go on to show: "… for the
+#: following:", "… as follows:", "…, use the following command:", "… listed below:".
+ANNOUNCEMENT = re.compile(
+    r"(?:\s*,)?(?:\s+(?:for|in|on|with|as|to|by|of|from|under|using|include|includes|including|are|is|use|run|"
+    r"see|listed|described|shown))?\s+(?:the\s+following(?:\s+[a-z]+){0,2}|as\s+follows|below|these(?:\s+[a-z]+)?)"
+    r"\s*:[\s.]*$",
+    re.IGNORECASE,
+)
+
+
 def announces_nothing(claim: str) -> bool:
-    """'To download the packages, use the following command:' with no command after it."""
-    return claim.rstrip().endswith(":") and "`" not in claim
+    """'To download the packages, use the following command:' with no command after it (also
+    when a full stop follows the colon, as the citation marker leaves it: 'for the following:.')."""
+    return claim.rstrip().rstrip(".").rstrip().endswith(":") and "`" not in claim
+
+
+def _without_announcement(claim: str, question: str, names: str) -> str | None:
+    """The sentence without its dangling announcement, when what is left states a fact (a number,
+    a name, a date) and more than the question ("You can request up to 12 weeks of unpaid leave per 12 month period for the following:" →
+    "… per 12 month period."); None when nothing would be left but a fragment or a restatement."""
+    m = ANNOUNCEMENT.search(claim)
+    if m is None:
+        return None
+    kept = claim[: m.start()].rstrip(" ,;")
+    if not extract_facts(kept) or is_vacuous(kept, question, names):
+        return None
+    return kept + "."

@@ -76,7 +76,8 @@ class Verifier:
         remembered, so :meth:`verify` of the whole answer does not repeat it."""
         if s.text not in self._done:
             ctx = self._context(question, hits, messages)
-            self._done[s.text] = self._run(self.text_gates + self.model_gates, SentenceCheck(s, s.cited), ctx)
+            done = self._done[s.text] = self._run(self.text_gates + self.model_gates, SentenceCheck(s, s.cited), ctx)
+            self._done.setdefault(done.sentence.text, done)  # a gate may trim it (vacuity): checked all the same
         return self._done[s.text]
 
     def passed_so_far(self, sentences: Sequence[AnswerSentence]) -> list[SentenceCheck]:

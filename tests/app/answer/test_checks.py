@@ -198,3 +198,28 @@ def test_a_sentence_that_only_names_the_page_is_vacuous():
 def sentence_for(text: str, hits) -> SentenceCheck:
     s = extract_citations(text, hits).sentences[0]
     return SentenceCheck(s, s.cited)
+
+
+def test_a_dangling_announcement_is_trimmed_from_a_sentence_that_states_its_fact():
+    from kb_chatbot.app.answer.checks import Verifier
+
+    fmla = [Hit(Chunk(id="f1", doc_id="fmla", ordinal=0, text="You can request up to 12 weeks of unpaid leave per 12 "
+                      "month period for the following:\n\n- the birth of a child\n- a serious health condition",
+                      start=0, end=120), "FMLA", "https://wiki/fmla", "t", "wiki", score=1.0)]
+    q = "How much unpaid leave does FMLA give me in a 12-month period?"
+    # the full stop after the colon (as the marker leaves it) hid the announcement before
+    c = VacuityGate().check(sentence_for("You can request up to 12 weeks of unpaid leave per 12 month period for "
+                                         "the following: [1].", fmla), CheckContext(q, fmla))
+    assert c.passed and c.sentence.claim == "You can request up to 12 weeks of unpaid leave per 12 month period."
+    assert c.sentence.text == "You can request up to 12 weeks of unpaid leave per 12 month period [1]."
+    v = Verifier(None, mode="facts").verify("You can request up to 12 weeks of unpaid leave per 12 month period for "
+                                            "the following: [1].", fmla, question=q)
+    assert v.status == "ok" and v.text == "You can request up to 12 weeks of unpaid leave per 12 month period [1]."
+    # nothing of its own left: still fails, with or without the full stop
+    for text in ("To download the packages, use the following command: [1].",
+                 "To download the packages, use the following command: [1]"):
+        out = Verifier(None, mode="facts").verify(text, DOC_HITS, question="How do I download the packages?")
+        assert out.status == "vacuous" and out.checks[0].gate == "vacuity", text
+    # a colon that introduces what follows in the same sentence is not an announcement
+    assert VacuityGate().check(sentence_for("The allowance is: 12 weeks per year [1].", fmla),
+                               CheckContext(q, fmla)).passed
