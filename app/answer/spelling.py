@@ -25,7 +25,8 @@ is a name: it is corrected only into a name the knowledge base writes capitalise
 'old'). A possessive is corrected without its "'s" ('Robett's' -> 'Robert's'). Fails closed: a
 correction is only ever a word found in a chunk the asker may read, so a correction never
 reveals a hidden document's words. A 3-letter word English hardly knows is corrected only by
-a letter put back, two swapped or a keyboard neighbour ('wrk' -> 'work'). Left alone: shorter
+a letter put back, two swapped or a keyboard neighbour ('wrk' -> 'work'); one it knows a little
+and the sources do not write, the same way into a far commoner word ('hom' -> 'home'). Left alone: shorter
 words, words with a digit, an inner capital or all capitals ('VPN', 'iOS', 'GS-15').
 """
 from __future__ import annotations
@@ -49,6 +50,10 @@ MIN_LETTERS = 4
 #: letters swapped or a keyboard neighbour, into a common word the asker's sources write
 #: ('wrk' -> 'work', 'hte' -> 'the').
 SHORT_ZIPF = 2.5
+#: A 3-letter word English knows a little (Zipf from SHORT_ZIPF to COMMON_ZIPF: 'hom' 2.8, 'cna'
+#: 2.8, 'wth' 2.9) that no readable chunk writes is corrected the same way, only into a word at
+#: least this much commoner (1,000x: 'hom' -> 'home', 5.8): "how do i conect to the vpn from hom?".
+SHORT_COMMONER = 2.5
 #: Index terms within two edits looked at per unknown long word (their written forms are read from chunks).
 CANDIDATES = 40
 #: Words of this many letters may have two edits; shorter ones one.
@@ -181,7 +186,7 @@ class SpellChecker:
             fixed = self._question_word(word.lower()) if at_start else None
             if fixed is None:
                 short = len(word) < MIN_LETTERS
-                if short and (name or zipf(word) >= SHORT_ZIPF):
+                if short and (name or zipf(word) >= COMMON_ZIPF):
                     continue
                 if vocab is None:
                     vocab = self.vocabulary()
@@ -296,11 +301,17 @@ class SpellChecker:
         from 3 letters ('sso' would be 'so', 'sse', 'ssl', ...)."""
         if self.dictionary is not None and self.dictionary(word):
             return None
+        known = zipf(word) >= SHORT_ZIPF  # a word English knows a little ('hom' 2.8, 'cna' 2.8)
+        if known and self._readable(word, principals, False):
+            return None  # ... that the asker's sources write: theirs, not a typo
         near = {word[:i] + c + word[i:] for i in range(len(word) + 1) for c in _ALPHABET}
         near |= {word[:i] + word[i + 1] + word[i] + word[i + 2:] for i in range(len(word) - 1)}
         near |= {word[:i] + c + word[i + 1:] for i in range(len(word)) for c in KEYBOARD_NEIGHBOURS.get(word[i], "")}
         near = {w for w in near if w != word and zipf(w) >= COMMON_ZIPF and self._readable(w, principals, False)}
-        return max(near, key=zipf) if near else None
+        best = max(near, key=zipf) if near else None
+        if best is not None and known and zipf(best) < zipf(word) + SHORT_COMMONER:
+            return None  # only into a far commoner word ('hom' -> 'home' 5.8)
+        return best
 
     def _readable(self, form: str, principals: frozenset[str], name: bool) -> bool:
         """A chunk the asker may read writes ``form`` (capitalised, for a name)."""

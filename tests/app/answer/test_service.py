@@ -680,6 +680,18 @@ def test_a_short_word_english_hardly_knows_gets_its_lost_letter_back(tmp_path):
     assert sp.correct("Where did Kin go?", me).fixes == ()
 
 
+def test_a_short_word_english_knows_a_little_is_corrected_only_into_a_far_commoner_one(tmp_path):
+    """'hom' (Zipf 2.8: a rare word of the language) is 'home' (5.8), which the sources write:
+    "how do i conect to the vpn from hom?"; the same kind of word the sources write themselves
+    stays ('cna' beside 'CNA'), and one whose near words are not far commoner stays too."""
+    rig = make_rig(tmp_path, [doc("h", "Connect to the VPN from home with AcmeTunnel. The cna role is paid. "
+                                       "The dude was there.")])
+    sp, me = _speller(rig), BOB.principals()
+    assert sp.correct("how do i connect to the vpn from hom?", me).text == "how do i connect to the vpn from home?"
+    assert sp.correct("Is the cna paid?", me).fixes == ()
+    assert sp.correct("Was the dud there?", me).fixes == ()  # 'dud' 3.0: 'dude' (4.8) is not 1,000x commoner
+
+
 def test_a_mistyped_first_word_is_a_question_word(tmp_path):
     """'Whar', 'Wbere' and 'Hiw' open a question: 'What', 'Where', 'How', though the sources
     write 'war', 'were' and 'his' (one edit away too) and never a question word; a word of the
