@@ -275,7 +275,7 @@ def _richest(groups: list[list[int]], spans: list[Span], sims: np.ndarray, budge
             items.append((group, size, worth))
     if not items:  # nothing closer than the floor (cosines all <= 0)
         return [first]
-    cap = budget // KNAPSACK_UNIT
+    cap = -(-budget // KNAPSACK_UNIT)  # rounded up, as the weights are: a window filling the share fits
     weights = [-(-size // KNAPSACK_UNIT) for _g, size, _w in items]
     # best[c] = (worth, picks) using at most c units
     best: list[tuple[float, tuple[int, ...]]] = [(0.0, ())] * (cap + 1)
