@@ -52,7 +52,10 @@ _INITIALS = re.compile(r"(?:^|[\s(])(?:[A-Z]\.){1,3}$")  # "D.C.", "U.S.", "J." 
 
 #: A Slack-export line ``name (YYYY-MM-DD HH:MM): text`` always starts a new sentence.
 _SLACK_LINE = re.compile(r"[\w.@-]+ \(\d{4}-\d{2}-\d{2} \d{2}:\d{2}\):")
-_BLOCK_START = re.compile(r"(?:[#>|*+-]|\d+[.)]\s)")
+#: What starts a block line: a heading, a quote, a table row, a list item ("- ", "* ", "1. ") or a
+#: rule. A list marker needs the space after it: "**gw-7.vpn.acme.example** and picks …" and
+#: "-5 degrees" go on the sentence before them.
+_BLOCK_START = re.compile(r"(?:#{1,6}(?:\s|$)|[>|]|[*+-](?:\s|$)|(?:-{3,}|\*{3,}|_{3,})\s*$|\d+[.)]\s)")
 
 
 @dataclass(frozen=True)

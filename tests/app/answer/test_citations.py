@@ -140,6 +140,13 @@ def test_sentences_join_soft_wraps_and_split_blocks():
         "| Tier | Days |", "- item one", "alice (2026-10-14 07:55): Done.", "dave (2026-10-14 08:00): ok",
     ]
     assert all(text[s.start:s.end] == s.text for s in spans)
+    # a line that starts or ends in bold is no list item: the sample's VPN page was cut into
+    # "The client connects to the gateway" / "**gw-7…** and picks …" / "If you are" / "asked for …"
+    vpn = ("The client connects to the gateway\n**gw-7.vpn.acme.example** and picks the nearest point. If you are\n"
+           "asked for a server name, that is the one to use.\n* a star item\n---\n-5 degrees is cold")
+    assert [s.text for s in sentence_spans(vpn)] == [
+        "The client connects to the gateway\n**gw-7.vpn.acme.example** and picks the nearest point.",
+        "If you are\nasked for a server name, that is the one to use.", "* a star item", "---", "-5 degrees is cold"]
 
 
 def test_an_abbreviation_or_a_lower_case_word_does_not_end_a_sentence():
