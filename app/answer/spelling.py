@@ -25,9 +25,10 @@ is a name: it is corrected only into a name the knowledge base writes capitalise
 'old'). A possessive is corrected without its "'s" ('Robett's' -> 'Robert's'). Fails closed: a
 correction is only ever a word found in a chunk the asker may read, so a correction never
 reveals a hidden document's words. A 3-letter word English hardly knows is corrected only by
-a letter put back, two swapped or a keyboard neighbour ('wrk' -> 'work'); one it knows a little
-and the sources do not write, the same way into a far commoner word ('hom' -> 'home'). Left alone: shorter
-words, words with a digit, an inner capital or all capitals ('VPN', 'iOS', 'GS-15').
+a letter put back, two swapped or a keyboard neighbour ('wrk' -> 'work'); one it knows a
+little and the sources do not write, the same way into a far commoner word ('hom' -> 'home').
+Left alone: shorter words, words with a digit, an inner capital or all capitals ('VPN', 'iOS',
+'GS-15').
 """
 from __future__ import annotations
 

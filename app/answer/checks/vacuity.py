@@ -78,8 +78,9 @@ def announces_nothing(claim: str) -> bool:
 
 def _without_announcement(claim: str, question: str, names: str) -> str | None:
     """The sentence without its dangling announcement, when what is left states a fact (a number,
-    a name, a date) and more than the question ("You can request up to 12 weeks of unpaid leave per 12 month period for the following:" →
-    "… per 12 month period."); None when nothing would be left but a fragment or a restatement."""
+    a name, a date) and more than the question ("You can request up to 12 weeks of unpaid leave
+    per 12 month period for the following:" → "… per 12 month period."); None when nothing would
+    be left but a fragment or a restatement."""
     m = ANNOUNCEMENT.search(claim)
     if m is None:
         return None
